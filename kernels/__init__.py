@@ -1,0 +1,8 @@
+"""fastmvit.kernels: Triton kernels for MViTv2 (installed from the repository's `kernels/`).
+
+Import through ``fastmvit.kernels``. This package imports neither ``fastmvit``'s model code nor
+``fastmvit.reference``.
+"""
+from .backend import BACKENDS, get_backend, resolve_backend, use_backend
+
+__all__ = ["BACKENDS", "get_backend", "resolve_backend", "use_backend"]

@@ -1,0 +1,64 @@
+"""Which implementation an op runs: the Triton kernels or plain torch.
+
+    with fastmvit.use_backend("triton"):   # or "torch", "auto"
+        ...
+
+The default comes from the environment variable ``FASTMVIT_BACKEND`` (``auto`` when unset).
+
+- ``auto``: Triton on CUDA tensors, plain torch on anything else.
+- ``triton``: the Triton kernels whatever the device. CPU tensors then need Triton's interpreter
+  (``TRITON_INTERPRET=1`` set before triton is imported); the test suite does this.
+- ``torch``: plain torch everywhere (the readable math, materialising what the kernels fuse).
+
+The choice is read when an op is called, in Python: under ``torch.compile`` it is fixed at trace
+time.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Iterator
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def _check(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fastmvit backend {name!r}: expected one of {BACKENDS}")
+    return name
+
+
+_backend: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "fastmvit_backend", default=_check(os.environ.get("FASTMVIT_BACKEND", "auto").strip().lower() or "auto")
+)
+
+
+def get_backend() -> str:
+    """The backend in force: "auto", "triton" or "torch"."""
+    return _backend.get()
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed code with the given backend ("auto", "triton" or "torch")."""
+    token = _backend.set(_check(name))
+    try:
+        yield
+    finally:
+        _backend.reset(token)
+
+
+def triton_interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def resolve_backend(device: torch.device) -> str:
+    """The implementation to run for tensors on `device`: "triton" or "torch"."""
+    name = get_backend()
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return name

@@ -1,0 +1,55 @@
+"""Test session set-up.
+
+Without a GPU, every Triton kernel runs in Triton's CPU interpreter. TRITON_INTERPRET must be set
+before triton is imported (importing torch does not import triton).
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 keeps FMA fusion
+
+
+def _mend_interpreter_bf16_dot() -> None:
+    """Make the interpreter's tl.dot correct for bfloat16 operands (test-only patch).
+
+    The interpreter keeps bf16 as raw uint16 bit patterns and its dot multiplies those bits
+    (shared/TRITON-ON-CPU.md, triton-lang/triton#11584). Widen bf16 operands to float32 first: shift
+    the bits left by 16 and view them as float32. The product of two bf16 values is exact in float32,
+    which is what tensor cores compute, so the kernel under test is unchanged.
+    """
+    try:
+        import numpy as np
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_dot, "_fastmvit_bf16", False):
+        return
+    original = builder.create_dot
+
+    def widen(handle):
+        if handle.dtype.scalar == tl.bfloat16:
+            bits = handle.data.astype(np.uint32) << np.uint32(16)
+            return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+        return handle
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    create_dot._fastmvit_bf16 = True
+    builder.create_dot = create_dot
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _mend_interpreter_bf16_dot()
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where tensors live: CUDA when present, else the CPU (kernels in the interpreter)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
