@@ -1,0 +1,349 @@
+"""Key layouts of the public MViTv2 (image) checkpoints, and conversion to and from the native one.
+
+This module works on state dicts only (``{key: tensor}``); file handling and loading into a model
+live in ``fastmvit.checkpoint``. Nothing here looks at tensor values, only at keys and shapes, so
+every function also works on tensors of the ``meta`` device.
+
+The native layout is the official one (SPEC section 4), flat over the blocks::
+
+    patch_embed.proj.{weight,bias}                    Conv2d(3, C0, 7, stride 4, padding 3)
+    cls_token                                         (1, 1, C0), class-token archs only
+    blocks.{i}.norm1 / norm2                          LayerNorm(dim_in) / LayerNorm(dim_att)
+    blocks.{i}.attn.qkv                               Linear(dim_in, 3 * dim_att)
+    blocks.{i}.attn.proj                              Linear(dim_att, dim_att)
+    blocks.{i}.attn.pool_{q,k,v}.weight               (hd, 1, 3, 3), depthwise, no bias
+    blocks.{i}.attn.norm_{q,k,v}                      LayerNorm(hd)
+    blocks.{i}.attn.rel_pos_{h,w}                     (2 * max(q_side, kv_side) - 1, hd)
+    blocks.{i}.mlp.fc1 / fc2                          Linear(dim_att, 4 dim_att) / (4 dim_att, dim_out)
+    blocks.{i}.proj                                   Linear(dim_in, dim_out), dim-change blocks only
+    norm                                              LayerNorm(C_last)
+    head.projection                                   Linear(C_last, num_classes)
+
+The other layouts, as checked against the public code (November 2026 copies):
+
+- official (facebookresearch/mvit, ``mvit/models/mvit_model.py``, ``attention.py``,
+  ``utils/checkpoint.py``): the native keys, saved as ``{"model_state": sd, "optimizer_state": ...,
+  "epoch": ..., "cfg": <yaml string>}``. The released in1k files carry a ``cls_token`` that the
+  model never uses (CLS_EMBED_ON is False; facebookresearch/mvit issue #7): ``load_checkpoint``
+  drops it when the model has no class token. ``head.projection`` is followed by a softmax in
+  eval mode in the official model (not a parameter; fastmvit returns logits).
+- mmpretrain / mmcls (``mmpretrain/models/backbones/mvit.py``, ``tools/model_converters/
+  mvitv2_to_mmcls.py``, ``configs/_base_/models/mvit/*.py``): the converter prefixes every key but
+  the head with ``backbone.``, renames ``patch_embed.proj`` to ``patch_embed.projection``, the
+  final ``norm`` to ``norm3`` (``norm{num_stages - 1}``) and ``head.projection`` to ``head.fc``
+  (LinearClsHead). It keeps every other key, so the zoo files may carry ``backbone.cls_token``
+  too (mmpretrain's MViT has no class token and loads non-strictly). The backbone builds
+  ``norm{s}`` for every ``s`` in ``out_scales``; a checkpoint with ``norm0..norm2`` comes from a
+  multi-scale backbone in which those norms were applied ON the main path (SPEC: a quirk), i.e. a
+  different network: refused under ``strict=True``, dropped otherwise. Files saved by mmengine
+  are wrapped as ``{"state_dict": sd, "meta": ...}``.
+- timm (``timm/models/mvitv2.py``, ``checkpoint_filter_fn``): blocks nested as
+  ``stages.{s}.blocks.{j}``, the block's ``proj`` renamed ``shortcut_proj_attn`` (dim change in
+  attention, ``expand_attn=True``: first block of stages 2-4) or ``shortcut_proj_mlp`` (large:
+  last block of stages 1-3), ``head.projection`` renamed ``head.fc``; every other key as
+  official. timm keeps ``cls_token`` only for its ``*_cls`` archs. timm's training checkpoints
+  are wrapped as ``{"state_dict": sd, "state_dict_ema": ..., "arch": ...}``.
+
+Where the SPEC might mislead: the SPEC lists mmpretrain's final norm as ``norm3`` only; it is
+``norm{num_stages - 1}`` and other ``norm{s}`` may be present (see above). Its statement that the
+in1k ``.pyth`` files carry an unused ``cls_token`` is confirmed by facebookresearch/mvit#7.
+Detectron2 (``backbone.bottom_up.``) and torchvision (a video model) checkpoints are recognised
+and refused with a clear error: they are not this image classifier.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+FORMATS = ("native", "official", "mmpretrain", "timm")
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
+_MM_NORM = re.compile(r"^norm(\d+)\.(weight|bias)$")
+_REL_POS = re.compile(r"^blocks\.\d+\.attn\.rel_pos_[hw]$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, recognised, converted or loaded; the message says why."""
+
+
+def _rename_prefix(key: str, old: str, new: str) -> str:
+    return new + key[len(old):] if key.startswith(old) else key
+
+
+def _sample(keys, n: int = 6) -> str:
+    keys = sorted(keys)
+    more = f", ... ({len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+# ------------------------------------------------------------------------------------------------
+# Detection
+# ------------------------------------------------------------------------------------------------
+def detect_format(state_dict: Mapping[str, torch.Tensor], wrapper: str | None = None) -> str:
+    """Name the key layout of an unwrapped state dict: one of ``FORMATS``.
+
+    ``wrapper`` is the key the state dict was found under (``"model_state"`` marks the official
+    files, whose keys are otherwise the native ones). Raises ``CheckpointError`` for layouts that
+    are not an MViTv2 image classifier, naming what was found.
+    """
+    keys = list(state_dict)
+    if not keys:
+        raise CheckpointError("unknown checkpoint format: the state dict is empty")
+    if any(k.startswith("backbone.bottom_up.") for k in keys):
+        raise CheckpointError(
+            "unsupported checkpoint format: detectron2 MViTv2 (keys 'backbone.bottom_up.*'); this is a "
+            "detection backbone, not the image classifier fastmvit loads")
+    if "conv_proj.weight" in state_dict or any(k.startswith("pos_encoding.") for k in keys):
+        raise CheckpointError(
+            "unsupported checkpoint format: torchvision MViTv2 (keys 'conv_proj', 'pos_encoding.*') is the "
+            "video (3-D) model; fastmvit loads the image model")
+    if any(_TIMM_BLOCK.match(k) for k in keys):
+        return "timm"
+    if any(k.startswith("backbone.") for k in keys) or "patch_embed.projection.weight" in state_dict:
+        return "mmpretrain"
+    if "patch_embed.proj.weight" in state_dict or any(_BLOCK.match(k) for k in keys):
+        return "official" if wrapper == "model_state" else "native"
+    raise CheckpointError(
+        f"unknown checkpoint format: no MViTv2 key layout (official, mmpretrain, timm) matches keys "
+        f"like {_sample(keys)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Architecture, read from the native keys' shapes
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class BlockInfo:
+    """What one block's weights say about it."""
+    dim_in: int
+    dim_att: int          # width of the attention (= dim_out when the dim changes in attention)
+    dim_out: int
+    head_dim: int
+    heads: int
+    has_proj: bool
+    proj_in_attention: bool   # the block's `proj` sits on the attention branch (else the MLP's)
+    rel_pos: tuple[int, int] | None   # table lengths (h, w)
+
+
+@dataclass
+class ArchInfo:
+    """The architecture a native state dict describes (shapes only)."""
+    embed_dim: int
+    blocks: list[BlockInfo]
+    depths: tuple[int, ...]
+    heads: tuple[int, ...]            # per stage
+    dim_change: str                   # "attention", "mlp" or "none"
+    cls_token: bool
+    num_classes: int | None
+    grid: tuple[int, int] | None      # first block's token grid (h, w), from its table lengths
+    num_params: int
+    extra_keys: list[str] = field(default_factory=list)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def img_size(self) -> tuple[int, int] | None:
+        """Input size the tables were made for: 4 pixels a token (patch stride 4)."""
+        return None if self.grid is None else (4 * self.grid[0], 4 * self.grid[1])
+
+
+def _block_indices(state_dict: Mapping[str, torch.Tensor]) -> list[int]:
+    idx = sorted({int(m.group(1)) for k in state_dict if (m := _BLOCK.match(k))})
+    if idx != list(range(len(idx))):
+        missing = sorted(set(range(idx[-1] + 1)) - set(idx)) if idx else []
+        raise CheckpointError(f"blocks are not numbered 0..{len(idx) - 1}: missing block(s) {missing[:8]}")
+    return idx
+
+
+def inspect_native(state_dict: Mapping[str, torch.Tensor]) -> ArchInfo:
+    """Read the architecture from a native state dict's shapes.
+
+    Stage boundaries are where the head count changes (heads double at every stage in all public
+    archs) or where the attention widens (dim change in attention). The input size comes from the
+    first block's tables: length L = 2 * max(q_side, kv_side) - 1 with stride_q 1, so
+    q_side = (L + 1) / 2 tokens, and 4 pixels a token.
+    """
+    def shape(key):
+        if key not in state_dict:
+            raise CheckpointError(f"not an MViTv2 state dict: key {key!r} is missing")
+        return tuple(state_dict[key].shape)
+
+    embed_dim = shape("patch_embed.proj.weight")[0]
+    blocks: list[BlockInfo] = []
+    for i in _block_indices(state_dict):
+        p = f"blocks.{i}."
+        dim_in = shape(p + "norm1.weight")[0]
+        dim_att = shape(p + "attn.proj.weight")[0]
+        dim_out = shape(p + "mlp.fc2.weight")[0]
+        head_dim = shape(p + "attn.pool_q.weight")[0]
+        if dim_att % head_dim:
+            raise CheckpointError(f"block {i}: attention width {dim_att} is not a multiple of the head dim {head_dim}")
+        has_proj = p + "proj.weight" in state_dict
+        rel = None
+        if p + "attn.rel_pos_h" in state_dict and p + "attn.rel_pos_w" in state_dict:
+            rel = (shape(p + "attn.rel_pos_h")[0], shape(p + "attn.rel_pos_w")[0])
+        blocks.append(BlockInfo(dim_in, dim_att, dim_out, head_dim, dim_att // head_dim, has_proj,
+                                has_proj and dim_att != dim_in, rel))
+    if not blocks:
+        raise CheckpointError("not an MViTv2 state dict: no 'blocks.{i}.' keys")
+
+    starts = [0] + [i for i in range(1, len(blocks))
+                    if blocks[i].heads != blocks[i - 1].heads or blocks[i].dim_att != blocks[i].dim_in]
+    depths = tuple(b - a for a, b in zip(starts, starts[1:] + [len(blocks)]))
+    heads = tuple(blocks[s].heads for s in starts)
+    modes = {"attention" if b.proj_in_attention else "mlp" for b in blocks if b.has_proj}
+    dim_change = modes.pop() if len(modes) == 1 else ("none" if not modes else "mixed")
+    grid = None
+    if blocks[0].rel_pos is not None:
+        grid = ((blocks[0].rel_pos[0] + 1) // 2, (blocks[0].rel_pos[1] + 1) // 2)
+    num_classes = shape("head.projection.weight")[0] if "head.projection.weight" in state_dict else None
+    known = re.compile(r"^(patch_embed\.proj\.|cls_token$|blocks\.\d+\.|norm\.|head\.projection\.)")
+    return ArchInfo(embed_dim=embed_dim, blocks=blocks, depths=depths, heads=heads, dim_change=dim_change,
+                    cls_token="cls_token" in state_dict, num_classes=num_classes, grid=grid,
+                    num_params=sum(t.numel() for t in state_dict.values()),
+                    extra_keys=[k for k in state_dict if not known.match(k)])
+
+
+def stage_depths(state_dict: Mapping[str, torch.Tensor], depths: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Blocks per stage of a native state dict: ``depths`` when given (checked), else read from it."""
+    n = len(_block_indices(state_dict))
+    if depths is None:
+        return inspect_native(state_dict).depths
+    depths = tuple(int(d) for d in depths)
+    if sum(depths) != n or min(depths) < 1:
+        raise CheckpointError(f"depths {depths} do not fit the checkpoint: it has {n} blocks")
+    return depths
+
+
+# ------------------------------------------------------------------------------------------------
+# Conversions to native
+# ------------------------------------------------------------------------------------------------
+def _from_official(sd):
+    return dict(sd), []
+
+
+def _from_mmpretrain(sd, strict: bool):
+    out, notes = {}, []
+    for k, v in sd.items():
+        k = _rename_prefix(k, "backbone.", "")
+        k = _rename_prefix(k, "patch_embed.projection.", "patch_embed.proj.")
+        k = _rename_prefix(k, "head.fc.", "head.projection.")
+        out[k] = v
+    norms = sorted({int(m.group(1)) for k in out if (m := _MM_NORM.match(k))})
+    if norms:
+        last = norms[-1]
+        for name in ("weight", "bias"):
+            if f"norm{last}.{name}" in out:
+                out[f"norm.{name}"] = out.pop(f"norm{last}.{name}")
+        inner = [f"norm{s}" for s in norms[:-1]]
+        if inner:
+            msg = (f"mmpretrain checkpoint has per-stage norms {inner}: it comes from a backbone built with "
+                   f"out_scales={norms}, in which mmpretrain applies those norms on the main path, a different "
+                   f"network from MViTv2")
+            if strict:
+                raise CheckpointError(msg + "; pass strict=False to drop them (the outputs will differ)")
+            for s in inner:
+                out.pop(f"norm{s}.weight", None)
+                out.pop(f"norm{s}.bias", None)
+            notes.append(msg + ": dropped")
+    return out, notes
+
+
+def _from_timm(sd):
+    found = {}
+    for k in sd:
+        if m := _TIMM_BLOCK.match(k):
+            found.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if sorted(found) != list(range(len(found))):
+        raise CheckpointError(f"timm checkpoint: stages are not numbered 0..{len(found) - 1}: {sorted(found)}")
+    offset, start = 0, {}
+    for s in range(len(found)):
+        js = sorted(found[s])
+        if js != list(range(len(js))):
+            raise CheckpointError(f"timm checkpoint: stage {s} blocks are not numbered 0..{len(js) - 1}: {js}")
+        start[s] = offset
+        offset += len(js)
+    out = {}
+    for k, v in sd.items():
+        if m := _TIMM_BLOCK.match(k):
+            s, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+            rest = _rename_prefix(rest, "shortcut_proj_attn.", "proj.")
+            rest = _rename_prefix(rest, "shortcut_proj_mlp.", "proj.")
+            k = f"blocks.{start[s] + j}.{rest}"
+        else:
+            k = _rename_prefix(k, "head.fc.", "head.projection.")
+        out[k] = v
+    return out, []
+
+
+def to_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *, strict: bool = True):
+    """Rename an unwrapped state dict of layout ``fmt`` to the native keys.
+
+    Returns ``(native_state_dict, notes)``; notes are human-readable lines about anything dropped.
+    Tensors are shared, not copied.
+    """
+    if fmt in ("native", "official"):
+        return _from_official(state_dict)
+    if fmt == "mmpretrain":
+        return _from_mmpretrain(state_dict, strict)
+    if fmt == "timm":
+        return _from_timm(state_dict)
+    raise CheckpointError(f"unknown checkpoint format {fmt!r}: expected one of {FORMATS}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Conversions from native
+# ------------------------------------------------------------------------------------------------
+def from_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *,
+                depths: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    """Rename a native state dict to layout ``fmt`` (keys only; tensors shared).
+
+    ``depths`` (blocks per stage) places the blocks in timm's stages and names mmpretrain's final
+    norm; when None it is read from the state dict (``stage_depths``), which is right for every
+    public arch. Pass the model's config depths for a custom arch whose heads do not change at
+    stage boundaries.
+    """
+    if fmt in ("native", "official"):
+        return dict(state_dict)
+    if fmt == "mmpretrain":
+        if "cls_token" in state_dict:
+            raise CheckpointError("mmpretrain's MViT has no class token: a class-token model cannot be exported "
+                                  "to the mmpretrain layout")
+        num_stages = len(stage_depths(state_dict, depths))
+        out = {}
+        for k, v in state_dict.items():
+            if k.startswith("head.projection."):
+                out[_rename_prefix(k, "head.projection.", "head.fc.")] = v
+                continue
+            k = _rename_prefix(k, "patch_embed.proj.", "patch_embed.projection.")
+            k = _rename_prefix(k, "norm.", f"norm{num_stages - 1}.")
+            out["backbone." + k] = v
+        return out
+    if fmt == "timm":
+        depths = stage_depths(state_dict, depths)
+        where = [(s, j) for s, d in enumerate(depths) for j in range(d)]
+        out = {}
+        for k, v in state_dict.items():
+            if m := _BLOCK.match(k):
+                i, rest = int(m.group(1)), m.group(2)
+                if rest.startswith("proj."):
+                    in_attention = (state_dict[f"blocks.{i}.attn.proj.weight"].shape[0]
+                                    == state_dict[f"blocks.{i}.proj.weight"].shape[0])
+                    rest = ("shortcut_proj_attn." if in_attention else "shortcut_proj_mlp.") + rest[len("proj."):]
+                s, j = where[i]
+                k = f"stages.{s}.blocks.{j}.{rest}"
+            else:
+                k = _rename_prefix(k, "head.projection.", "head.fc.")
+            out[k] = v
+        return out
+    raise CheckpointError(f"unknown checkpoint format {fmt!r}: expected one of {FORMATS}")
+
+
+def is_rel_pos_key(key: str) -> bool:
+    """True for the relative-position tables ``blocks.{i}.attn.rel_pos_{h,w}``."""
+    return bool(_REL_POS.match(key))
