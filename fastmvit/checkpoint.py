@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -62,13 +63,17 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        # torch's weights-only unpickler says "Unsupported global: GLOBAL x.y ..." for objects it will
+        # not build (code would run) and other "WeightsUnpickler error"s for bytes that are no pickle.
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if unsafe:
             raise CheckpointError(
-                f"{path}: the file holds pickled objects other than tensors and plain containers, and "
-                f"fastmvit never runs pickled code. If you trust the file, load it yourself with "
-                f"torch.load(path, weights_only=False) and pass the state dict. ({str(e).splitlines()[0]})"
-            ) from e
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {e})") from e
+                f"{path}: the file holds pickled objects other than tensors and plain containers "
+                f"({unsafe.group(1)}), and fastmvit never runs pickled code. If you trust the file, load it "
+                f"yourself with torch.load(path, weights_only=False) and pass the state dict") from e
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n|$)", str(e))
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (unpickling failed: "
+                              f"{detail.group(1) if detail else str(e).splitlines()[0]})") from e
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError) as e:
         raise CheckpointError(
             f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

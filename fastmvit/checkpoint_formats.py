@@ -211,12 +211,19 @@ def inspect_native(state_dict: Mapping[str, torch.Tensor]) -> ArchInfo:
 
 def stage_depths(state_dict: Mapping[str, torch.Tensor], depths: Sequence[int] | None = None) -> tuple[int, ...]:
     """Blocks per stage of a native state dict: ``depths`` when given (checked), else read from it."""
-    n = len(_block_indices(state_dict))
+    arch = inspect_native(state_dict)
     if depths is None:
-        return inspect_native(state_dict).depths
+        return arch.depths
     depths = tuple(int(d) for d in depths)
-    if sum(depths) != n or min(depths) < 1:
-        raise CheckpointError(f"depths {depths} do not fit the checkpoint: it has {n} blocks")
+    if sum(depths) != arch.depth or min(depths) < 1:
+        raise CheckpointError(f"depths {depths} do not fit the checkpoint: it has {arch.depth} blocks")
+    # Every block where the heads or the attention width change must start a stage.
+    starts = {sum(depths[:s]) for s in range(len(depths))}
+    for i in range(1, arch.depth):
+        b, prev = arch.blocks[i], arch.blocks[i - 1]
+        if (b.heads != prev.heads or b.dim_att != b.dim_in) and i not in starts:
+            raise CheckpointError(f"depths {depths} do not fit the checkpoint: block {i} starts a stage "
+                                  f"(heads {prev.heads} -> {b.heads}, width {b.dim_in} -> {b.dim_att})")
     return depths
 
 
@@ -247,9 +254,9 @@ def _from_mmpretrain(sd, strict: bool):
                    f"network from MViTv2")
             if strict:
                 raise CheckpointError(msg + "; pass strict=False to drop them (the outputs will differ)")
-            for s in inner:
-                out.pop(f"norm{s}.weight", None)
-                out.pop(f"norm{s}.bias", None)
+            for name in inner:
+                out.pop(f"{name}.weight", None)
+                out.pop(f"{name}.bias", None)
             notes.append(msg + ": dropped")
     return out, notes
 
