@@ -189,7 +189,10 @@ def _resize_table(table: torch.Tensor, length: int) -> torch.Tensor:
     The result stays in float32 (or float64): ``load_state_dict`` rounds it once, to the model's
     dtype.
     """
-    from .reference import resize_rel_pos
+    try:
+        from .reference import resize_rel_pos
+    except ImportError:
+        from .reference.layers import resize_rel_pos
     if table.dtype in (torch.float16, torch.bfloat16):
         table = table.float()
     return resize_rel_pos(table, length)
