@@ -1,0 +1,129 @@
+"""Fused pooling attention with decomposed relative positions (MViTv2), forward and backward.
+
+    out = pool_attention(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size,
+                         has_cls_token=False, residual_pooling=True, scale=None)
+
+q (B, H, Nq, D), Nq = qh*qw (+1 class token); k, v (B, H, Nk, D), Nk = kh*kw (+1); tables
+(2*max(qh, kh) - 1, D) and (2*max(qw, kw) - 1, D) or both None. Returns (B, H, Nq, D) in q's
+dtype: softmax(scale q k^T + rel_h + rel_w) v, + q on the spatial rows with residual pooling
+(SPEC section 3). The result is a view of a (B, Nq, H, D) contiguous buffer, so the model's
+`out.transpose(1, 2).reshape(B, Nq, H * D)` is free. float32, float16 and bfloat16 inputs,
+accumulation in float32; any strides.
+
+Backends (`fastmvit.use_backend`, FASTMVIT_BACKEND): "torch" runs `pool_attention_torch` (plain
+torch, materialised scores, autograd by torch); "triton" runs the custom op
+`fastmvit::pool_attention` (one op under torch.compile, a fake implementation for meta tensors,
+its backward the custom op `fastmvit::pool_attention_backward`); "auto" = Triton on CUDA.
+
+Design (kernels in `pool_attention_triton.py`)
+----------------------------------------------
+Tiling. FlashAttention-2 style: one program per (batch*head, BLOCK_M query rows); it keeps its
+q tile, the float32 accumulator and the running max / sum in registers and streams K and V in
+BLOCK_N tiles with an online softmax (rescale the partial sums by exp2(m_old - m_new) when the
+row max grows), so memory is O(Nq + Nk) for any Nk (4096+) and Nq. The head dim is padded to a
+power of two (96 -> 128, 72 -> 128) by masks; HBM traffic is not padded. MViTv2's attention is
+small in keys (Nk <= 784 at 224) and memory-bound: each q, k, v element is read once from HBM per
+query tile (K/V of a head are re-read by each query tile from L2), out and lse written once.
+
+Relative positions. rel_h[r, j] = q[r] . Rh[y_r, j] and rel_w[r, l] = q[r] . Rw[x_r, l] are small
+(Nq * (kh + kw) against Nq * Nk scores), so each query tile computes them once, before the key
+loop, from table rows gathered through int32 index maps (the official dist formula, evaluated on
+the host so indices agree bit for bit). Inside the key loop the bias tile is expanded by a matmul
+with a one-hot matrix of the key coordinates: bias = rel_h @ onehot_h + rel_w @ onehot_w, on
+tensor cores. A register gather (tl.gather) would be the direct way but spills on sm_80/sm_90.
+With half inputs rel is split into bf16 hi + lo parts (exact products, 16-bit mantissa).
+No bias tile and no rel tensor goes through HBM in the forward.
+
+Saved for backward: q, k, v, the tables, out and the log-sum-exp per row (B, H, Nq) float32;
+never the probabilities. The backward recomputes P = exp(S - lse).
+
+Backward, three kernels, deterministic (no atomics):
+1. pre (per query tile): delta = rowsum(dout * (out - residual)), and rel_h / rel_w of every row
+   written once (float32, Nq * (KH_PAD + KW_PAD)) so the next two kernels load them instead of
+   recomputing them per key tile.
+2. dK/dV (per key tile, looping over all query tiles): dv = P^T dout, dk = scale dS^T q. Each dk,
+   dv row is summed by one program in a fixed order.
+3. dQ (per query tile, looping over all key tiles): dq = scale dS k, and the rel-term gradients
+   drel_h = dS @ onehot_h^T (the transposed one-hot matmul), from which dq gets
+   drel_h @ Rh + drel_w @ Rw (+ dout on spatial rows for the residual) and drel is written.
+Then the table gradients are two small reductions in torch: dR[y, j] = sum_{b,h,x} drel_h q
+(an einsum), and d table = onehot(idx)^T @ dR, a scatter-add written as a matmul, because
+index_add_ uses float atomics on CUDA. Two kernels per direction instead of one with atomic dq
+(the FlashAttention-2 default) cost a second pass over K/V, which is small here (Nk is small).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Callable, Optional, Sequence
+
+import torch
+
+from .backend import resolve_backend, triton_interpreting
+from .pool_attention_torch import check_inputs, pool_attention_torch, rel_pos_index
+
+__all__ = ["pool_attention", "pool_attention_torch", "rel_pos_index", "gpu_compile_cases"]
+
+MAX_HEAD_DIM = 256
+
+
+def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
+                   q_size: Sequence[int], k_size: Sequence[int], *, has_cls_token: bool = False,
+                   residual_pooling: bool = True, scale: Optional[float] = None) -> torch.Tensor:
+    """MViTv2 pooling attention: softmax(scale q k^T + rel_h + rel_w) v (+ q on spatial rows).
+
+    q: (B, H, Nq, D); k, v: (B, H, Nk, D); rel_pos_h: (2*max(qh, kh) - 1, D) and rel_pos_w:
+    (2*max(qw, kw) - 1, D), or both None. q_size = (qh, qw), k_size = (kh, kw); Nq = qh*qw and
+    Nk = kh*kw, +1 each with a class token (token 0: no rel-pos, no residual). scale defaults to
+    D ** -0.5. Returns (B, H, Nq, D) in q's dtype, a view of a (B, Nq, H, D) contiguous buffer.
+    Differentiable in q, k, v and both tables."""
+    q_size, k_size = check_inputs(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size,
+                                   has_cls_token)
+    D = q.shape[-1]
+    scale = float(D ** -0.5 if scale is None else scale)
+    if resolve_backend(q.device) == "torch":
+        return pool_attention_torch(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size,
+                                    has_cls_token, residual_pooling, scale)
+    if q.dtype == torch.float64:
+        raise ValueError("pool_attention: the Triton kernels take float32, float16 or bfloat16, not float64; "
+                         "use the torch backend")
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"pool_attention: the Triton kernels take head dims up to {MAX_HEAD_DIM}, got {D}; "
+                         "use the torch backend")
+    if q.device.type == "cpu" and not triton_interpreting():
+        raise RuntimeError("pool_attention: the triton backend on CPU tensors needs Triton's interpreter "
+                           "(set TRITON_INTERPRET=1 before triton is imported), or use the torch backend")
+    if q.device.type not in ("cuda", "cpu", "meta"):
+        raise ValueError(f"pool_attention: the triton backend does not run on {q.device.type} tensors")
+    from . import pool_attention_op  # registers the custom ops on first use (imports triton)
+    out, _ = torch.ops.fastmvit.pool_attention(q, k, v, rel_pos_h, rel_pos_w, list(q_size), list(k_size),
+                                               bool(has_cls_token), bool(residual_pooling), scale)
+    return out
+
+
+def gpu_compile_cases() -> Iterable[tuple[str, Callable[[], None]]]:
+    """(label, thunk) pairs for kernels/gpu_compile.py: each thunk calls the autotuned launchers
+    (forward, then the three backward kernels) at one MViTv2 attention shape with CPU tensors, so
+    a stand-in driver compiles every config the op can launch. B = 1, the real heads / N / D."""
+    from .pool_attention_triton import backward, forward
+    # SPEC section 3 (tiny/small at 224): (q grid, k grid, heads); head dim 96 (and 72 for large).
+    shapes = [((56, 56), (14, 14), 1), ((28, 28), (28, 28), 2), ((28, 28), (14, 14), 2),
+              ((14, 14), (28, 28), 4), ((14, 14), (14, 14), 4), ((7, 7), (14, 14), 8), ((7, 7), (7, 7), 8)]
+    for D in (96, 72):
+        for dtype in (torch.float16, torch.bfloat16):
+            for sp in (0, 1):
+                for (qh, qw), (kh, kw), heads in shapes:
+                    Nq, Nk = qh * qw + sp, kh * kw + sp
+                    label = (f"pool_attention D{D} {str(dtype).split('.')[-1]} {'cls' if sp else 'nocls'} "
+                             f"q{qh}x{qw} k{kh}x{kw} h{heads}")
+
+                    def thunk(qs=(qh, qw), ks=(kh, kw), heads=heads, Nq=Nq, Nk=Nk, D=D, dtype=dtype, sp=sp):
+                        q = torch.empty(1, heads, Nq, D, dtype=dtype)
+                        k = torch.empty(1, heads, Nk, D, dtype=dtype)
+                        v = torch.empty(1, heads, Nk, D, dtype=dtype)
+                        th = torch.empty(2 * max(qs[0], ks[0]) - 1, D, dtype=dtype)
+                        tw = torch.empty(2 * max(qs[1], ks[1]) - 1, D, dtype=dtype)
+                        scale = D ** -0.5
+                        out, lse = forward(q, k, v, th, tw, qs, ks, sp, True, scale)
+                        backward(torch.empty_like(out), q, k, v, th, tw, out, lse, qs, ks, sp, True, scale)
+
+                    yield label, thunk

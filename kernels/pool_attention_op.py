@@ -1,0 +1,78 @@
+"""The torch custom ops around the Triton kernels: `fastmvit::pool_attention` (forward: out, lse)
+and `fastmvit::pool_attention_backward`, with fake implementations (meta tensors, torch.compile)
+and autograd. Imported by `pool_attention` on first use of the triton backend.
+
+custom_op (not triton_op + wrap_triton): it works under torch.compile on CPU in the interpreter
+(shared/TRITON-ON-CPU.md), and the op stays one node in the graph (no graph break).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .backend import triton_interpreting
+from . import pool_attention_triton as _tk
+
+
+def _autotune(device: torch.device) -> bool:
+    """Autotune on a GPU; a fixed config in the interpreter (timing numpy would be pointless)."""
+    return not (device.type == "cpu" and triton_interpreting())
+
+
+@torch.library.custom_op("fastmvit::pool_attention", mutates_args=())
+def pool_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
+                       q_size: list[int], k_size: list[int], has_cls_token: bool,
+                       residual_pooling: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns out (B, H, Nq, D), a view of a (B, Nq, H, D) buffer, and lse (B, H, Nq) float32."""
+    return _tk.forward(q, k, v, rel_pos_h, rel_pos_w, tuple(q_size), tuple(k_size), int(has_cls_token),
+                       residual_pooling, scale, autotune=_autotune(q.device))
+
+
+@pool_attention_fwd.register_fake
+def _(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_pooling, scale):
+    B, H, Nq, D = q.shape
+    out = q.new_empty(B, Nq, H, D).transpose(1, 2)
+    return out, q.new_empty(B, H, Nq, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastmvit::pool_attention_backward", mutates_args=())
+def pool_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
+                       out: torch.Tensor, lse: torch.Tensor, q_size: list[int], k_size: list[int],
+                       has_cls_token: bool, residual_pooling: bool, scale: float) -> list[torch.Tensor]:
+    """Returns [dq, dk, dv] + [d_rel_pos_h, d_rel_pos_w] when there are tables."""
+    grads = _tk.backward(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse, tuple(q_size), tuple(k_size),
+                         int(has_cls_token), residual_pooling, scale, autotune=_autotune(q.device))
+    return [g for g in grads if g is not None]
+
+
+@pool_attention_bwd.register_fake
+def _(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse, q_size, k_size, has_cls_token, residual_pooling, scale):
+    grads = [torch.empty_like(q, memory_format=torch.contiguous_format),
+             torch.empty_like(k, memory_format=torch.contiguous_format),
+             torch.empty_like(v, memory_format=torch.contiguous_format)]
+    if rel_pos_h is not None:
+        grads += [torch.empty_like(rel_pos_h, memory_format=torch.contiguous_format),
+                  torch.empty_like(rel_pos_w, memory_format=torch.contiguous_format)]
+    return grads
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_pooling, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, rel_pos_h, rel_pos_w, out, lse)
+    ctx.args = (q_size, k_size, has_cls_token, residual_pooling, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, rel_pos_h, rel_pos_w, out, lse = ctx.saved_tensors
+    grads = torch.ops.fastmvit.pool_attention_backward(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse,
+                                                       *ctx.args)
+    d_th, d_tw = (grads[3], grads[4]) if rel_pos_h is not None else (None, None)
+    return grads[0], grads[1], grads[2], d_th, d_tw, None, None, None, None, None
+
+
+pool_attention_fwd.register_autograd(_backward, setup_context=_setup_context)

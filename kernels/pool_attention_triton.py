@@ -1,0 +1,580 @@
+"""Triton kernels of the fused pooling attention with decomposed relative positions, and their
+launchers. The design note is in `kernels/pool_attention.py`; the math in `pool_attention_torch.py`.
+
+Notation: one program handles one (batch, head) pair `bh` and one tile of BLOCK_M query rows (or
+BLOCK_N key rows). sp = 1 with a class token (token 0, no rel-pos, no residual), else 0. Spatial
+query row s = n - sp sits at (y, x) = (s // qw, s % qw); spatial key s = m - sp at (j, l) =
+(s // kw, s % kw). The rel-pos tables are read through int32 index maps idx_h (qh, kh) and
+idx_w (qw, kw) (the official dist formula, computed once on the host).
+
+Kernels (all float32 accumulation; inputs upcast right after loading; no atomics):
+    _fwd_kernel        grid (cdiv(Nq, BLOCK_M), B*H): out (B, Nq, H, D) buffer, lse (B*H, Nq) float32
+    _bwd_pre_kernel    grid (cdiv(Nq, BLOCK_M), B*H): delta = rowsum(dout * (out - residual)),
+                       rel_h (B*H, Nq, KH_PAD), rel_w (B*H, Nq, KW_PAD) float32
+    _bwd_dkdv_kernel   grid (cdiv(Nk, BLOCK_N), B*H): dk, dv, looping over all query tiles
+    _bwd_dq_kernel     grid (cdiv(Nq, BLOCK_M), B*H): dq, drel_h, drel_w, looping over all key tiles
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * LOG2E): exp2 is the native instruction
+LN2 = 0.6931471805599453
+
+MAX_HEAD_DIM = 256
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _mma(a, b, acc, FP32: tl.constexpr):
+    """acc + a @ b. float32 inputs use exact IEEE products (no TF32), half inputs tensor cores."""
+    if FP32:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _expand_rel(rel, onehot, acc, FP32: tl.constexpr):
+    """acc + rel @ onehot, with rel float32 (M, K) and onehot a 0/1 bool (K, N) matrix.
+
+    A one-hot matmul is an exact gather-and-broadcast on tensor cores (a register gather spills).
+    Half inputs: rel is split into two bfloat16 parts, hi + lo, which together carry 16 bits of
+    mantissa; 0/1 are exact in bfloat16 and every product is exact, so the result is rel to
+    ~2**-17 relative (float32 inputs: one exact IEEE float32 matmul)."""
+    if FP32:
+        return tl.dot(rel, onehot.to(tl.float32), acc, input_precision="ieee")
+    else:
+        hi = rel.to(tl.bfloat16)
+        lo = (rel - hi.to(tl.float32)).to(tl.bfloat16)
+        oh = onehot.to(tl.float32).to(tl.bfloat16)  # via float32: the interpreter casts bool -> bf16 wrongly
+        return tl.dot(lo, oh, tl.dot(hi, oh, acc))
+
+
+@triton.jit
+def _key_coords(offs_n, Nk, kw, SP: tl.constexpr):
+    """Key rows -> (key is spatial and in range, its grid row j, its grid column l)."""
+    s = offs_n - SP
+    key_sp = (s >= 0) & (offs_n < Nk)
+    s = tl.where(key_sp, s, 0)
+    return key_sp, s // kw, s % kw
+
+
+@triton.jit
+def _rel_terms(q, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
+               stride_th0, stride_th1, stride_tw0, stride_tw1, offs_d, mask_d,
+               KH_PAD: tl.constexpr, KW_PAD: tl.constexpr):
+    """rel_h (BLOCK_M, KH_PAD) and rel_w (BLOCK_M, KW_PAD), float32, zero beyond kh / kw and on
+    non-spatial rows: rel_h[r, j] = q[r] . table_h[idx_h[y_r, j]] (q unscaled, float32).
+
+    One pass per key row j (key column l): gather the table row of every query row (from L1/L2:
+    the tables are a few KB) and reduce q * row over D. (kh + kw) * BLOCK_M * D FMAs per query
+    tile, against 2 * kh * kw * BLOCK_M * D for the attention itself."""
+    cols_h = tl.arange(0, KH_PAD)
+    rel_h = tl.zeros((q.shape[0], KH_PAD), dtype=tl.float32)
+    mask_rows = row_sp[:, None] & mask_d[None, :]
+    for j in range(0, kh):
+        t = tl.load(idx_h_ptr + y * kh + j, mask=row_sp, other=0)                     # (BLOCK_M,)
+        r = tl.load(th_ptr + t[:, None] * stride_th0 + offs_d[None, :] * stride_th1,
+                    mask=mask_rows, other=0.0).to(tl.float32)                          # (BLOCK_M, BLOCK_D)
+        rel_h = tl.where(cols_h[None, :] == j, tl.sum(q * r, axis=1)[:, None], rel_h)
+    cols_w = tl.arange(0, KW_PAD)
+    rel_w = tl.zeros((q.shape[0], KW_PAD), dtype=tl.float32)
+    for l in range(0, kw):
+        t = tl.load(idx_w_ptr + x * kw + l, mask=row_sp, other=0)
+        r = tl.load(tw_ptr + t[:, None] * stride_tw0 + offs_d[None, :] * stride_tw1,
+                    mask=mask_rows, other=0.0).to(tl.float32)
+        rel_w = tl.where(cols_w[None, :] == l, tl.sum(q * r, axis=1)[:, None], rel_w)
+    return rel_h, rel_w
+
+
+@triton.jit
+def _query_coords(offs_m, Nq, qw, SP: tl.constexpr):
+    """Query rows -> (row is spatial and in range, its grid row y, its grid column x)."""
+    s = offs_m - SP
+    row_sp = (s >= 0) & (offs_m < Nq)
+    s = tl.where(row_sp, s, 0)
+    return row_sp, s // qw, s % qw
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_kernel(
+    q_ptr, k_ptr, v_ptr, th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_th0, stride_th1, stride_tw0, stride_tw1,
+    H, Nq, Nk, D, qw, kh, kw, scale,
+    SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
+    KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """out[r] = softmax_m(scale * q[r] . k[m] + bias[r, m]) @ v (+ q[r]); lse[r] natural log.
+
+    q, k, v: (B, H, N, D) any strides, float32/float16/bfloat16; out: (B, H, Nq, D) strides of a
+    (B, Nq, H, D) buffer; lse: (B*H, Nq) float32."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_ptr += b * stride_qb + h * stride_qh
+    k_ptr += b * stride_kb + h * stride_kh
+    v_ptr += b * stride_vb + h * stride_vh
+    out_ptr += b * stride_ob + h * stride_oh
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < Nq
+    mask_d = offs_d < D
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)                  # (BLOCK_M, BLOCK_D)
+    row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
+    if HAS_REL:
+        rel_h, rel_w = _rel_terms(q.to(tl.float32), row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr,
+                                  th_ptr, tw_ptr, stride_th0, stride_th1, stride_tw0, stride_tw1,
+                                  offs_d, mask_d, KH_PAD, KW_PAD)
+        # Work in base 2: s2 = (scale * qk + bias) * log2(e), so exp(s) = exp2(s2).
+        rel_h = rel_h * LOG2E
+        rel_w = rel_w * LOG2E
+    qk_scale = scale * LOG2E
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)   # running row max (base 2)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)                 # running sum of exp2(s2 - m_i)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)         # running sum of exp2(s2 - m_i) v
+    for start_n in range(0, Nk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < Nk
+        kT = tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
+        s = _mma(q, kT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32) * qk_scale
+        if HAS_REL:
+            key_sp, j, l = _key_coords(offs_n, Nk, kw, SP)
+            onehot_h = (tl.arange(0, KH_PAD)[:, None] == j[None, :]) & key_sp[None, :]   # (KH_PAD, BLOCK_N)
+            onehot_w = (tl.arange(0, KW_PAD)[:, None] == l[None, :]) & key_sp[None, :]   # (KW_PAD, BLOCK_N)
+            s = _expand_rel(rel_w, onehot_w, _expand_rel(rel_h, onehot_h, s, FP32), FP32)
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        # Online softmax: rescale what was summed under the old max by exp2(m_old - m_new).
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)              # (BLOCK_N, BLOCK_D)
+        acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], FP32)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    if RESIDUAL:
+        out += tl.where(row_sp[:, None], q.to(tl.float32), 0.0)
+    tl.store(out_ptr + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(lse_ptr + bh.to(tl.int64) * Nq + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_pre_kernel(
+    q_ptr, out_ptr, do_ptr, th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, delta_ptr, relh_ptr, relw_ptr,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_th0, stride_th1, stride_tw0, stride_tw1,
+    H, Nq, D, qw, kh, kw,
+    SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr,
+    KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta[r] = dout[r] . (out[r] - residual[r]) = sum_m P[r, m] dP[r, m] (the softmax backward
+    term), and the rel terms rel_h, rel_w of every query row (float32, zero-padded), so the two
+    backward kernels load them instead of recomputing them once per key tile."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < Nq
+    mask_d = offs_d < D
+    mask = mask_m[:, None] & mask_d[None, :]
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+                + offs_d[None, :] * stride_qd, mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
+                + offs_d[None, :] * stride_od, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
+                 + offs_d[None, :] * stride_dod, mask=mask, other=0.0).to(tl.float32)
+    row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
+    if RESIDUAL:
+        o -= tl.where(row_sp[:, None], q, 0.0)
+    tl.store(delta_ptr + bh.to(tl.int64) * Nq + offs_m, tl.sum(do * o, axis=1), mask=mask_m)
+    if HAS_REL:
+        rel_h, rel_w = _rel_terms(q, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
+                                  stride_th0, stride_th1, stride_tw0, stride_tw1, offs_d, mask_d,
+                                  KH_PAD, KW_PAD)
+        row = bh.to(tl.int64) * Nq + offs_m
+        tl.store(relh_ptr + row[:, None] * KH_PAD + tl.arange(0, KH_PAD)[None, :], rel_h,
+                 mask=mask_m[:, None])
+        tl.store(relw_ptr + row[:, None] * KW_PAD + tl.arange(0, KW_PAD)[None, :], rel_w,
+                 mask=mask_m[:, None])
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    H, Nq, Nk, D, kw, scale,
+    SP: tl.constexpr, HAS_REL: tl.constexpr, FP32: tl.constexpr,
+    KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dk, dv of one key tile: loops over every query tile (no atomics: deterministic).
+
+    Works on transposed scores sT (BLOCK_N, BLOCK_M): dv += pT @ do, dk += dsT @ q * scale.
+    dk, dv: (B, H, Nk, D) contiguous, in k's dtype."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_ptr += b * stride_qb + h * stride_qh
+    k_ptr += b * stride_kb + h * stride_kh
+    v_ptr += b * stride_vb + h * stride_vh
+    do_ptr += b * stride_dob + h * stride_doh
+    lse_ptr += bh.to(tl.int64) * Nq
+    delta_ptr += bh.to(tl.int64) * Nq
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < Nk
+    mask_d = offs_d < D
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_nd, other=0.0)
+    v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_nd, other=0.0)
+    if HAS_REL:
+        key_sp, j, l = _key_coords(offs_n, Nk, kw, SP)
+        onehot_hT = (j[:, None] == tl.arange(0, KH_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KH_PAD)
+        onehot_wT = (l[:, None] == tl.arange(0, KW_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KW_PAD)
+    qk_scale = scale * LOG2E
+
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for start_m in range(0, Nq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < Nq
+        qT = tl.load(q_ptr + offs_m[None, :] * stride_qn + offs_d[:, None] * stride_qd,
+                     mask=mask_m[None, :] & mask_d[:, None], other=0.0)            # (BLOCK_D, BLOCK_M)
+        sT = _mma(k, qT, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32) * qk_scale
+        if HAS_REL:
+            row = offs_m[None, :]
+            relT_h = tl.load(relh_ptr + (bh.to(tl.int64) * Nq + row) * KH_PAD + tl.arange(0, KH_PAD)[:, None],
+                             mask=mask_m[None, :], other=0.0) * LOG2E               # (KH_PAD, BLOCK_M)
+            relT_w = tl.load(relw_ptr + (bh.to(tl.int64) * Nq + row) * KW_PAD + tl.arange(0, KW_PAD)[:, None],
+                             mask=mask_m[None, :], other=0.0) * LOG2E               # (KW_PAD, BLOCK_M)
+            sT = _expand_rel_T(onehot_wT, relT_w, _expand_rel_T(onehot_hT, relT_h, sT, FP32), FP32)
+        lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
+        pT = tl.exp2(sT - lse[None, :])                                             # (BLOCK_N, BLOCK_M)
+        pT = tl.where(mask_m[None, :], pT, 0.0)
+        do = tl.load(do_ptr + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)             # (BLOCK_M, BLOCK_D)
+        dv = _mma(pT.to(do.dtype), do, dv, FP32)
+        dpT = _mma(v, tl.trans(do), tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32)
+        delta = tl.load(delta_ptr + offs_m, mask=mask_m, other=0.0)
+        dsT = pT * (dpT - delta[None, :])
+        dk = _mma(dsT.to(qT.dtype), tl.trans(qT), dk, FP32)
+
+    dk *= scale
+    out_off = bh.to(tl.int64) * Nk * D + offs_n[:, None] * D + offs_d[None, :]
+    tl.store(dk_ptr + out_off, dk.to(dk_ptr.dtype.element_ty), mask=mask_nd)
+    tl.store(dv_ptr + out_off, dv.to(dv_ptr.dtype.element_ty), mask=mask_nd)
+
+
+@triton.jit
+def _expand_rel_T(onehotT, relT, acc, FP32: tl.constexpr):
+    """acc + onehotT @ relT: the transposed bias expansion (see `_expand_rel`)."""
+    if FP32:
+        return tl.dot(onehotT.to(tl.float32), relT, acc, input_precision="ieee")
+    else:
+        hi = relT.to(tl.bfloat16)
+        lo = (relT - hi.to(tl.float32)).to(tl.bfloat16)
+        oh = onehotT.to(tl.float32).to(tl.bfloat16)
+        return tl.dot(oh, lo, tl.dot(oh, hi, acc))
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr,
+    th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, dq_ptr, drelh_ptr, drelw_ptr,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_don, stride_dod,
+    stride_th0, stride_th1, stride_tw0, stride_tw1,
+    H, Nq, Nk, D, qw, kh, kw, scale,
+    SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
+    KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dq and the rel-term gradients drel_h, drel_w of one query tile: loops over every key tile.
+
+    ds = p * (dp - delta) is the score gradient; dq = scale * ds @ k + drel_h @ Rh + drel_w @ Rw
+    (+ dout on spatial rows for the residual), with drel_h = ds @ onehot_h^T. drel_h/w are written
+    (B*H, Nq, K*_PAD) float32 for the table gradients. dq: (B, H, Nq, D) contiguous, q's dtype."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    k_ptr += b * stride_kb + h * stride_kh
+    v_ptr += b * stride_vb + h * stride_vh
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < Nq
+    mask_d = offs_d < D
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+                + offs_d[None, :] * stride_qd, mask=mask_md, other=0.0)             # (BLOCK_M, BLOCK_D)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
+                 + offs_d[None, :] * stride_dod, mask=mask_md, other=0.0)
+    row = bh.to(tl.int64) * Nq + offs_m
+    lse = tl.load(lse_ptr + row, mask=mask_m, other=0.0) * LOG2E
+    delta = tl.load(delta_ptr + row, mask=mask_m, other=0.0)
+    if HAS_REL:
+        cols_h = tl.arange(0, KH_PAD)
+        cols_w = tl.arange(0, KW_PAD)
+        rel_h = tl.load(relh_ptr + row[:, None] * KH_PAD + cols_h[None, :], mask=mask_m[:, None], other=0.0) * LOG2E
+        rel_w = tl.load(relw_ptr + row[:, None] * KW_PAD + cols_w[None, :], mask=mask_m[:, None], other=0.0) * LOG2E
+        drel_h = tl.zeros((BLOCK_M, KH_PAD), dtype=tl.float32)
+        drel_w = tl.zeros((BLOCK_M, KW_PAD), dtype=tl.float32)
+    qk_scale = scale * LOG2E
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for start_n in range(0, Nk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < Nk
+        kT = tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
+        vT = tl.load(v_ptr + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        s = _mma(q, kT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32) * qk_scale
+        if HAS_REL:
+            key_sp, j, l = _key_coords(offs_n, Nk, kw, SP)
+            onehot_h = (cols_h[:, None] == j[None, :]) & key_sp[None, :]             # (KH_PAD, BLOCK_N)
+            onehot_w = (cols_w[:, None] == l[None, :]) & key_sp[None, :]
+            s = _expand_rel(rel_w, onehot_w, _expand_rel(rel_h, onehot_h, s, FP32), FP32)
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(mask_n[None, :], p, 0.0)
+        dp = _mma(do, vT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32)
+        ds = p * (dp - delta[:, None])                                              # (BLOCK_M, BLOCK_N)
+        dq = _mma(ds.to(kT.dtype), tl.trans(kT), dq, FP32)
+        if HAS_REL:
+            drel_h = _expand_rel(ds, tl.trans(onehot_h), drel_h, FP32)
+            drel_w = _expand_rel(ds, tl.trans(onehot_w), drel_w, FP32)
+
+    dq *= scale
+    row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
+    if HAS_REL:
+        # dq[r] += sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ the same for w): gathered rows again.
+        mask_rows = row_sp[:, None] & mask_d[None, :]
+        for jj in range(0, kh):
+            t = tl.load(idx_h_ptr + y * kh + jj, mask=row_sp, other=0)
+            r = tl.load(th_ptr + t[:, None] * stride_th0 + offs_d[None, :] * stride_th1,
+                        mask=mask_rows, other=0.0).to(tl.float32)
+            dq += tl.sum(tl.where(cols_h[None, :] == jj, drel_h, 0.0), axis=1)[:, None] * r
+        for ll in range(0, kw):
+            t = tl.load(idx_w_ptr + x * kw + ll, mask=row_sp, other=0)
+            r = tl.load(tw_ptr + t[:, None] * stride_tw0 + offs_d[None, :] * stride_tw1,
+                        mask=mask_rows, other=0.0).to(tl.float32)
+            dq += tl.sum(tl.where(cols_w[None, :] == ll, drel_w, 0.0), axis=1)[:, None] * r
+        tl.store(drelh_ptr + row[:, None] * KH_PAD + cols_h[None, :], drel_h, mask=mask_m[:, None])
+        tl.store(drelw_ptr + row[:, None] * KW_PAD + cols_w[None, :], drel_w, mask=mask_m[:, None])
+    if RESIDUAL:
+        dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
+    tl.store(dq_ptr + row[:, None] * D + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configurations
+# ----------------------------------------------------------------------------------------------
+# Every config is correct for every shape (all loads and stores are masked); the lists only trade
+# speed. They are pruned per GPU target and head dim to those that compile without spills and fit
+# in shared memory (checked by tests/test_gpu_compile.py through `gpu_compile_cases`).
+def _config(bm, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+FWD_CONFIGS = [_config(64, 64, 4, 2), _config(64, 32, 4, 3), _config(128, 64, 8, 2), _config(32, 64, 4, 2)]
+DQ_CONFIGS = [_config(64, 32, 4, 2), _config(32, 64, 4, 2), _config(64, 64, 8, 2)]
+DKDV_CONFIGS = [_config(32, 64, 4, 2), _config(64, 64, 8, 2), _config(32, 128, 8, 2)]
+PRE_BLOCK_M = 32
+
+# The interpreter (CPU tests) runs one fixed small config: autotuning there would time every
+# config in numpy for nothing. Tests may change it to exercise other tilings.
+INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
+
+
+def _target_arch() -> int:
+    try:
+        target = triton.runtime.driver.active.get_current_target()
+        return int(target.arch) if target.backend == "cuda" else 0
+    except Exception:  # no GPU driver (interpreter) or another backend
+        return 0
+
+
+def _prune(max_tile_sm80: int):
+    """An early_config_prune hook: on sm_80 (and below) drop configs whose BLOCK_M * BLOCK_N is
+    above max_tile_sm80 (they spill at head dim 128 padded); keep at least one."""
+    def prune(configs, named_args, **kwargs):
+        arch = _target_arch()
+        if arch and arch < 90:
+            kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= max_tile_sm80]
+            return kept or configs[:1]
+        return configs
+    return prune
+
+
+_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"],
+                             prune_configs_by={"early_config_prune": _prune(64 * 64)})(_fwd_kernel)
+_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"],
+                            prune_configs_by={"early_config_prune": _prune(64 * 64)})(_bwd_dq_kernel)
+_dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"],
+                              prune_configs_by={"early_config_prune": _prune(64 * 64)})(_bwd_dkdv_kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers (no checks here: `pool_attention` validates; the GPU-compile harness calls these)
+# ----------------------------------------------------------------------------------------------
+def _pad16(n: int) -> int:
+    """Matmul dims must be powers of 2 and at least 16 for tl.dot."""
+    return max(16, triton.next_power_of_2(n))
+
+
+_INDEX_CACHE: dict = {}
+
+
+def _index_map(q_side: int, k_side: int, device) -> torch.Tensor:
+    """(q_side, k_side) int32 table rows (official formula), cached per device."""
+    key = (q_side, k_side, str(device))
+    idx = _INDEX_CACHE.get(key)
+    if idx is None:
+        from .pool_attention_torch import rel_pos_index
+        idx = rel_pos_index(q_side, k_side).to(device=device, dtype=torch.int32)
+        _INDEX_CACHE[key] = idx
+    return idx
+
+
+def _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size):
+    """Pointers, strides and padded widths of the rel-pos inputs (dummies when there are none)."""
+    (qh, qw), (kh, kw) = q_size, k_size
+    if rel_pos_h is None:
+        return dict(th=q, tw=q, idx_h=q, idx_w=q, st=(0, 0, 0, 0), KH_PAD=16, KW_PAD=16, HAS_REL=False)
+    return dict(th=rel_pos_h, tw=rel_pos_w, idx_h=_index_map(qh, kh, q.device),
+                idx_w=_index_map(qw, kw, q.device),
+                st=(rel_pos_h.stride(0), rel_pos_h.stride(1), rel_pos_w.stride(0), rel_pos_w.stride(1)),
+                KH_PAD=_pad16(kh), KW_PAD=_pad16(kw), HAS_REL=True)
+
+
+def forward(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, sp: int, residual: bool, scale: float,
+            autotune: bool = True):
+    """Launch the forward kernel. Returns out (B, H, Nq, D), a view of a (B, Nq, H, D) buffer, in
+    q's dtype, and lse (B, H, Nq) float32 (natural log-sum-exp of each score row)."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    (qh, qw), (kh, kw) = q_size, k_size
+    out = torch.empty(B, Nq, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
+    r = _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    args = (q, k, v, r["th"], r["tw"], r["idx_h"], r["idx_w"], out, lse,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *r["st"],
+            H, Nq, Nk, D, qw, kh, kw, scale)
+    meta = dict(SP=sp, HAS_REL=r["HAS_REL"], RESIDUAL=residual, FP32=q.dtype == torch.float32,
+                KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"], BLOCK_D=_pad16(D))
+    if autotune:
+        grid = lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)
+        _fwd_tuned[grid](*args, **meta)
+    else:
+        grid = (triton.cdiv(Nq, INTERPRETER_BLOCKS["BLOCK_M"]), B * H)
+        _fwd_kernel[grid](*args, **meta, **INTERPRETER_BLOCKS)
+    return out, lse
+
+
+def backward(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse, q_size, k_size, sp: int,
+             residual: bool, scale: float, autotune: bool = True):
+    """Launch the three backward kernels, then reduce the table gradients.
+
+    Returns dq (like q), dk, dv (like k, v), d_rel_pos_h, d_rel_pos_w (like the tables; None
+    without rel-pos). Deterministic: every output element is summed by one program in a fixed
+    order, and the table gradients are matmuls with a one-hot matrix (no atomics)."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    (qh, qw), (kh, kw) = q_size, k_size
+    r = _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    KH_PAD, KW_PAD, HAS_REL = r["KH_PAD"], r["KW_PAD"], r["HAS_REL"]
+    fp32 = q.dtype == torch.float32
+    dev = q.device
+    delta = torch.empty(B * H, Nq, dtype=torch.float32, device=dev)
+    if HAS_REL:
+        rel_h = torch.empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
+        rel_w = torch.empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
+        drel_h = torch.empty_like(rel_h)
+        drel_w = torch.empty_like(rel_w)
+    else:
+        rel_h = rel_w = drel_h = drel_w = delta   # never read or written
+    dq = torch.empty(B, H, Nq, D, dtype=q.dtype, device=dev)
+    dk = torch.empty(B, H, Nk, D, dtype=k.dtype, device=dev)
+    dv = torch.empty(B, H, Nk, D, dtype=v.dtype, device=dev)
+    BLOCK_D = _pad16(D)
+
+    _bwd_pre_kernel[(triton.cdiv(Nq, PRE_BLOCK_M), B * H)](
+        q, out, dout, r["th"], r["tw"], r["idx_h"], r["idx_w"], delta, rel_h, rel_w,
+        *q.stride(), *out.stride(), *dout.stride(), *r["st"], H, Nq, D, qw, kh, kw,
+        SP=sp, HAS_REL=HAS_REL, RESIDUAL=residual, KH_PAD=KH_PAD, KW_PAD=KW_PAD,
+        BLOCK_D=BLOCK_D, BLOCK_M=PRE_BLOCK_M)
+
+    dkdv_args = (q, k, v, dout, lse, delta, rel_h, rel_w, dk, dv,
+                 *q.stride(), *k.stride(), *v.stride(), *dout.stride(), H, Nq, Nk, D, kw, scale)
+    dq_args = (q, k, v, dout, lse, delta, rel_h, rel_w, r["th"], r["tw"], r["idx_h"], r["idx_w"],
+               dq, drel_h, drel_w, *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *r["st"],
+               H, Nq, Nk, D, qw, kh, kw, scale)
+    meta = dict(SP=sp, HAS_REL=HAS_REL, FP32=fp32, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_D=BLOCK_D)
+    if autotune:
+        _dkdv_tuned[lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H)](*dkdv_args, **meta)
+        _dq_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](*dq_args, RESIDUAL=residual, **meta)
+    else:
+        bm, bn = INTERPRETER_BLOCKS["BLOCK_M"], INTERPRETER_BLOCKS["BLOCK_N"]
+        _bwd_dkdv_kernel[(triton.cdiv(Nk, bn), B * H)](*dkdv_args, **meta, **INTERPRETER_BLOCKS)
+        _bwd_dq_kernel[(triton.cdiv(Nq, bm), B * H)](*dq_args, RESIDUAL=residual, **meta, **INTERPRETER_BLOCKS)
+
+    if not HAS_REL:
+        return dq, dk, dv, None, None
+    d_th = _table_grad(drel_h, q, sp, (B, H, qh, qw), kh, _index_map(qh, kh, dev), rel_pos_h, axis="h")
+    d_tw = _table_grad(drel_w, q, sp, (B, H, qh, qw), kw, _index_map(qw, kw, dev), rel_pos_w, axis="w")
+    return dq, dk, dv, d_th, d_tw
+
+
+def _table_grad(drel, q, sp, grid, k_side, idx, table, axis):
+    """d table from the per-row rel-term gradients drel (B*H, Nq, K_PAD) float32.
+
+    dR[a, c, :] = sum over (b, h, other axis) of drel[.., a, c] * q[.., :] (a = y for the h table,
+    x for the w table), then d table = onehot(idx)^T @ dR: a deterministic scatter-add as a
+    matmul (index_add_ would use atomics on a GPU)."""
+    B, H, qh, qw = grid
+    D = q.shape[-1]
+    drel = drel.view(B, H, -1, drel.shape[-1])[:, :, sp:, :k_side].reshape(B, H, qh, qw, k_side)
+    q_sp = q[:, :, sp:].reshape(B, H, qh, qw, D).float()
+    eq = "bhyxc,bhyxj->yjc" if axis == "h" else "bhyxc,bhyxj->xjc"
+    dR = torch.einsum(eq, q_sp, drel)                                   # (q side, k side, D)
+    onehot = torch.zeros(table.shape[0], idx.numel(), dtype=torch.float32, device=q.device)
+    onehot[idx.reshape(-1).long(), torch.arange(idx.numel(), device=q.device)] = 1.0
+    return (onehot @ dR.reshape(-1, D)).to(table.dtype)
