@@ -1,9 +1,10 @@
 """fastmvit: MViTv2 made fast on NVIDIA GPUs, a drop-in for the reference model."""
 from .kernels.backend import get_backend, use_backend
 from .checkpoint import convert_state_dict, load_checkpoint
+from .macs import count_macs
 from .costmodel import count_traffic, saved_activation_bytes, training_step_traffic
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "convert_state_dict", "count_traffic", "get_backend", "load_checkpoint",
+__all__ = ["__version__", "convert_state_dict", "count_macs", "count_traffic", "get_backend", "load_checkpoint",
            "saved_activation_bytes", "training_step_traffic", "use_backend"]

@@ -1,0 +1,243 @@
+"""MViTv2 architecture configs and the per-block plan.
+
+``MViTv2Config`` holds what defines an architecture (widths, heads, depths, pooling, options);
+``ARCH_SETTINGS`` names the public ones (SPEC section 1). ``block_specs(config, img_size)`` turns a
+config into the list of ``BlockSpec``: everything one block needs to be built (widths, heads,
+strides, grids, relative-position table lengths, stochastic-depth rate). The reference model and the
+optimized model (``fastmvit``) both build their blocks from this plan, so they cannot disagree.
+
+The plan follows the official code (facebookresearch/mvit, ``mvit_model.py``,
+``_prepare_mvit_configs``, ``common.round_width``):
+
+- stage ``s`` (0-based) starts at block ``sum(depths[:s])``; at every stage start after the first,
+  the width and the heads are multiplied by ``dim_mul`` / ``head_mul`` (2) and q is pooled with
+  stride 2;
+- the key/value stride starts at ``adaptive_kv_stride`` (4) and is divided (floor, minimum 1) by the
+  q stride of every block that has one, *before* that block uses it: 4, 2, 1, 1 by stage;
+- with ``dim_mul_in_attention`` the width changes in the first block of a stage (the attention
+  widens, the shortcut is ``proj(norm1(x))``); otherwise in the last block of the previous stage
+  (the MLP widens, the shortcut is ``proj(norm2(x))``: large).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+__all__ = ["ARCHS", "ARCH_SETTINGS", "BlockSpec", "MViTv2Config", "block_specs", "conv_out_size",
+           "get_config", "patch_grid", "rel_pos_length", "round_width"]
+
+
+@dataclass(frozen=True)
+class MViTv2Config:
+    """An MViTv2 image architecture (field names follow mmpretrain's ``MViT`` where one exists).
+
+    embed_dims: width C0 of the first stage (the patch embedding's output channels).
+    num_heads: heads of the first stage (heads0); the head dim ``embed_dims // num_heads`` stays
+        the same in every stage because width and heads both double.
+    depths: blocks per stage.
+    dim_mul_in_attention: True: the width changes in the attention of a stage's first block;
+        False: in the MLP of the previous stage's last block (large).
+    with_cls_token: prepend a learned class token; the head reads it instead of the token mean.
+    drop_path_rate: stochastic depth of the last block (linear from 0 over the blocks); the value
+        recommended for training the arch from scratch.
+    """
+    embed_dims: int = 96
+    num_heads: int = 1
+    depths: tuple[int, ...] = (1, 2, 5, 2)
+    dim_mul_in_attention: bool = True
+    with_cls_token: bool = False
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    pool_kernel: tuple[int, int] = (3, 3)
+    adaptive_kv_stride: int = 4
+    rel_pos_spatial: bool = True
+    residual_pooling: bool = True
+    drop_path_rate: float = 0.1
+    dim_mul: float = 2.0
+    head_mul: float = 2.0
+    downscale_stride: int = 2
+    patch_kernel: int = 7
+    patch_stride: int = 4
+    patch_padding: int = 3
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        pk = self.pool_kernel
+        object.__setattr__(self, "pool_kernel", (int(pk), int(pk)) if isinstance(pk, int) else tuple(int(k) for k in pk))
+        if len(self.depths) == 0 or min(self.depths) < 1:
+            raise ValueError(f"depths must be a non-empty sequence of positive block counts, got {self.depths}")
+        if self.embed_dims < 1 or self.num_heads < 1:
+            raise ValueError(f"embed_dims ({self.embed_dims}) and num_heads ({self.num_heads}) must be positive")
+        if len(self.pool_kernel) != 2 or min(self.pool_kernel) < 1 or any(k % 2 == 0 for k in self.pool_kernel):
+            raise ValueError(f"pool_kernel must be two odd positive sizes, got {self.pool_kernel}")
+        if self.adaptive_kv_stride < 1 or self.downscale_stride < 1 or self.patch_stride < 1:
+            raise ValueError("adaptive_kv_stride, downscale_stride and patch_stride must be >= 1")
+
+    # Names used by fastmvit.checkpoint (ArchInfo) for the same fields.
+    @property
+    def embed_dim(self) -> int:
+        return self.embed_dims
+
+    @property
+    def cls_token(self) -> bool:
+        return self.with_cls_token
+
+    @property
+    def depth(self) -> int:
+        """Total number of blocks."""
+        return sum(self.depths)
+
+    def replace(self, **changes) -> "MViTv2Config":
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return replace(self, **changes)
+
+
+ARCH_SETTINGS: dict[str, MViTv2Config] = {
+    "tiny": MViTv2Config(96, 1, (1, 2, 5, 2), drop_path_rate=0.1),
+    "small": MViTv2Config(96, 1, (1, 2, 11, 2), drop_path_rate=0.1),
+    "base": MViTv2Config(96, 1, (2, 3, 16, 3), drop_path_rate=0.3),
+    "large": MViTv2Config(144, 2, (2, 6, 36, 4), dim_mul_in_attention=False, drop_path_rate=0.5),
+    "small_cls": MViTv2Config(96, 1, (1, 2, 11, 2), with_cls_token=True, drop_path_rate=0.1),
+    "base_cls": MViTv2Config(96, 1, (2, 3, 16, 3), with_cls_token=True, drop_path_rate=0.3),
+    "large_cls": MViTv2Config(144, 2, (2, 6, 36, 4), with_cls_token=True, drop_path_rate=0.5),
+    # huge_cls: no from-scratch recipe in the SPEC; large's rate as a starting point.
+    "huge_cls": MViTv2Config(192, 3, (4, 8, 60, 8), with_cls_token=True, drop_path_rate=0.5),
+}
+ARCHS = ARCH_SETTINGS  # the name fastmvit.checkpoint looks up
+
+
+def get_config(arch: str | MViTv2Config, **overrides) -> MViTv2Config:
+    """The config of a public arch name (``"tiny"``, ``"mvitv2_tiny"`` ...) or a given config,
+    with ``overrides`` (config field names) applied. Raises ``ValueError`` for an unknown name."""
+    if isinstance(arch, MViTv2Config):
+        cfg = arch
+    elif isinstance(arch, str):
+        name = arch.lower().removeprefix("mvitv2_").removeprefix("mvitv2-").replace("-", "_")
+        if name not in ARCH_SETTINGS:
+            raise ValueError(f"unknown MViTv2 arch {arch!r}; choose one of {sorted(ARCH_SETTINGS)} "
+                             f"or pass an MViTv2Config")
+        cfg = ARCH_SETTINGS[name]
+    else:
+        raise TypeError(f"arch must be an arch name or an MViTv2Config, got {type(arch).__name__}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def round_width(width: int, multiplier: float, min_width: int = 1, divisor: int = 1) -> int:
+    """Multiply a width and round it to a multiple of ``divisor`` (official ``common.round_width``).
+
+    For the public archs this is an exact doubling."""
+    if not multiplier:
+        return width
+    width = width * multiplier
+    min_width = min_width or divisor
+    width_out = max(min_width, int(width + divisor / 2) // divisor * divisor)
+    if width_out < 0.9 * width:
+        width_out += divisor
+    return int(width_out)
+
+
+def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution / pooling along one axis (floor mode)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def patch_grid(config: MViTv2Config, img_size: tuple[int, int]) -> tuple[int, int]:
+    """Token grid (H, W) after the patch embedding of an (H_img, W_img) image."""
+    return tuple(conv_out_size(s, config.patch_kernel, config.patch_stride, config.patch_padding)
+                 for s in img_size)
+
+
+def rel_pos_length(q_size: int, k_size: int) -> int:
+    """Length of a relative-position table along one axis: ``2 * max(q_size, k_size) - 1``."""
+    return 2 * max(q_size, k_size) - 1
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block of the plan. Widths are channels; grids are (H, W) token grids at the
+    construction ``img_size`` (other input sizes change the grids, not the parameters).
+
+    dim: input width; dim_out: output width; dim_att: attention width (= dim_out with dim change in
+    attention, else dim); mlp_hidden: hidden width of the MLP; head_dim = dim_att // num_heads.
+    stride_q / stride_kv: pooling strides of q and of k, v; pool_kernel: the conv pooling kernel.
+    input_size: grid entering the block; q_size: grid after q pooling (= the block's output grid);
+    kv_size: grid after k/v pooling. rel_pos_len: (len_h, len_w) of the tables rel_pos_h / rel_pos_w.
+    dim_change: None, "attention" or "mlp" (where ``proj`` sits). drop_path: stochastic depth rate.
+    """
+    index: int
+    stage: int
+    dim: int
+    dim_out: int
+    dim_att: int
+    mlp_hidden: int
+    num_heads: int
+    head_dim: int
+    stride_q: tuple[int, int]
+    stride_kv: tuple[int, int]
+    pool_kernel: tuple[int, int]
+    input_size: tuple[int, int]
+    q_size: tuple[int, int]
+    kv_size: tuple[int, int]
+    rel_pos_len: tuple[int, int]
+    dim_change: str | None
+    drop_path: float
+
+    @property
+    def pool_padding(self) -> tuple[int, int]:
+        return tuple(k // 2 for k in self.pool_kernel)
+
+
+def block_specs(config: MViTv2Config, img_size: int | Sequence[int] = 224,
+                drop_path_rate: float | None = None) -> list[BlockSpec]:
+    """The per-block plan of ``config`` for ``img_size`` (int or (H, W)) input images.
+
+    ``drop_path_rate`` overrides ``config.drop_path_rate``. Raises ``ValueError`` when the heads do
+    not divide a block's attention width or the image is smaller than the patch stride.
+    """
+    h_img, w_img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    if min(h_img, w_img) < config.patch_stride:
+        raise ValueError(f"img_size {(h_img, w_img)} is smaller than the patch stride {config.patch_stride}")
+    depth = config.depth
+    rate = config.drop_path_rate if drop_path_rate is None else drop_path_rate
+    # Stochastic depth grows linearly over the blocks (official: torch.linspace(0, rate, depth)).
+    dpr = [rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+    starts = {sum(config.depths[:s]) for s in range(1, len(config.depths))}
+    stage_of = [s for s, d in enumerate(config.depths) for _ in range(d)]
+    # dim_mul / head_mul over depth + 1 positions, as in the official _prepare_mvit_configs.
+    dim_mul = [config.dim_mul if i in starts else 1.0 for i in range(depth + 1)]
+    head_mul = [config.head_mul if i in starts else 1.0 for i in range(depth + 1)]
+    kh, kw = config.pool_kernel
+    pad = (kh // 2, kw // 2)
+
+    specs = []
+    dim, heads = config.embed_dims, config.num_heads
+    size = patch_grid(config, (h_img, w_img))
+    kv_stride = (config.adaptive_kv_stride, config.adaptive_kv_stride)
+    for i in range(depth):
+        s = config.downscale_stride if i in starts else 1
+        stride_q = (s, s)
+        kv_stride = tuple(max(k // sq, 1) for k, sq in zip(kv_stride, stride_q))
+        heads = round_width(heads, head_mul[i])
+        if config.dim_mul_in_attention:
+            dim_out = round_width(dim, dim_mul[i], divisor=round_width(heads, head_mul[i]))
+        else:
+            dim_out = round_width(dim, dim_mul[i + 1], divisor=round_width(heads, head_mul[i + 1]))
+        dim_att = dim_out if config.dim_mul_in_attention else dim
+        if dim_att % heads:
+            raise ValueError(f"block {i}: {heads} heads do not divide the attention width {dim_att} "
+                             f"(embed_dims {config.embed_dims}, num_heads {config.num_heads})")
+        q_size = tuple(conv_out_size(n, k, st, p) for n, k, st, p in zip(size, (kh, kw), stride_q, pad))
+        kv_size = tuple(conv_out_size(n, k, st, p) for n, k, st, p in zip(size, (kh, kw), kv_stride, pad))
+        specs.append(BlockSpec(
+            index=i, stage=stage_of[i], dim=dim, dim_out=dim_out, dim_att=dim_att,
+            mlp_hidden=int(dim_att * config.mlp_ratio), num_heads=heads, head_dim=dim_att // heads,
+            stride_q=stride_q, stride_kv=kv_stride, pool_kernel=(kh, kw), input_size=size,
+            q_size=q_size, kv_size=kv_size,
+            rel_pos_len=(rel_pos_length(q_size[0], kv_size[0]), rel_pos_length(q_size[1], kv_size[1])),
+            dim_change=None if dim == dim_out else ("attention" if config.dim_mul_in_attention else "mlp"),
+            drop_path=dpr[i]))
+        size, dim = q_size, dim_out
+    return specs

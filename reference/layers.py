@@ -1,0 +1,316 @@
+"""The pieces of an MViTv2 block, in plain PyTorch (SPEC sections 2-3).
+
+Module-level functions hold the math the optimized model and its tests reuse: pooling a tensor of
+tokens (``pool_tokens``), the relative-position index (``rel_pos_index``), the table resize
+(``resize_rel_pos``), the decomposed relative-position bias (``add_decomposed_rel_pos``), and the
+whole attention core (``pooling_attention``). The modules (``PatchEmbed``, ``Mlp``,
+``MultiScaleAttention``, ``MultiScaleBlock``) create their parameters in ``__init__`` under the
+official key names, so a subclass can override ``forward`` alone.
+
+Notation: B batch, n heads, N tokens (1 + H*W with a class token, else H*W), hd head dim,
+``sp`` = 1 with a class token else 0 (where the grid tokens start).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BlockSpec, rel_pos_length
+
+__all__ = ["DropPath", "Mlp", "MultiScaleAttention", "MultiScaleBlock", "PatchEmbed",
+           "add_decomposed_rel_pos", "drop_path", "get_rel_pos", "pool_tokens", "pooling_attention",
+           "rel_pos_index", "resize_rel_pos"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Functions
+# ------------------------------------------------------------------------------------------------
+def pool_tokens(x: torch.Tensor, pool: nn.Module | None, hw_shape: Sequence[int], has_cls_token: bool,
+                norm: nn.Module | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pool the grid tokens of ``x`` with ``pool`` (a conv or max pool on NCHW), then ``norm``.
+
+    x: (B, n, N, C) per-head tokens, or (B, N, C). hw_shape: the (H, W) grid, H * W = N - sp.
+    The class token (row 0 when ``has_cls_token``) is split off, the grid pooled over (H, W) with
+    every (batch, head) as its own image of C channels, the token put back in front, and then
+    ``norm`` (LayerNorm over C) is applied to all rows, the class token included (official
+    ``attention_pool``). Returns the pooled tokens (B, n, N', C) or (B, N', C) and the new grid.
+    With ``pool`` None, ``x`` and ``hw_shape`` come back unchanged (and ``norm`` is not applied).
+    """
+    if pool is None:
+        return x, tuple(hw_shape)
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x.unsqueeze(1)                                       # (B, 1, N, C)
+    elif x.dim() != 4:
+        raise ValueError(f"pool_tokens expects (B, N, C) or (B, heads, N, C) tokens, got shape {tuple(x.shape)}")
+    H, W = hw_shape
+    sp = 1 if has_cls_token else 0
+    B, n, N, C = x.shape
+    if N - sp != H * W:
+        raise ValueError(f"{N} tokens do not fit the grid {H}x{W}" + (" plus a class token" if sp else ""))
+    cls_tok, grid = x[:, :, :sp], x[:, :, sp:]
+    grid = grid.reshape(B * n, H, W, C).permute(0, 3, 1, 2)       # (B*n, C, H, W)
+    grid = pool(grid)                                            # (B*n, C, H', W')
+    h, w = grid.shape[-2:]
+    grid = grid.reshape(B, n, C, h * w).transpose(2, 3)          # (B, n, H'*W', C)
+    x = torch.cat((cls_tok, grid), dim=2)
+    if norm is not None:
+        x = norm(x)
+    return (x.squeeze(1) if squeeze else x), (h, w)
+
+
+def rel_pos_index(q_size: int, k_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Index into a relative-position table for a q axis of ``q_size`` and a k axis of ``k_size``.
+
+    Returns a (q_size, k_size) int64 tensor with
+    ``dist[i, j] = trunc(i * q_ratio - j * k_ratio + (k_size - 1) * k_ratio)``,
+    ``q_ratio = max(k_size / q_size, 1)``, ``k_ratio = max(q_size / k_size, 1)``: positions are
+    measured on the finer of the two grids. Computed in float32 exactly as the official
+    ``cal_rel_pos_spatial`` does (same operations, same order), so non-integer ratios truncate to
+    the same indices. Values lie in [0, 2 * max(q_size, k_size) - 2].
+    """
+    if q_size < 1 or k_size < 1:
+        raise ValueError(f"rel_pos_index: sizes must be positive, got q {q_size}, k {k_size}")
+    q_ratio = max(k_size / q_size, 1.0)
+    k_ratio = max(q_size / k_size, 1.0)
+    dist = (torch.arange(q_size, dtype=torch.float32)[:, None] * q_ratio
+            - torch.arange(k_size, dtype=torch.float32)[None, :] * k_ratio)
+    dist += (k_size - 1) * k_ratio
+    return dist.long().to(device) if device is not None else dist.long()
+
+
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Resize a (L, hd) relative-position table to (length, hd).
+
+    1-D linear interpolation along the first axis, align_corners False (as mmpretrain and
+    detectron2 do at run time); a table already of ``length`` comes back as is. The result keeps
+    the table's dtype (interpolate a low-precision table in float32 yourself if that matters).
+    """
+    if table.dim() != 2:
+        raise ValueError(f"resize_rel_pos expects a (L, head_dim) table, got shape {tuple(table.shape)}")
+    if length < 1:
+        raise ValueError(f"resize_rel_pos: length must be positive, got {length}")
+    if table.shape[0] == length:
+        return table
+    resized = F.interpolate(table.t().unsqueeze(0), size=length, mode="linear", align_corners=False)  # (1, hd, length)
+    return resized.squeeze(0).t()
+
+
+def get_rel_pos(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
+    """The (q_size, k_size, hd) relative-position embeddings of one axis: the table resized to
+    ``2 * max(q_size, k_size) - 1`` when its length differs, then indexed by ``rel_pos_index``."""
+    table = resize_rel_pos(table, rel_pos_length(q_size, k_size))
+    return table[rel_pos_index(q_size, k_size, device=table.device)]
+
+
+def add_decomposed_rel_pos(attn: torch.Tensor, q: torch.Tensor, rel_pos_h: torch.Tensor,
+                           rel_pos_w: torch.Tensor, q_shape: Sequence[int], k_shape: Sequence[int],
+                           has_cls_token: bool) -> torch.Tensor:
+    """Add the decomposed relative-position bias to the grid-by-grid part of the attention logits.
+
+    attn: (B, n, Nq, Nk) logits; q: (B, n, Nq, hd) pooled, normed, UNSCALED queries; tables:
+    (Lh, hd) and (Lw, hd); q_shape (qh, qw), k_shape (kh, kw). For grid query (y, x) and key (j, l):
+    ``bias = q[y, x] . Rh[y, j] + q[y, x] . Rw[x, l]``. The class-token row and column get nothing.
+    Returns a new tensor (B, n, Nq, Nk).
+    """
+    qh, qw = q_shape
+    kh, kw = k_shape
+    sp = 1 if has_cls_token else 0
+    B, n, _, hd = q.shape
+    Rh = get_rel_pos(rel_pos_h, qh, kh)                          # (qh, kh, hd)
+    Rw = get_rel_pos(rel_pos_w, qw, kw)                          # (qw, kw, hd)
+    r_q = q[:, :, sp:].reshape(B, n, qh, qw, hd)
+    rel_h = torch.einsum("bnyxc,yjc->bnyxj", r_q, Rh)            # (B, n, qh, qw, kh)
+    rel_w = torch.einsum("bnyxc,xlc->bnyxl", r_q, Rw)            # (B, n, qh, qw, kw)
+    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, n, qh * qw, kh * kw)
+    return attn + F.pad(bias, (sp, 0, sp, 0))                    # zero row/column for the class token
+
+
+def pooling_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_shape: Sequence[int],
+                      k_shape: Sequence[int], rel_pos_h: torch.Tensor | None, rel_pos_w: torch.Tensor | None,
+                      has_cls_token: bool, residual_pooling: bool) -> torch.Tensor:
+    """Attention of pooled, normed q (B, n, Nq, hd) over k, v (B, n, Nk, hd) -> (B, n, Nq, hd).
+
+    ``softmax(q * hd**-0.5 @ k^T + rel-pos bias) @ v``, plus the residual q on the grid rows (not on
+    the class-token row: official convention) when ``residual_pooling``. No rel-pos bias when the
+    tables are None.
+    """
+    scale = q.shape[-1] ** -0.5
+    attn = (q * scale) @ k.transpose(-2, -1)                     # (B, n, Nq, Nk)
+    if rel_pos_h is not None:
+        attn = add_decomposed_rel_pos(attn, q, rel_pos_h, rel_pos_w, q_shape, k_shape, has_cls_token)
+    attn = attn.softmax(dim=-1)
+    out = attn @ v                                               # (B, n, Nq, hd)
+    if residual_pooling:
+        sp = 1 if has_cls_token else 0
+        out = out + F.pad(q[:, :, sp:], (0, 0, sp, 0))           # class-token row: + 0
+    return out
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero whole samples with probability ``p``, scale the rest by 1 / (1 - p)."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+# ------------------------------------------------------------------------------------------------
+# Modules
+# ------------------------------------------------------------------------------------------------
+class DropPath(nn.Module):
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(in_channels, dim, kernel 7, stride 4, padding 3) with bias, flattened to tokens.
+
+    (B, C_in, H_img, W_img) -> (B, H*W, dim) and the grid (H, W)."""
+
+    def __init__(self, in_channels: int = 3, dim: int = 96, kernel: int = 7, stride: int = 4, padding: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=kernel, stride=stride, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.proj(x)                                         # (B, dim, H, W)
+        hw = tuple(x.shape[-2:])
+        return x.flatten(2).transpose(1, 2), hw                  # (B, H*W, dim)
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (exact erf) -> fc2: (B, N, in) -> (B, N, out)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MultiScaleAttention(nn.Module):
+    """Pooling attention (SPEC section 3): (B, N, dim) tokens on an (H, W) grid -> (B, N', dim_att).
+
+    Parameters (official names): ``qkv`` Linear(dim, 3 dim_att); ``pool_{q,k,v}`` depthwise
+    Conv2d(hd, hd, 3, stride, pad 1, groups hd, no bias), weight (hd, 1, 3, 3) shared by the heads;
+    ``norm_{q,k,v}`` LayerNorm(hd); ``rel_pos_{h,w}`` (len_h, hd), (len_w, hd) when ``rel_pos_len``
+    is given; ``proj`` Linear(dim_att, dim_att). q, k and v are pooled even with stride 1.
+    """
+
+    def __init__(self, dim: int, dim_att: int, num_heads: int, *, pool_kernel: Sequence[int] = (3, 3),
+                 stride_q: Sequence[int] = (1, 1), stride_kv: Sequence[int] = (1, 1),
+                 rel_pos_len: Sequence[int] | None = None, has_cls_token: bool = False,
+                 residual_pooling: bool = True, qkv_bias: bool = True, norm_eps: float = 1e-6,
+                 rel_pos_zero_init: bool = False):
+        super().__init__()
+        if dim_att % num_heads:
+            raise ValueError(f"{num_heads} heads do not divide the attention width {dim_att}")
+        self.num_heads = num_heads
+        self.dim_att = dim_att
+        self.head_dim = hd = dim_att // num_heads
+        self.scale = hd ** -0.5
+        self.has_cls_token = has_cls_token
+        self.residual_pooling = residual_pooling
+        self.stride_q, self.stride_kv = tuple(stride_q), tuple(stride_kv)
+        padding = tuple(k // 2 for k in pool_kernel)
+
+        self.qkv = nn.Linear(dim, 3 * dim_att, bias=qkv_bias)
+        self.proj = nn.Linear(dim_att, dim_att)
+
+        def conv(stride):
+            return nn.Conv2d(hd, hd, tuple(pool_kernel), stride=tuple(stride), padding=padding, groups=hd, bias=False)
+
+        self.pool_q, self.pool_k, self.pool_v = conv(stride_q), conv(stride_kv), conv(stride_kv)
+        self.norm_q, self.norm_k, self.norm_v = (nn.LayerNorm(hd, eps=norm_eps) for _ in range(3))
+        self.rel_pos_spatial = rel_pos_len is not None
+        if self.rel_pos_spatial:
+            len_h, len_w = rel_pos_len
+            self.rel_pos_h = nn.Parameter(torch.zeros(len_h, hd))
+            self.rel_pos_w = nn.Parameter(torch.zeros(len_w, hd))
+            if not rel_pos_zero_init:
+                nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
+                nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
+        else:
+            self.rel_pos_h = self.rel_pos_w = None
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N, dim) -> q, k, v, each (B, n, N, hd), before pooling."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """x: (B, N, dim) normed tokens on the (H, W) grid -> (B, Nq, dim_att) and the q grid."""
+        B = x.shape[0]
+        q, k, v = self.project_qkv(x)                                                # (B, n, N, hd)
+        q, q_shape = pool_tokens(q, self.pool_q, hw_shape, self.has_cls_token, self.norm_q)  # (B, n, Nq, hd)
+        k, k_shape = pool_tokens(k, self.pool_k, hw_shape, self.has_cls_token, self.norm_k)  # (B, n, Nk, hd)
+        v, _ = pool_tokens(v, self.pool_v, hw_shape, self.has_cls_token, self.norm_v)
+        out = pooling_attention(q, k, v, q_shape, k_shape, self.rel_pos_h, self.rel_pos_w,
+                                self.has_cls_token, self.residual_pooling)           # (B, n, Nq, hd)
+        out = out.transpose(1, 2).reshape(B, -1, self.dim_att)                       # (B, Nq, dim_att)
+        return self.proj(out), q_shape
+
+
+class MultiScaleBlock(nn.Module):
+    """One MViTv2 block (SPEC section 2), built from a ``BlockSpec``.
+
+    Parameters (official names): ``norm1`` LayerNorm(dim), ``attn``, ``norm2`` LayerNorm(dim_att),
+    ``mlp`` (fc1, fc2), ``proj`` Linear(dim, dim_out) on dim-change blocks only. The shortcut is
+    max-pooled (kernel s + 1, stride s, padding (s + 1) // 2; the class token bypasses it) where
+    q is strided. ``attention_cls`` is the hook a subclass overrides to swap the attention.
+    """
+    attention_cls = MultiScaleAttention
+
+    def __init__(self, spec: BlockSpec, *, has_cls_token: bool = False, qkv_bias: bool = True,
+                 rel_pos_spatial: bool = True, residual_pooling: bool = True, norm_eps: float = 1e-6,
+                 rel_pos_zero_init: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.dim, self.dim_out, self.dim_att = spec.dim, spec.dim_out, spec.dim_att
+        self.dim_change = spec.dim_change
+        self.has_cls_token = has_cls_token
+        self.norm1 = nn.LayerNorm(spec.dim, eps=norm_eps)
+        self.attn = self.attention_cls(
+            spec.dim, spec.dim_att, spec.num_heads, pool_kernel=spec.pool_kernel, stride_q=spec.stride_q,
+            stride_kv=spec.stride_kv, rel_pos_len=spec.rel_pos_len if rel_pos_spatial else None,
+            has_cls_token=has_cls_token, residual_pooling=residual_pooling, qkv_bias=qkv_bias,
+            norm_eps=norm_eps, rel_pos_zero_init=rel_pos_zero_init)
+        self.drop_path = DropPath(spec.drop_path) if spec.drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(spec.dim_att, eps=norm_eps)
+        self.mlp = Mlp(spec.dim_att, spec.mlp_hidden, spec.dim_out)
+        if spec.dim != spec.dim_out:
+            self.proj = nn.Linear(spec.dim, spec.dim_out)
+        if max(spec.stride_q) > 1:
+            kernel = tuple(s + 1 if s > 1 else s for s in spec.stride_q)
+            self.pool_skip = nn.MaxPool2d(kernel, spec.stride_q, tuple(k // 2 for k in kernel))
+        else:
+            self.pool_skip = None
+
+    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """x: (B, N, dim) on the (H, W) grid -> (B, N', dim_out) on the q grid (H', W')."""
+        x_norm = self.norm1(x)
+        x_attn, hw_new = self.attn(x_norm, hw_shape)                                   # (B, N', dim_att)
+        if self.dim_change == "attention":
+            x = self.proj(x_norm)                                                      # proj on the NORMED input
+        x_res, _ = pool_tokens(x, self.pool_skip, hw_shape, self.has_cls_token)
+        x = x_res + self.drop_path(x_attn)
+        x_norm = self.norm2(x)
+        x_mlp = self.mlp(x_norm)
+        if self.dim_change == "mlp":
+            x = self.proj(x_norm)
+        return x + self.drop_path(x_mlp), hw_new
