@@ -219,7 +219,7 @@ def _mismatch_message(name, fmt, native, model_sd, missing, unexpected, mismatch
             lines.append(f"  {label}: {_describe(inspect_native(sd))}")
         except CheckpointError:
             pass
-    if any(k.startswith("head.") for k, _, _ in mismatched):
+    if mismatched and all(k.startswith("head.") for k, _, _ in mismatched):
         lines.append("  (to fine-tune with another number of classes, delete the head.* keys from the "
                      "converted state dict and load with strict=False)")
     return "\n".join(lines)
@@ -266,8 +266,9 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
         else:
             mismatched.append((k, have, want))
     if mismatched or (strict and (missing or unexpected)):
+        order = {k: i for i, k in enumerate(model_sd)}  # list them in the model's order
         raise CheckpointError(_mismatch_message(name, fmt, native, model_sd, missing, unexpected,
-                                                sorted(mismatched)))
+                                                sorted(mismatched, key=lambda m: order[m[0]])))
     if result.resized_keys:
         result.resized_keys.sort(key=_natural)
         result.notes.append(f"resized {len(result.resized_keys)} relative-position tables to the model's input size")

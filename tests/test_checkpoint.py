@@ -16,8 +16,19 @@ import torch
 import torch.nn.functional as F
 
 import fastmvit
+from numerics import assert_matches_float64
 from fastmvit.checkpoint import (CheckpointError, checkpoint_info, convert_state_dict, load_checkpoint,
                                  read_checkpoint, save_checkpoint)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread. With 2 threads on 2 busy, shared cores, a forward of the
+    8-wide test model took 1.5 s instead of 8 ms (threads spin-waiting); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # ------------------------------------------------------------------------------------------------
 # State dicts from the SPEC
@@ -300,3 +311,163 @@ def test_files_round_trip_in_every_format(tmp_path):
             want = "native" if fmt == "official" and suffix == ".safetensors" else fmt
             assert info["format"] == want and info["img_size"] == [48, 64]
             assert_same_tensors(convert_state_dict(read_checkpoint(path)), native)
+
+
+# ------------------------------------------------------------------------------------------------
+# Into real models: same weights, same outputs
+# ------------------------------------------------------------------------------------------------
+def _model_classes():
+    from fastmvit.reference import MViTv2 as Reference
+    classes = [pytest.param(Reference, id="reference")]
+    if hasattr(fastmvit, "MViTv2"):
+        classes.append(pytest.param(fastmvit.MViTv2, id="fastmvit"))
+    return classes
+
+
+def _config(**kw):
+    from fastmvit.reference.config import MViTv2Config
+    return MViTv2Config(**kw)
+
+
+# (config fields, img_size, num_classes): dim change in attention, in the MLP with 2 heads and a
+# non-square input, and a class token.
+MODEL_CASES = {
+    "attention": (dict(embed_dims=8, num_heads=1, depths=(1, 2, 1)), 64, 10),
+    "mlp": (dict(embed_dims=6, num_heads=2, depths=(2, 1, 2), dim_mul_in_attention=False), (48, 64), 7),
+    "cls": (dict(embed_dims=8, num_heads=1, depths=(1, 2, 1), with_cls_token=True), 64, 10),
+}
+
+
+def randomize_(model, seed):
+    """Fresh random values in every parameter (LayerNorm scales around 1), so nothing is zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            is_norm_scale = "norm" in name and name.endswith(".weight") and p.ndim == 1
+            p.copy_(1 + 0.2 * noise if is_norm_scale else 0.3 * noise)
+    return model.eval()
+
+
+def _pair(img):
+    return (img, img) if isinstance(img, int) else img
+
+
+@pytest.mark.parametrize("model_cls", _model_classes())
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_every_format_loads_to_the_same_outputs(model_cls, case, tmp_path):
+    fields, img, classes = MODEL_CASES[case]
+    cfg = _config(**fields)
+    source = randomize_(model_cls(cfg, img_size=img, num_classes=classes), seed=1)
+    native = source.state_dict()
+    x = torch.randn(2, 3, *_pair(img), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = source(x)
+    assert torch.isfinite(want).all()
+    formats = ("native", "official", "timm") if cfg.with_cls_token else FORMATS
+    for fmt in formats:
+        ckpt = in_format(native, fmt, cfg.depths, "attention" if cfg.dim_mul_in_attention else "mlp")
+        if fmt == "official" and cfg.with_cls_token:
+            ckpt["model_state"]["cls_token"] = native["cls_token"]  # a *_cls arch uses its token
+        path = tmp_path / f"{fmt}.{'pyth' if fmt == 'official' else 'pth'}"
+        torch.save(ckpt, path)
+        target = randomize_(model_cls(cfg, img_size=img, num_classes=classes), seed=3)
+        result = load_checkpoint(target, path)
+        assert result.format == fmt and not result.resized_keys
+        assert result.dropped_keys == (["cls_token"] if fmt == "official" and not cfg.with_cls_token else [])
+        assert_same_tensors(target.state_dict(), native)
+        with torch.no_grad():
+            assert torch.equal(target(x), want), fmt
+
+
+def _materialized(build):
+    """Build a model on the meta device and give it (uninitialised) CPU storage: no init cost."""
+    with torch.device("meta"):
+        model = build()
+    return model.to_empty(device="cpu")
+
+
+def test_tiny_from_every_format_in_memory():
+    """The real tiny layout (depths 1-2-5-2) in every format lands on the right parameters (the
+    custom configs above check the outputs; tiny is 24 M parameters, so here: the weights)."""
+    from fastmvit.reference import MViTv2
+    source = randomize_(_materialized(lambda: MViTv2("tiny", img_size=64, num_classes=10)), seed=4)
+    native = source.state_dict()
+    target = _materialized(lambda: MViTv2("tiny", img_size=64, num_classes=10))
+    for fmt in FORMATS:
+        with torch.no_grad():
+            for p in target.parameters():
+                p.fill_(float("nan"))  # poison: every parameter must be written by the load
+        load_checkpoint(target, in_format(native, fmt, (1, 2, 5, 2)))
+        assert_same_tensors(target.state_dict(), native)
+    info = checkpoint_info(as_mmpretrain(native, 4))
+    assert (info["arch"], info["img_size"], info["num_classes"]) == ("tiny", [64, 64], 10)
+    assert info["num_params"] == sum(p.numel() for p in source.parameters())
+
+
+def linear_resize_float64(table, length):
+    """1-D linear interpolation along the first axis, align_corners=False, written out in float64."""
+    L = table.shape[0]
+    t = table.double()
+    out = torch.empty(length, t.shape[1], dtype=torch.float64)
+    for i in range(length):
+        src = max((i + 0.5) * L / length - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), L - 1)
+        i1 = min(i0 + 1, L - 1)
+        w = src - i0
+        out[i] = (1 - w) * t[i0] + w * t[i1]
+    return out
+
+
+@pytest.mark.parametrize("model_cls", _model_classes())
+def test_224_checkpoint_loads_into_a_320_model(model_cls, tmp_path):
+    cfg = _config(embed_dims=8, num_heads=1, depths=(1, 2, 1, 1))
+    source = randomize_(model_cls(cfg, img_size=224, num_classes=5), seed=6)
+    native = source.state_dict()
+    path = tmp_path / "at224.safetensors"
+    save_checkpoint(native, path, "timm")
+    target = model_cls(cfg, img_size=320, num_classes=5).eval()
+    result = load_checkpoint(target, path)
+    loaded = target.state_dict()
+    tables = [k for k in native if k.endswith(("rel_pos_h", "rel_pos_w"))]
+    assert sorted(result.resized_keys) == sorted(k for k in tables if loaded[k].shape != native[k].shape)
+    assert loaded["blocks.0.attn.rel_pos_h"].shape[0] == 2 * 80 - 1 and native["blocks.0.attn.rel_pos_h"].shape[0] == 111
+    for k in native:
+        if k in result.resized_keys:
+            exact = linear_resize_float64(native[k], loaded[k].shape[0])
+            # float32 interpolation (source coordinates rounded in float32) against float64 math
+            assert_matches_float64(loaded[k], None, exact, name=k)
+        else:
+            assert torch.equal(loaded[k], native[k]), k
+    # The 224 model run on 320 images resizes its tables at run time (mmpretrain, detectron2): the
+    # 320 model loaded from its checkpoint computes the same thing.
+    x = torch.randn(1, 3, 320, 320, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mismatched_arch_names_the_keys_and_shapes():
+    from fastmvit.reference import MViTv2
+    cfg = _config(embed_dims=8, num_heads=1, depths=(1, 2, 1))
+    native = MViTv2(cfg, img_size=64, num_classes=10).state_dict()
+    deeper = MViTv2(cfg.replace(depths=(1, 3, 1)), img_size=64, num_classes=10)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(deeper, as_mmpretrain(native, 3))
+    msg = str(e.value)
+    assert "mmpretrain layout" in msg and "does not match the model" in msg
+    assert "key(s) missing from the checkpoint: ['blocks.4." in msg   # the model has 5 blocks
+    assert "blocks.3.attn.qkv.weight: checkpoint (96, 16) vs model (48, 16)" in msg
+    assert "depths 1-2-1" in msg and "depths 1-3-1" in msg
+    wider = MViTv2(cfg.replace(embed_dims=12), img_size=64, num_classes=10)
+    with pytest.raises(CheckpointError, match=r"patch_embed.proj.weight: checkpoint \(8, 3, 7, 7\) vs model \(12, 3, 7, 7\)"):
+        load_checkpoint(wider, native)
+    other_head = MViTv2(cfg, img_size=64, num_classes=3)
+    with pytest.raises(CheckpointError, match=r"head.projection.weight: checkpoint \(10, 32\) vs model \(3, 32\)(.|\n)*fine-tune"):
+        load_checkpoint(other_head, native)
+    headless = {k: v for k, v in native.items() if not k.startswith("head.")}
+    with pytest.raises(CheckpointError, match=r"2 key\(s\) missing from the checkpoint: \['head.projection.bias'"):
+        load_checkpoint(other_head, headless)
+    result = load_checkpoint(other_head, headless, strict=False)
+    assert result.missing_keys == ["head.projection.bias", "head.projection.weight"]
+    with pytest.raises(CheckpointError, match="expected the timm layout but the keys are in the native layout"):
+        load_checkpoint(other_head, headless, format="timm")
