@@ -189,10 +189,7 @@ def _resize_table(table: torch.Tensor, length: int) -> torch.Tensor:
     The result stays in float32 (or float64): ``load_state_dict`` rounds it once, to the model's
     dtype.
     """
-    try:
-        from .reference import resize_rel_pos
-    except ImportError:
-        from .reference.layers import resize_rel_pos
+    from .reference import resize_rel_pos
     if table.dtype in (torch.float16, torch.bfloat16):
         table = table.float()
     return resize_rel_pos(table, length)
@@ -286,16 +283,11 @@ def _natural(key: str):
 # ------------------------------------------------------------------------------------------------
 def _arch_name(arch: ArchInfo) -> str | None:
     """The public arch these shapes are (tiny, small, ..., *_cls), from the reference's configs."""
-    try:
-        from .reference import config as ref_config
-        configs = ref_config.ARCHS
-    except (ImportError, AttributeError):
-        return None
-    for name, cfg in configs.items():
-        depths = tuple(cfg.depths)
-        if (cfg.embed_dim == arch.embed_dim and depths == arch.depths
-                and cfg.num_heads == arch.heads[0]
-                and bool(cfg.cls_token) == arch.cls_token):
+    from .reference import ARCH_SETTINGS
+    for name, cfg in ARCH_SETTINGS.items():
+        dim_change = "attention" if cfg.dim_mul_in_attention else "mlp"
+        if ((cfg.embed_dims, cfg.num_heads, tuple(cfg.depths), dim_change, cfg.with_cls_token)
+                == (arch.embed_dim, arch.heads[0], arch.depths, arch.dim_change, arch.cls_token)):
             return name
     return None
 

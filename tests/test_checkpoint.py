@@ -471,3 +471,15 @@ def test_mismatched_arch_names_the_keys_and_shapes():
     assert result.missing_keys == ["head.projection.bias", "head.projection.weight"]
     with pytest.raises(CheckpointError, match="expected the timm layout but the keys are in the native layout"):
         load_checkpoint(other_head, headless, format="timm")
+
+
+@pytest.mark.parametrize("name", SPEC_ARCHS)
+def test_reference_state_dict_is_the_spec_layout(name):
+    """The models' native keys and shapes are SPEC section 4's (checked on the meta device)."""
+    from fastmvit.reference import MViTv2
+    c0, heads0, depths, dim_change, cls, _ = SPEC_ARCHS[name]
+    with torch.device("meta"):
+        model = MViTv2(name, img_size=(224, 320), num_classes=1000)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = spec_shapes(c0, heads0, depths, dim_change, cls, img=(224, 320))
+    assert got == want, sorted(set(got.items()) ^ set(want.items()))[:8]
