@@ -250,6 +250,10 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
         result.dropped_keys.append("cls_token")
         result.notes.append("dropped the unused cls_token (the model has no class token)")
 
+    if fmt == "timm" and "cls_token" in native and "cls_token" in model_sd:
+        result.notes.append("timm's *_cls models also add the pooling residual to the class-token row; "
+                            "fastmvit follows the official model, so outputs differ slightly from timm's")
+
     missing = [k for k in model_sd if k not in native]
     unexpected = [k for k in native if k not in model_sd]
     mismatched = []

@@ -374,6 +374,7 @@ def test_every_format_loads_to_the_same_outputs(model_cls, case, tmp_path):
         target = randomize_(model_cls(cfg, img_size=img, num_classes=classes), seed=3)
         result = load_checkpoint(target, path)
         assert result.format == fmt and not result.resized_keys
+        assert any("class-token row" in n for n in result.notes) == (fmt == "timm" and cfg.with_cls_token)
         assert result.dropped_keys == (["cls_token"] if fmt == "official" and not cfg.with_cls_token else [])
         assert_same_tensors(target.state_dict(), native)
         with torch.no_grad():
