@@ -1,4 +1,172 @@
-"""`make bench` entry point (placeholder until the benchmarks issue lands)."""
+"""`make bench`: run the benchmark suites for the device found, save the results, draw the dashboard.
+
+    python -m benchmarks.run                      # what `make bench` runs
+    python -m benchmarks.run --profile smoke --results-dir /tmp/r --dashboard-dir /tmp/d
+
+On CUDA everything runs ("full" profile). Without CUDA, the CPU-measurable part ("cpu" profile):
+torch-path timings at small batch, the cost model (bytes moved, launches, saved activations, on
+meta tensors) and the sm_80/sm_90 compile table. Each suite (benchmarks/bench_*.py) runs in its
+own pytest process, so a suite that fails or times out costs only its own results. One JSON file
+is written to benchmarks/results/ named <date>_<device>_<commit>.json: a pytest-benchmark JSON
+(machine_info, commit_info, benchmarks) with a "fastmvit" section (environment, modeled results,
+skipped cases with reasons, per-suite status, the compile table).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import common
+
+# Per-suite time limits (seconds). The CPU run must fit in about five minutes all told.
+SUITE_TIMEOUT = {"full": 3600, "cpu": 200, "smoke": 120}
+KERNEL_TABLE_TIMEOUT = {"full": 600, "cpu": 120, "smoke": 60}
+SCHEMA = 1
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def suite_files(selected: list[str] | None) -> list[Path]:
+    """benchmarks/bench_*.py (the model suite first), optionally only the named ones."""
+    files = sorted((common.REPO / "benchmarks").glob("bench_*.py"), key=lambda p: (p.name != "bench_model.py", p.name))
+    if selected:
+        files = [f for f in files if f.stem in selected or f.name in selected]
+    return files
+
+
+def run_suite(paths: list[Path], name: str, profile: str, tmp: Path, timeout: int,
+              extra_args: list[str]) -> dict:
+    """Run suites in one pytest process; return its status and what it wrote."""
+    bench_json, record_json = tmp / f"{name}.json", tmp / f"{name}.record.json"
+    cmd = [sys.executable, "-m", "pytest", *(str(p.relative_to(common.REPO)) for p in paths), "-q", "-rs",
+           "-p", "no:cacheprovider", "--bench-profile", profile,
+           f"--benchmark-json={bench_json}", f"--fastmvit-record={record_json}",
+           "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=fullname", *extra_args]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=common.REPO, timeout=timeout)
+        rc, status = proc.returncode, {0: "ok", 5: "nothing collected"}.get(proc.returncode, "failures")
+    except subprocess.TimeoutExpired:
+        rc, status = None, f"timed out after {timeout} s"
+    seconds = round(time.perf_counter() - start, 1)
+    out = {"suite": name, "rc": rc, "status": status, "seconds": seconds,
+           "benchmark_json": json.loads(bench_json.read_text()) if bench_json.exists() else None,
+           "record": json.loads(record_json.read_text()) if record_json.exists() else None}
+    log(f"{name}: {status} in {seconds} s")
+    return out
+
+
+def kernel_table(profile: str, tmp: Path) -> dict:
+    """The sm_80/sm_90 compile table from scripts/kernel_table.py --json, or why it is missing."""
+    script = common.REPO / "scripts" / "kernel_table.py"
+    if not script.exists():
+        return {"error": "scripts/kernel_table.py is not written yet"}
+    out = tmp / "kernel_table.json"
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, str(script), "--json", str(out)], cwd=common.REPO,
+                              capture_output=True, text=True, timeout=KERNEL_TABLE_TIMEOUT[profile])
+    except subprocess.TimeoutExpired:
+        return {"error": f"scripts/kernel_table.py timed out after {KERNEL_TABLE_TIMEOUT[profile]} s"}
+    seconds = round(time.perf_counter() - start, 1)
+    if proc.returncode != 0 or not out.exists():
+        return {"error": f"scripts/kernel_table.py failed (exit {proc.returncode}): {proc.stderr[-600:]}"}
+    log(f"kernel table: compiled in {seconds} s")
+    return {"seconds": seconds, "table": json.loads(out.read_text())}
+
+
+def merge(runs: list[dict], env: dict, profile: str, table: dict) -> dict:
+    """One results document: pytest-benchmark's layout plus a "fastmvit" section."""
+    doc = {"machine_info": {}, "commit_info": {}, "benchmarks": [], "datetime": env["date"], "version": None,
+           "fastmvit": {"schema": SCHEMA, "env": env, "profile": profile, "suites": [], "modeled": [],
+                        "skipped": [], "kernel_table": table}}
+    for run in runs:
+        bj, rec = run["benchmark_json"], run["record"]
+        if bj:
+            doc["machine_info"] = doc["machine_info"] or bj.get("machine_info", {})
+            doc["commit_info"] = doc["commit_info"] or bj.get("commit_info", {})
+            doc["version"] = bj.get("version")
+            for b in bj.get("benchmarks", []):
+                b.get("stats", {}).pop("data", None)  # the raw rounds: large, and the stats suffice
+                b["suite_file"] = b.get("fullname", run["suite"]).split("::")[0].rsplit("/", 1)[-1]
+                doc["benchmarks"].append(b)
+        if rec:
+            doc["fastmvit"]["modeled"] += rec["modeled"]
+            doc["fastmvit"]["skipped"] += rec["skipped"]
+        doc["fastmvit"]["suites"].append({k: run[k] for k in ("suite", "rc", "status", "seconds")})
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=("auto", "full", "cpu", "smoke"), default="auto",
+                        help="auto: full on CUDA, cpu otherwise")
+    parser.add_argument("--suites", nargs="*", help="only these suites (e.g. bench_model)")
+    parser.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR)
+    parser.add_argument("--dashboard-dir", type=Path, default=common.REPO / "benchmarks" / "dashboard")
+    parser.add_argument("--latest-png", type=Path, default=None,
+                        help="headline plot (default: <results-dir>/latest.png)")
+    parser.add_argument("--no-kernel-table", action="store_true")
+    parser.add_argument("--one-process", action="store_true",
+                        help="run the selected suites in a single pytest process (faster start, "
+                             "one time limit for all)")
+    parser.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
+                        help="passed to every pytest run (e.g. -k tiny)")
+    args = parser.parse_args(argv)
+
+    import torch
+    profile = args.profile if args.profile != "auto" else ("full" if torch.cuda.is_available() else "cpu")
+    env = common.environment()
+    log(f"device: {env['device']} ({env['device_name']}), torch {env['torch']}, triton {env['triton']}, "
+        f"commit {env['commit_short']}{' (dirty tree)' if env['dirty'] else ''}, profile {profile}")
+    if env["device"] != "cuda":
+        log("no CUDA: timing the torch paths on the CPU at small batch; modeled bytes and launches; "
+            "no GPU timings")
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="fastmvit-bench-") as tmp:
+        files = suite_files(args.suites)
+        if args.one_process:
+            log(f"suites {', '.join(f.name for f in files)} in one process")
+            runs.append(run_suite(files, "suites", profile, Path(tmp), SUITE_TIMEOUT[profile], args.pytest_args))
+        for i, path in enumerate([] if args.one_process else files, 1):
+            log(f"suite {i}/{len(files)}: {path.name}")
+            runs.append(run_suite([path], path.stem, profile, Path(tmp), SUITE_TIMEOUT[profile],
+                                  args.pytest_args))
+        if args.no_kernel_table:
+            table = {"error": "skipped (--no-kernel-table)"}
+        else:
+            log("compile table for sm_80/sm_90 (scripts/kernel_table.py --json)")
+            table = kernel_table(profile, Path(tmp))
+            if "error" in table:
+                log(table["error"].splitlines()[0])
+    doc = merge(runs, env, profile, table)
+
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.fromisoformat(env["date"]).strftime("%Y%m%d-%H%M%S")
+    path = args.results_dir / f"{stamp}_{common.device_slug(env)}_{env['commit_short'] or 'nocommit'}.json"
+    path.write_text(json.dumps(doc, indent=1, default=str))
+    log(f"results: {path} ({len(doc['benchmarks'])} timings, {len(doc['fastmvit']['modeled'])} modeled, "
+        f"{len(doc['fastmvit']['skipped'])} skipped)")
+
+    from benchmarks import dashboard
+    latest = args.latest_png or args.results_dir / "latest.png"
+    index = dashboard.build(args.results_dir, args.dashboard_dir, latest_png=latest)
+    log(f"dashboard: {index}")
+    log(f"headline plot: {latest}")
+    failed = [r["suite"] for r in runs if r["status"] not in ("ok", "nothing collected")]
+    if failed:
+        log(f"suites with failures or timeouts: {', '.join(failed)} (see the output above)")
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
-    print("fastmvit bench: the benchmark suites and the dashboard are not written yet; "
-          "they will run here (CUDA timings where a GPU is found, modeled bytes otherwise).")
+    sys.exit(main())

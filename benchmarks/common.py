@@ -1,0 +1,286 @@
+"""Shared pieces of the benchmark suites: environment record, MViTv2 shapes, timing, models.
+
+Every timed result and every modeled record carries the same labels, which the dashboard groups
+by (see benchmarks/conftest.py for the fixtures that attach them):
+
+    suite   "op" or "model"
+    case    what is run: an op shape ("s1b0 q3136 k196 h1 d96") or a model ("tiny b8")
+    impl    the contender: "eager" (op baseline), "reference" (model baseline), "fastmvit",
+            "sdpa", "flex", "reference+compile", "fastmvit+compile", ...
+    pass    "fwd", "fwd+bwd" (ops); "infer", "train" (models)
+    dtype   "bfloat16", "float16", "float32"
+
+Speed-ups are baseline time / contender time in the same (suite, case, pass, dtype) group.
+Nothing here runs a Triton kernel on the CPU: interpreter runs are never timed.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+BASELINE_IMPL = {"op": "eager", "model": "reference"}
+MODEL_ARCHS = ("tiny", "small", "base", "large")
+
+
+# ----------------------------------------------------------------------------- environment
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=REPO)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=None)
+def environment() -> dict:
+    """Where and with what the numbers were taken: device, GPU, driver, CUDA, torch, triton,
+    fastmvit version and git commit, date (UTC), CPU model."""
+    import fastmvit
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    cuda = torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name(0) if cuda else None
+    driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]) if cuda else None
+    commit = _run(["git", "rev-parse", "HEAD"])
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "device": "cuda" if cuda else "cpu",
+        "device_name": gpu or cpu_model(),
+        "gpu": gpu,
+        "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
+        "driver": driver.splitlines()[0] if driver else None,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "fastmvit": fastmvit.__version__,
+        "commit": commit,
+        "commit_short": commit[:7] if commit else None,
+        "dirty": bool(dirty),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def device_slug(env: dict) -> str:
+    """A file-name friendly device label: 'cuda-nvidia-h100-80gb-hbm3' or 'cpu'."""
+    if env["device"] != "cuda":
+        return "cpu"
+    name = "".join(c if c.isalnum() else "-" for c in env["gpu"].lower())
+    return "cuda-" + "-".join(filter(None, name.split("-")))
+
+
+# ----------------------------------------------------------------------------- shapes
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """One pooling-attention shape of an MViTv2 block (SPEC section 3).
+
+    in_grid: (H, W) entering the block; q_grid / kv_grid after pooling; heads, head_dim per head;
+    cls: a class token rides along (N = 1 + H*W); rel_len: (len_h, len_w) of the rel-pos tables.
+    blocks: how many blocks of the arch have exactly this shape."""
+    arch: str
+    stage: int
+    first: bool
+    heads: int
+    head_dim: int
+    in_grid: tuple[int, int]
+    q_grid: tuple[int, int]
+    kv_grid: tuple[int, int]
+    stride_q: int
+    stride_kv: int
+    cls: bool
+    rel_len: tuple[int, int]
+    blocks: int = 1
+
+    @property
+    def nq(self) -> int:
+        return self.q_grid[0] * self.q_grid[1] + self.cls
+
+    @property
+    def nk(self) -> int:
+        return self.kv_grid[0] * self.kv_grid[1] + self.cls
+
+    @property
+    def label(self) -> str:
+        return (f"{self.arch} s{self.stage + 1}{'a' if self.first else 'b'} q{self.nq} k{self.nk} "
+                f"h{self.heads} d{self.head_dim}")
+
+
+def _plan_from_spec(arch: str, img: int) -> list[dict]:
+    """The per-block plan straight from SPEC section 1 (used when fastmvit.reference is missing)."""
+    c0, heads0, depths = {"tiny": (96, 1, (1, 2, 5, 2)), "small": (96, 1, (1, 2, 11, 2)),
+                          "base": (96, 1, (2, 3, 16, 3)), "large": (144, 2, (2, 6, 36, 4))}[arch]
+    side = (img + 2 * 3 - 7) // 4 + 1
+    kv_stride, plan = 4, []
+    for stage, depth in enumerate(depths):
+        for j in range(depth):
+            sq = 2 if (stage > 0 and j == 0) else 1
+            if sq > 1:
+                kv_stride = max(kv_stride // 2, 1)
+            q_side = (side + 2 - 3) // sq + 1
+            kv_side = (side + 2 - 3) // kv_stride + 1
+            plan.append(dict(stage=stage, first=j == 0, heads=heads0 * 2 ** stage, head_dim=c0 // heads0,
+                             in_grid=(side, side), q_grid=(q_side, q_side), kv_grid=(kv_side, kv_side),
+                             stride_q=sq, stride_kv=kv_stride,
+                             rel_len=(2 * max(q_side, kv_side) - 1,) * 2))
+            side = q_side
+    return plan
+
+
+def _plan(arch: str, img: int) -> list[dict]:
+    try:
+        from fastmvit.reference.config import block_specs, get_config
+    except ImportError:
+        return _plan_from_spec(arch, img)
+    plan = []
+    for b in block_specs(get_config(arch), img):
+        plan.append(dict(stage=b.stage, first=b.index == 0 or b.stride_q[0] > 1, heads=b.num_heads,
+                         head_dim=b.head_dim, in_grid=tuple(b.input_size), q_grid=tuple(b.q_size),
+                         kv_grid=tuple(b.kv_size), stride_q=b.stride_q[0], stride_kv=b.stride_kv[0],
+                         rel_len=tuple(b.rel_pos_len)))
+    return plan
+
+
+def attention_shapes(arch: str = "small", img: int = 224, cls: bool = False) -> list[AttentionShape]:
+    """The distinct pooling-attention shapes of an arch at `img` x `img`, in block order, each
+    with the number of blocks that have it. small at 224: q/k tokens 3136/196, 784/784, 784/196,
+    196/784, 196/196, 49/196, 49/49 with 1, 2, 2, 4, 4, 8, 8 heads (SPEC section 3)."""
+    out: dict[tuple, AttentionShape] = {}
+    for p in _plan(arch, img):
+        key = (p["heads"], p["in_grid"], p["q_grid"], p["kv_grid"])
+        if key in out:
+            s = out[key]
+            out[key] = AttentionShape(**{**s.__dict__, "blocks": s.blocks + 1})
+        else:
+            out[key] = AttentionShape(arch=arch, cls=cls, **p)
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------- models
+
+class Unavailable(Exception):
+    """A contender that cannot run here; the message is the reason recorded in the results."""
+
+
+def model_class(impl: str):
+    """The model class of an implementation ("reference" or "fastmvit"), or raise Unavailable."""
+    if impl == "reference":
+        try:
+            from fastmvit.reference import MViTv2
+        except ImportError as e:
+            raise Unavailable(f"fastmvit.reference.MViTv2 is not available ({e})") from None
+        return MViTv2
+    if impl == "fastmvit":
+        import fastmvit
+        if not hasattr(fastmvit, "MViTv2"):
+            raise Unavailable("fastmvit.MViTv2 (the optimized model, issue 5) is not written yet")
+        return fastmvit.MViTv2
+    raise ValueError(f"unknown model implementation {impl!r}")
+
+
+def model_backend(impl: str, device: str) -> str:
+    """The fastmvit backend a model implementation runs under: the reference always uses plain
+    torch; fastmvit uses Triton on CUDA and, on the meta device (cost model), the Triton custom
+    ops' fake implementations; on the CPU it runs its torch path."""
+    if impl.startswith("reference"):
+        return "torch"
+    return "triton" if device in ("cuda", "meta") else "torch"
+
+
+def build_model(impl: str, arch: str, img: int, device: str, dtype: torch.dtype,
+                num_classes: int = 1000) -> torch.nn.Module:
+    """An MViTv2 of the given implementation, random weights, on `device` in `dtype`.
+    impl: "reference", "fastmvit", or either with "+compile" (torch.compile, CUDA only)."""
+    base, _, compiled = impl.partition("+")
+    cls = model_class(base)
+    if compiled and device != "cuda":
+        raise Unavailable("torch.compile timings are taken on CUDA only (compiling on this CPU "
+                          "machine would take most of the benchmark budget)")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(arch, img_size=img, num_classes=num_classes)
+    model = model.to(dtype)
+    return torch.compile(model) if compiled else model
+
+
+# ----------------------------------------------------------------------------- timing
+
+def cuda_sync_timer() -> float:
+    """A pytest-benchmark timer for CUDA: drains the GPU before reading the clock, so a timed
+    region ends when its kernels end (and the previous region's work is never counted)."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def cuda_event_times(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Milliseconds of each of `repeats` calls of fn, from CUDA events (after one warm-up call)."""
+    fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    for s, e in zip(starts, ends):
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def median_iqr(values: list[float]) -> tuple[float, float]:
+    """Median and inter-quartile range of a list of numbers."""
+    if len(values) < 2:
+        return (values[0] if values else math.nan), 0.0
+    q = statistics.quantiles(values, n=4)
+    return statistics.median(values), q[2] - q[0]
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> dict | None:
+    """Peak CUDA memory of one call of fn: {"peak_bytes", "peak_over_start_bytes"}; None off CUDA."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {"peak_bytes": peak, "peak_over_start_bytes": peak - start}
+
+
+def noise_threshold(median: float, iqr: float) -> float:
+    """The relative change beyond which a timing counts as a regression: max(5%, 3 x IQR/median).
+
+    5% is the run-to-run spread we accept on a quiet GPU; a noisy case (wide IQR) needs a larger
+    change before it is flagged."""
+    if not median or math.isnan(median):
+        return 0.05
+    return max(0.05, 3.0 * iqr / median)
