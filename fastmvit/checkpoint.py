@@ -44,14 +44,14 @@ _MAX_LISTED = 8
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Read a checkpoint file without executing pickled code.
 
-    ``.safetensors`` files are read with safetensors; anything else with
+    ``.safetensors`` files (by name or by their first bytes) are read with safetensors; anything else with
     ``torch.load(weights_only=True, map_location="cpu")``. Raises ``FileNotFoundError`` for a
     missing file and ``CheckpointError`` (naming the file) for a truncated, corrupt or unsafe one.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
+    if path.endswith(".safetensors") or _looks_like_safetensors(path):
         try:
             from safetensors.torch import load_file
         except ImportError as e:  # pragma: no cover - safetensors is a test dependency
@@ -78,6 +78,14 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
+
+
+def _looks_like_safetensors(path: str) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and then the
+    JSON header, ``{``; torch files start with ``PK`` (zip) or a pickle opcode."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
 
 
 def _unwrap(obj: Any, name: str) -> tuple[dict[str, torch.Tensor], str | None]:

@@ -42,7 +42,9 @@ The other layouts, as checked against the public code (November 2026 copies):
   attention, ``expand_attn=True``: first block of stages 2-4) or ``shortcut_proj_mlp`` (large:
   last block of stages 1-3), ``head.projection`` renamed ``head.fc``; every other key as
   official. timm keeps ``cls_token`` only for its ``*_cls`` archs. timm's training checkpoints
-  are wrapped as ``{"state_dict": sd, "state_dict_ema": ..., "arch": ...}``.
+  are wrapped as ``{"state_dict": sd, "state_dict_ema": ..., "arch": ...}``. A timm model built
+  for another ``img_size`` stores tables of that size: nothing here assumes 224, and
+  ``load_checkpoint`` resizes any table length to the model's.
 
 Where the SPEC might mislead: the SPEC lists mmpretrain's final norm as ``norm3`` only; it is
 ``norm{num_stages - 1}`` and other ``norm{s}`` may be present (see above). Its statement that the

@@ -311,6 +311,9 @@ def test_files_round_trip_in_every_format(tmp_path):
             want = "native" if fmt == "official" and suffix == ".safetensors" else fmt
             assert info["format"] == want and info["img_size"] == [48, 64]
             assert_same_tensors(convert_state_dict(read_checkpoint(path)), native)
+    renamed = tmp_path / "timm_model.bin"  # safetensors bytes under another name: found by content
+    os.rename(tmp_path / "timm.safetensors", renamed)
+    assert_same_tensors(convert_state_dict(renamed), native)
 
 
 # ------------------------------------------------------------------------------------------------
