@@ -487,3 +487,19 @@ def test_reference_state_dict_is_the_spec_layout(name):
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     want = spec_shapes(c0, heads0, depths, dim_change, cls, img=(224, 320))
     assert got == want, sorted(set(got.items()) ^ set(want.items()))[:8]
+
+
+def test_half_precision_tables_are_resized_in_float32():
+    """A bf16 checkpoint into a float32 model: the tables are interpolated from the bf16 values in
+    float32 and rounded once, to the model's dtype (no detour through bf16)."""
+    from fastmvit.reference import MViTv2
+    cfg = _config(embed_dims=8, num_heads=1, depths=(1, 2, 1))
+    native = {k: v.to(torch.bfloat16) for k, v in randomize_(MViTv2(cfg, img_size=64, num_classes=4), 8)
+              .state_dict().items()}
+    target = MViTv2(cfg, img_size=96, num_classes=4)
+    result = load_checkpoint(target, as_official(native))
+    assert result.resized_keys and result.dropped_keys == ["cls_token"]
+    loaded = target.state_dict()
+    for k in result.resized_keys:
+        assert loaded[k].dtype == torch.float32
+        assert_matches_float64(loaded[k], None, linear_resize_float64(native[k], loaded[k].shape[0]), name=k)
