@@ -12,6 +12,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 keeps FMA fusion
 
+# `make test` runs one pytest-xdist worker per core: two torch threads per worker would oversubscribe
+# the cores (a small forward went from milliseconds to seconds that way).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 def _mend_interpreter_bf16_dot() -> None:
     """Make the interpreter's tl.dot correct for bfloat16 operands (test-only patch).
