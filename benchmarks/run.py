@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,9 +51,12 @@ def run_suite(paths: list[Path], name: str, profile: str, tmp: Path, timeout: in
            "-p", "no:cacheprovider", "--bench-profile", profile,
            f"--benchmark-json={bench_json}", f"--fastmvit-record={record_json}",
            "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=fullname", *extra_args]
+    # A run started from inside a pytest-xdist worker (the harness test) must not look like one:
+    # pytest-benchmark disables itself when it sees PYTEST_XDIST_WORKER.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=common.REPO, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=common.REPO, timeout=timeout, env=env)
         rc, status = proc.returncode, {0: "ok", 5: "nothing collected"}.get(proc.returncode, "failures")
     except subprocess.TimeoutExpired:
         rc, status = None, f"timed out after {timeout} s"
