@@ -70,6 +70,10 @@ class MViTv2Config:
             raise ValueError(f"depths must be a non-empty sequence of positive block counts, got {self.depths}")
         if self.embed_dims < 1 or self.num_heads < 1:
             raise ValueError(f"embed_dims ({self.embed_dims}) and num_heads ({self.num_heads}) must be positive")
+        if self.embed_dims % self.num_heads:
+            # (The official round_width would silently widen block 0 to a multiple of the heads.)
+            raise ValueError(f"num_heads ({self.num_heads}) do not divide embed_dims ({self.embed_dims}): "
+                             f"heads do not divide the width")
         if len(self.pool_kernel) != 2 or min(self.pool_kernel) < 1 or any(k % 2 == 0 for k in self.pool_kernel):
             raise ValueError(f"pool_kernel must be two odd positive sizes, got {self.pool_kernel}")
         if self.adaptive_kv_stride < 1 or self.downscale_stride < 1 or self.patch_stride < 1:
