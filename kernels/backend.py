@@ -36,6 +36,8 @@ _backend: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 
 
+# torch.compile cannot trace ContextVar.get: read it at trace time as a constant (no graph break).
+@torch.compiler.assume_constant_result
 def get_backend() -> str:
     """The backend in force: "auto", "triton" or "torch"."""
     return _backend.get()
