@@ -65,6 +65,13 @@ __all__ = ["pool_attention", "pool_attention_torch", "rel_pos_index", "gpu_compi
 MAX_HEAD_DIM = 256
 
 
+@torch.compiler.assume_constant_result
+def _resolve_backend(device_type: str) -> str:
+    """resolve_backend, read once at trace time under torch.compile (dynamo cannot trace the
+    ContextVar that holds the backend)."""
+    return resolve_backend(torch.device(device_type))
+
+
 def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
                    q_size: Sequence[int], k_size: Sequence[int], *, has_cls_token: bool = False,
@@ -80,7 +87,7 @@ def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                    has_cls_token)
     D = q.shape[-1]
     scale = float(D ** -0.5 if scale is None else scale)
-    if resolve_backend(q.device) == "torch":
+    if _resolve_backend(q.device.type) == "torch":
         return pool_attention_torch(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size,
                                     has_cls_token, residual_pooling, scale)
     if q.dtype == torch.float64:
@@ -124,6 +131,6 @@ def gpu_compile_cases() -> Iterable[tuple[str, Callable[[], None]]]:
                         tw = torch.empty(2 * max(qs[1], ks[1]) - 1, D, dtype=dtype)
                         scale = D ** -0.5
                         out, lse = forward(q, k, v, th, tw, qs, ks, sp, True, scale)
-                        backward(torch.empty_like(out), q, k, v, th, tw, out, lse, qs, ks, sp, True, scale)
+                        backward(torch.empty_like(out), q, k, v, th, tw, lse, qs, ks, sp, True, scale)
 
                     yield label, thunk

@@ -40,16 +40,16 @@ def _(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_poo
 @torch.library.custom_op("fastmvit::pool_attention_backward", mutates_args=())
 def pool_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
-                       out: torch.Tensor, lse: torch.Tensor, q_size: list[int], k_size: list[int],
+                       lse: torch.Tensor, q_size: list[int], k_size: list[int],
                        has_cls_token: bool, residual_pooling: bool, scale: float) -> list[torch.Tensor]:
     """Returns [dq, dk, dv] + [d_rel_pos_h, d_rel_pos_w] when there are tables."""
-    grads = _tk.backward(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse, tuple(q_size), tuple(k_size),
+    grads = _tk.backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, tuple(q_size), tuple(k_size),
                          int(has_cls_token), residual_pooling, scale, autotune=_autotune(q.device))
     return [g for g in grads if g is not None]
 
 
 @pool_attention_bwd.register_fake
-def _(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse, q_size, k_size, has_cls_token, residual_pooling, scale):
+def _(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, has_cls_token, residual_pooling, scale):
     grads = [torch.empty_like(q, memory_format=torch.contiguous_format),
              torch.empty_like(k, memory_format=torch.contiguous_format),
              torch.empty_like(v, memory_format=torch.contiguous_format)]
@@ -62,14 +62,14 @@ def _(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse, q_size, k_size, has_cls_tok
 def _setup_context(ctx, inputs, output):
     q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_pooling, scale = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, rel_pos_h, rel_pos_w, out, lse)
+    ctx.save_for_backward(q, k, v, rel_pos_h, rel_pos_w, lse)   # not out: see _fwd_kernel's BWD_PRE
     ctx.args = (q_size, k_size, has_cls_token, residual_pooling, scale)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, rel_pos_h, rel_pos_w, out, lse = ctx.saved_tensors
-    grads = torch.ops.fastmvit.pool_attention_backward(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse,
+    q, k, v, rel_pos_h, rel_pos_w, lse = ctx.saved_tensors
+    grads = torch.ops.fastmvit.pool_attention_backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse,
                                                        *ctx.args)
     d_th, d_tw = (grads[3], grads[4]) if rel_pos_h is not None else (None, None)
     return grads[0], grads[1], grads[2], d_th, d_tw, None, None, None, None, None

@@ -109,6 +109,7 @@ def _query_coords(offs_m, Nq, qw, SP: tl.constexpr):
 @triton.jit
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, out_ptr, lse_ptr,
+    do_ptr, delta_ptr, relh_ptr, relw_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -116,13 +117,21 @@ def _fwd_kernel(
     stride_th0, stride_th1, stride_tw0, stride_tw1,
     H, Nq, Nk, D, qw, kh, kw, scale,
     SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
-    KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+    BWD_PRE: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """out[r] = softmax_m(scale * q[r] . k[m] + bias[r, m]) @ v (+ q[r]); lse[r] natural log.
+    """out[r] = softmax_m(scale * q[r] . k[m] + bias[r, m]) @ v (+ q[r]); lse[r] = log2 sum_m exp(...)
+    in base 2 (the log-sum-exp times log2(e): converting units would cost a rounding of a large
+    number, visible in dv at large logits).
 
     q, k, v: (B, H, N, D) any strides, float32/float16/bfloat16; out: (B, H, Nq, D) strides of a
-    (B, Nq, H, D) buffer; lse: (B*H, Nq) float32."""
+    (B, Nq, H, D) buffer; lse: (B*H, Nq) float32.
+
+    BWD_PRE (the backward's first pass): out_ptr / stride_o* then describe dout, and instead of out
+    and lse the kernel writes delta[r] = dout[r] . o[r] from the float32 attention output o (before
+    the residual; the softmax backward's row term), and rel_h / rel_w (B*H, Nq, K*_PAD) float32 for
+    the two backward kernels. delta from the stored half-precision out would carry the rounding of
+    out = o + q, a few times larger than o itself with the residual."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -174,60 +183,29 @@ def _fwd_kernel(
         m_i = m_new
 
     out = acc / l_i[:, None]
-    if RESIDUAL:
-        out += tl.where(row_sp[:, None], q.to(tl.float32), 0.0)
-    tl.store(out_ptr + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
-             out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
-    tl.store(lse_ptr + bh.to(tl.int64) * Nq + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    if BWD_PRE:
+        do = tl.load(out_ptr + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+                     mask=mask_md, other=0.0).to(tl.float32)
+        row = bh.to(tl.int64) * Nq + offs_m
+        tl.store(delta_ptr + row, tl.sum(do * out, axis=1), mask=mask_m)
+        if HAS_REL:
+            # Stored in base-2 units (times log2(e)), as the backward kernels use them.
+            tl.store(relh_ptr + row[:, None] * KH_PAD + tl.arange(0, KH_PAD)[None, :], rel_h,
+                     mask=mask_m[:, None])
+            tl.store(relw_ptr + row[:, None] * KW_PAD + tl.arange(0, KW_PAD)[None, :], rel_w,
+                     mask=mask_m[:, None])
+    else:
+        if RESIDUAL:
+            out += tl.where(row_sp[:, None], q.to(tl.float32), 0.0)
+        tl.store(out_ptr + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+                 out.to(out_ptr.dtype.element_ty), mask=mask_md)
+        tl.store(lse_ptr + bh.to(tl.int64) * Nq + offs_m, m_i + tl.log2(l_i), mask=mask_m)
 
 
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _bwd_pre_kernel(
-    q_ptr, out_ptr, do_ptr, th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, delta_ptr, relh_ptr, relw_ptr,
-    stride_qb, stride_qh, stride_qn, stride_qd,
-    stride_ob, stride_oh, stride_on, stride_od,
-    stride_dob, stride_doh, stride_don, stride_dod,
-    stride_th0, stride_th1, stride_tw0, stride_tw1,
-    H, Nq, D, qw, kh, kw,
-    SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr,
-    KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    """delta[r] = dout[r] . (out[r] - residual[r]) = sum_m P[r, m] dP[r, m] (the softmax backward
-    term), and the rel terms rel_h, rel_w of every query row (float32, zero-padded), so the two
-    backward kernels load them instead of recomputing them once per key tile."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < Nq
-    mask_d = offs_d < D
-    mask = mask_m[:, None] & mask_d[None, :]
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
-                + offs_d[None, :] * stride_qd, mask=mask, other=0.0).to(tl.float32)
-    o = tl.load(out_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
-                + offs_d[None, :] * stride_od, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
-                 + offs_d[None, :] * stride_dod, mask=mask, other=0.0).to(tl.float32)
-    row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
-    if RESIDUAL:
-        o -= tl.where(row_sp[:, None], q, 0.0)
-    tl.store(delta_ptr + bh.to(tl.int64) * Nq + offs_m, tl.sum(do * o, axis=1), mask=mask_m)
-    if HAS_REL:
-        rel_h, rel_w = _rel_terms(q, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
-                                  stride_th0, stride_th1, stride_tw0, stride_tw1, offs_d, mask_d,
-                                  KH_PAD, KW_PAD)
-        row = bh.to(tl.int64) * Nq + offs_m
-        tl.store(relh_ptr + row[:, None] * KH_PAD + tl.arange(0, KH_PAD)[None, :], rel_h,
-                 mask=mask_m[:, None])
-        tl.store(relw_ptr + row[:, None] * KW_PAD + tl.arange(0, KW_PAD)[None, :], rel_w,
-                 mask=mask_m[:, None])
-
-
 @triton.jit
 def _bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr, dk_ptr, dv_ptr,
@@ -279,11 +257,11 @@ def _bwd_dkdv_kernel(
         if HAS_REL:
             row = offs_m[None, :]
             relT_h = tl.load(relh_ptr + (bh.to(tl.int64) * Nq + row) * KH_PAD + tl.arange(0, KH_PAD)[:, None],
-                             mask=mask_m[None, :], other=0.0) * LOG2E               # (KH_PAD, BLOCK_M)
+                             mask=mask_m[None, :], other=0.0)                       # (KH_PAD, BLOCK_M), base 2
             relT_w = tl.load(relw_ptr + (bh.to(tl.int64) * Nq + row) * KW_PAD + tl.arange(0, KW_PAD)[:, None],
-                             mask=mask_m[None, :], other=0.0) * LOG2E               # (KW_PAD, BLOCK_M)
+                             mask=mask_m[None, :], other=0.0)                       # (KW_PAD, BLOCK_M)
             sT = _expand_rel_T(onehot_wT, relT_w, _expand_rel_T(onehot_hT, relT_h, sT, FP32), FP32)
-        lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
+        lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0)                     # base 2
         pT = tl.exp2(sT - lse[None, :])                                             # (BLOCK_N, BLOCK_M)
         pT = tl.where(mask_m[None, :], pT, 0.0)
         do = tl.load(do_ptr + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
@@ -348,13 +326,14 @@ def _bwd_dq_kernel(
     do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
                  + offs_d[None, :] * stride_dod, mask=mask_md, other=0.0)
     row = bh.to(tl.int64) * Nq + offs_m
-    lse = tl.load(lse_ptr + row, mask=mask_m, other=0.0) * LOG2E
+    lse = tl.load(lse_ptr + row, mask=mask_m, other=0.0)                            # base 2
     delta = tl.load(delta_ptr + row, mask=mask_m, other=0.0)
     if HAS_REL:
         cols_h = tl.arange(0, KH_PAD)
         cols_w = tl.arange(0, KW_PAD)
-        rel_h = tl.load(relh_ptr + row[:, None] * KH_PAD + cols_h[None, :], mask=mask_m[:, None], other=0.0) * LOG2E
-        rel_w = tl.load(relw_ptr + row[:, None] * KW_PAD + cols_w[None, :], mask=mask_m[:, None], other=0.0) * LOG2E
+        # rel terms in base-2 units, from the first backward pass
+        rel_h = tl.load(relh_ptr + row[:, None] * KH_PAD + cols_h[None, :], mask=mask_m[:, None], other=0.0)
+        rel_w = tl.load(relw_ptr + row[:, None] * KW_PAD + cols_w[None, :], mask=mask_m[:, None], other=0.0)
         drel_h = tl.zeros((BLOCK_M, KH_PAD), dtype=tl.float32)
         drel_w = tl.zeros((BLOCK_M, KW_PAD), dtype=tl.float32)
     qk_scale = scale * LOG2E
@@ -417,7 +396,6 @@ def _config(bm, bn, warps, stages):
 FWD_CONFIGS = [_config(64, 64, 4, 2), _config(64, 32, 4, 3), _config(128, 64, 8, 2), _config(32, 64, 4, 2)]
 DQ_CONFIGS = [_config(64, 32, 4, 2), _config(32, 64, 4, 2), _config(64, 64, 8, 2)]
 DKDV_CONFIGS = [_config(32, 64, 4, 2), _config(64, 64, 8, 2), _config(32, 128, 8, 2)]
-PRE_BLOCK_M = 32
 
 # The interpreter (CPU tests) runs one fixed small config: autotuning there would time every
 # config in numpy for nothing. Tests may change it to exercise other tilings.
@@ -444,7 +422,7 @@ def _prune(max_tile_sm80: int):
     return prune
 
 
-_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"],
+_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "BWD_PRE"],
                              prune_configs_by={"early_config_prune": _prune(64 * 64)})(_fwd_kernel)
 _dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"],
                             prune_configs_by={"early_config_prune": _prune(64 * 64)})(_bwd_dq_kernel)
@@ -455,6 +433,11 @@ _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD"
 # ----------------------------------------------------------------------------------------------
 # Launchers (no checks here: `pool_attention` validates; the GPU-compile harness calls these)
 # ----------------------------------------------------------------------------------------------
+def _empty(*shape, dtype, device) -> torch.Tensor:
+    """Every buffer a kernel writes is allocated here (tests swap in a NaN-poisoning allocator)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
 def _pad16(n: int) -> int:
     """Matmul dims must be powers of 2 and at least 16 for tl.dot."""
     return max(16, triton.next_power_of_2(n))
@@ -488,30 +471,41 @@ def _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size):
 def forward(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, sp: int, residual: bool, scale: float,
             autotune: bool = True):
     """Launch the forward kernel. Returns out (B, H, Nq, D), a view of a (B, Nq, H, D) buffer, in
-    q's dtype, and lse (B, H, Nq) float32 (natural log-sum-exp of each score row)."""
+    q's dtype, and lse (B, H, Nq) float32: the log-sum-exp of each score row in base 2
+    (log2 sum exp(s), i.e. the natural one times log2(e))."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     (qh, qw), (kh, kw) = q_size, k_size
-    out = torch.empty(B, Nq, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
-    lse = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
+    out = _empty(B, Nq, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = _empty(B, H, Nq, dtype=torch.float32, device=q.device)
     r = _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size)
-    args = (q, k, v, r["th"], r["tw"], r["idx_h"], r["idx_w"], out, lse,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *r["st"],
-            H, Nq, Nk, D, qw, kh, kw, scale)
-    meta = dict(SP=sp, HAS_REL=r["HAS_REL"], RESIDUAL=residual, FP32=q.dtype == torch.float32,
-                KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"], BLOCK_D=_pad16(D))
-    if autotune:
-        grid = lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)
-        _fwd_tuned[grid](*args, **meta)
-    else:
-        grid = (triton.cdiv(Nq, INTERPRETER_BLOCKS["BLOCK_M"]), B * H)
-        _fwd_kernel[grid](*args, **meta, **INTERPRETER_BLOCKS)
+    _launch_fwd(q, k, v, r, out, lse, (lse, lse, lse, lse), q_size, k_size, sp, residual, scale,
+                bwd_pre=False, autotune=autotune)
     return out, lse
 
 
-def backward(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse, q_size, k_size, sp: int,
+def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, scale, bwd_pre, autotune):
+    """The forward kernel; with bwd_pre, `out` is dout and pre_bufs = (dout, delta, rel_h, rel_w)
+    receive the backward's first pass (see `_fwd_kernel`)."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    (qh, qw), (kh, kw) = q_size, k_size
+    args = (q, k, v, r["th"], r["tw"], r["idx_h"], r["idx_w"], out, lse, *pre_bufs,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *r["st"],
+            H, Nq, Nk, D, qw, kh, kw, scale)
+    meta = dict(SP=sp, HAS_REL=r["HAS_REL"], RESIDUAL=residual,
+                FP32=q.dtype == torch.float32, BWD_PRE=bwd_pre, KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"],
+                BLOCK_D=_pad16(D))
+    if autotune:
+        _fwd_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](*args, **meta)
+    else:
+        grid = (triton.cdiv(Nq, INTERPRETER_BLOCKS["BLOCK_M"]), B * H)
+        _fwd_kernel[grid](*args, **meta, **INTERPRETER_BLOCKS)
+
+
+def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
              residual: bool, scale: float, autotune: bool = True):
-    """Launch the three backward kernels, then reduce the table gradients.
+    """Launch the three backward passes, then reduce the table gradients.
 
     Returns dq (like q), dk, dv (like k, v), d_rel_pos_h, d_rel_pos_w (like the tables; None
     without rel-pos). Deterministic: every output element is summed by one program in a fixed
@@ -523,24 +517,22 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, out, lse, q_size, k_size, sp: 
     KH_PAD, KW_PAD, HAS_REL = r["KH_PAD"], r["KW_PAD"], r["HAS_REL"]
     fp32 = q.dtype == torch.float32
     dev = q.device
-    delta = torch.empty(B * H, Nq, dtype=torch.float32, device=dev)
+    delta = _empty(B * H, Nq, dtype=torch.float32, device=dev)
     if HAS_REL:
-        rel_h = torch.empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
-        rel_w = torch.empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
-        drel_h = torch.empty_like(rel_h)
-        drel_w = torch.empty_like(rel_w)
+        rel_h = _empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
+        rel_w = _empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
+        drel_h = _empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
+        drel_w = _empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
     else:
         rel_h = rel_w = drel_h = drel_w = delta   # never read or written
-    dq = torch.empty(B, H, Nq, D, dtype=q.dtype, device=dev)
-    dk = torch.empty(B, H, Nk, D, dtype=k.dtype, device=dev)
-    dv = torch.empty(B, H, Nk, D, dtype=v.dtype, device=dev)
+    dq = _empty(B, H, Nq, D, dtype=q.dtype, device=dev)
+    dk = _empty(B, H, Nk, D, dtype=k.dtype, device=dev)
+    dv = _empty(B, H, Nk, D, dtype=v.dtype, device=dev)
     BLOCK_D = _pad16(D)
 
-    _bwd_pre_kernel[(triton.cdiv(Nq, PRE_BLOCK_M), B * H)](
-        q, out, dout, r["th"], r["tw"], r["idx_h"], r["idx_w"], delta, rel_h, rel_w,
-        *q.stride(), *out.stride(), *dout.stride(), *r["st"], H, Nq, D, qw, kh, kw,
-        SP=sp, HAS_REL=HAS_REL, RESIDUAL=residual, KH_PAD=KH_PAD, KW_PAD=KW_PAD,
-        BLOCK_D=BLOCK_D, BLOCK_M=PRE_BLOCK_M)
+    # Pass 1: the forward again, writing delta and the rel terms (see _fwd_kernel, BWD_PRE).
+    _launch_fwd(q, k, v, r, dout, lse, (dout, delta, rel_h, rel_w), q_size, k_size, sp, residual, scale,
+                bwd_pre=True, autotune=autotune)
 
     dkdv_args = (q, k, v, dout, lse, delta, rel_h, rel_w, dk, dv,
                  *q.stride(), *k.stride(), *v.stride(), *dout.stride(), H, Nq, Nk, D, kw, scale)
