@@ -87,7 +87,7 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
 
     1-D linear interpolation along the first axis, align_corners False (as mmpretrain and
     detectron2 do at run time); a table already of ``length`` comes back as is. The result keeps
-    the table's dtype (interpolate a low-precision table in float32 yourself if that matters).
+    the table's dtype; float16 / bfloat16 tables are interpolated in float32 and rounded once.
     """
     if table.dim() != 2:
         raise ValueError(f"resize_rel_pos expects a (L, head_dim) table, got shape {tuple(table.shape)}")
@@ -95,8 +95,9 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
         raise ValueError(f"resize_rel_pos: length must be positive, got {length}")
     if table.shape[0] == length:
         return table
-    resized = F.interpolate(table.t().unsqueeze(0), size=length, mode="linear", align_corners=False)  # (1, hd, length)
-    return resized.squeeze(0).t()
+    work = table.float() if table.dtype in (torch.float16, torch.bfloat16) else table
+    resized = F.interpolate(work.t().unsqueeze(0), size=length, mode="linear", align_corners=False)  # (1, hd, length)
+    return resized.squeeze(0).t().to(table.dtype)
 
 
 def get_rel_pos(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:

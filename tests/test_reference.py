@@ -141,6 +141,8 @@ def test_resize_rel_pos_identity_and_hand_computation():
     down = resize_rel_pos(s, 3)   # x = (i + 0.5) * 5 / 3 - 0.5 = 1/3, 2, 11/3
     expected = torch.stack([2 / 3 * s[0] + 1 / 3 * s[1], s[2], 1 / 3 * s[3] + 2 / 3 * s[4]])
     torch.testing.assert_close(down, expected, rtol=1e-12, atol=1e-12)
+    half = torch.randn(7, 4).bfloat16()                 # low precision: interpolated in float32, rounded once
+    assert torch.equal(resize_rel_pos(half, 13), resize_rel_pos(half.float(), 13).bfloat16())
     with pytest.raises(ValueError, match="table"):
         resize_rel_pos(torch.randn(2, 3, 4), 5)
 
