@@ -256,6 +256,9 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         """x: (B, N, dim) normed tokens on the (H, W) grid -> (B, Nq, dim_att) and the q grid."""
+        if x.dim() != 3 or x.shape[-1] != self.qkv.in_features:
+            raise ValueError(f"MultiScaleAttention expects tokens (B, N, {self.qkv.in_features}), "
+                             f"got shape {tuple(x.shape)}")
         B = x.shape[0]
         q, k, v = self.project_qkv(x)                                                # (B, n, N, hd)
         q, q_shape = pool_tokens(q, self.pool_q, hw_shape, self.has_cls_token, self.norm_q)  # (B, n, Nq, hd)

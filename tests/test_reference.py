@@ -388,6 +388,8 @@ def test_clear_errors_for_bad_input():
     block = model.blocks[0]
     with pytest.raises(ValueError, match="do not fit the grid"):
         block(torch.randn(1, 17, 16), (4, 5))
+    with pytest.raises(ValueError, match="expects tokens"):
+        block.attn(torch.randn(1, 20, 15), (4, 5))
 
 
 def test_tiny_images_survive_the_pooling():
