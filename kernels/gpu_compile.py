@@ -71,6 +71,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -83,6 +84,8 @@ REGISTERS_PER_BLOCK = 65536  # a block's threads share one SM's register file
 # cp.async, UTMALDG/UTMASTG: TMA), shared-memory matrix loads (LDSM), local memory (LDL/STL:
 # spill traffic).
 SASS_OPCODES = ("HMMA", "HGMMA", "LDGSTS", "UTMALDG", "UTMASTG", "LDSM", "LDL", "STL")
+# The kernel modules that must compile clean (tests/test_gpu_compile.py, scripts/kernel_table.py).
+KERNEL_MODULES = ("fastmvit.kernels.pool_attention", "fastmvit.kernels.pool_qkv")
 CASES_FUNCTION = "gpu_compile_cases"
 EXPECTS_TENSOR_CORES_FLAG = "GPU_COMPILE_EXPECTS_TENSOR_CORES"
 
@@ -282,15 +285,15 @@ class CompileRecorder:
         return report
 
     def read_cubins(self) -> None:
-        """Fill registers, stack, local, static shared and SASS counts from cuobjdump (once per cubin)."""
-        done: dict[str, dict[str, Any]] = {}
+        """Fill registers, stack, local, static shared and SASS counts from cuobjdump (once per cubin,
+        two at a time; results are cached by kernel hash, see read_cubin_cached)."""
+        todo = {r.cubin: (r.kernel, r.hash) for r in self.reports if r.cubin is not None}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            done = dict(zip(todo, pool.map(lambda item: read_cubin_cached(item[0], *item[1]), todo.items())))
         for report in self.reports:
-            if report.cubin is None:
-                continue
-            if report.cubin not in done:
-                done[report.cubin] = read_cubin(report.cubin, report.kernel)
-            for name, value in done[report.cubin].items():
-                setattr(report, name, value)
+            if report.cubin is not None:
+                for name, value in done[report.cubin].items():
+                    setattr(report, name, value)
 
 
 @contextlib.contextmanager
@@ -385,6 +388,34 @@ def cuobjdump() -> str:
     return knobs.nvidia.cuobjdump.path
 
 
+_READ_VERSION = 1  # bump when read_cubin's output changes
+
+
+def read_cubin_cached(path: str, kernel: str, kernel_hash: str | None) -> dict[str, Any]:
+    """read_cubin, remembered in <triton cache dir>/fastmvit-gpu-compile/<hash>.json.
+
+    A kernel's hash names its compile (source, options, target), so its cubin never changes. Dumping
+    the SASS of a big kernel takes about a second; with this, a warm re-run reads no cubin.
+    """
+    if kernel_hash is None:
+        return read_cubin(path, kernel)
+    from triton import knobs
+    cache = Path(knobs.cache.dir) / "fastmvit-gpu-compile" / f"{kernel_hash}-{kernel}-v{_READ_VERSION}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    out = read_cubin(path, kernel)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(out))
+        os.replace(tmp, cache)  # atomic: concurrent runs never read half a file
+    except OSError:
+        pass
+    return out
+
+
 def read_cubin(path: str, kernel: str) -> dict[str, Any]:
     """Resource usage and SASS opcode counts of `kernel` in the cubin at `path`."""
     tool = cuobjdump()
@@ -412,7 +443,13 @@ def _count_dots(ttir: str) -> tuple[int, int]:
 
 
 def _describe(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+    """One line: the error's type and message (a CompilationError's message, with the source line
+    that raised it, not the whole excerpt of the kernel)."""
+    text = str(error)
+    if getattr(error, "error_message", None) is not None and getattr(error, "node", None) is not None:
+        line = getattr(error.node, "lineno", "?")
+        text = f"line {line} of the kernel: {error.error_message}"
+    text = " ".join(text.split())
     return f"{type(error).__name__}: {text[:400]}"
 
 
@@ -439,12 +476,19 @@ def import_kernel_module(module: str):
     return importlib.import_module(module)
 
 
+class NoCompileCases(RuntimeError):
+    """The module has no gpu_compile_cases() (yet)."""
+
+
+_EXIT_NO_CASES = 3
+
+
 def run_cases_here(module: str, arch: int) -> list[KernelReport]:
     """Compile every case of `module` for sm_`arch` in this process (needs the interpreter off)."""
     mod = import_kernel_module(module)
     cases = getattr(mod, CASES_FUNCTION, None)
     if cases is None:
-        raise AttributeError(f"{module} has no {CASES_FUNCTION}() (see fastmvit.kernels.gpu_compile)")
+        raise NoCompileCases(f"{module} has no {CASES_FUNCTION}() (see fastmvit.kernels.gpu_compile)")
     expects = bool(getattr(mod, EXPECTS_TENSOR_CORES_FLAG, False))
     with compile_only(arch) as recorder:
         for label, thunk in cases():
@@ -458,7 +502,8 @@ def compile_cases(module: str, arch: int, timeout: float = 900.0) -> list[Kernel
 
     The subprocess runs with the interpreter off and TRITON_DEFAULT_FP_FUSION=1; the triton cache is
     kept, so re-runs are fast. Raises RuntimeError (with the subprocess's stderr) if it fails as a
-    whole; per-case failures come back as reports with `error` set.
+    whole (NoCompileCases when the module has no gpu_compile_cases); per-case failures come back as
+    reports with `error` set.
     """
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     # The subprocess must import the same fastmvit (and, for a path, the same file) as we do.
@@ -468,6 +513,8 @@ def compile_cases(module: str, arch: int, timeout: float = 900.0) -> list[Kernel
         out = os.path.join(tmp, "reports.json")
         cmd = [sys.executable, "-m", "fastmvit.kernels.gpu_compile", module, "--arch", str(arch), "--json", out]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode == _EXIT_NO_CASES:
+            raise NoCompileCases(proc.stderr.strip().splitlines()[-1])
         if proc.returncode != 0 or not os.path.exists(out):
             raise RuntimeError(f"compiling {module} for sm_{arch} failed (exit {proc.returncode}):\n"
                                f"{proc.stderr[-4000:]}")
@@ -519,7 +566,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes"):
         print("gpu_compile: unset TRITON_INTERPRET (compiling needs the interpreter off)", file=sys.stderr)
         return 2
-    reports = run_cases_here(args.module, args.arch)
+    try:
+        reports = run_cases_here(args.module, args.arch)
+    except NoCompileCases as e:
+        print(f"gpu_compile: {e}", file=sys.stderr)
+        return _EXIT_NO_CASES
     if args.json is None:
         print(format_table(reports))
         return 0

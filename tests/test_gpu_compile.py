@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from fastmvit.kernels.gpu_compile import (ARCHS, SHARED_LIMIT, KernelReport, _count_dots, compile_cases,
-                                          compile_only, count_sass, format_table)
+from fastmvit.kernels.gpu_compile import (ARCHS, KERNEL_MODULES, SHARED_LIMIT, KernelReport, _count_dots,
+                                          compile_cases, compile_only, count_sass, format_table)
 
 pytestmark = pytest.mark.gpu_compile
 
 TOY = str(Path(__file__).with_name("_toy_kernels.py"))
-KERNEL_MODULES = ["fastmvit.kernels.pool_attention", "fastmvit.kernels.pool_qkv"]
 
 
 # --- KernelReport.problems() and the parsers, on hand-written inputs -------------------------
