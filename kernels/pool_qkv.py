@@ -299,12 +299,12 @@ def gpu_compile_cases() -> Iterable[tuple[str, Callable[[], None]]]:
             hw = (side, side)
             strides = ((sq, sq), (skv, skv))
             q_size, k_size = pooled_size(hw, (3, 3), strides[0]), pooled_size(hw, (3, 3), strides[1])
-            qkv = torch.randn(1, sp + side * side, 3 * heads * D, dtype=dtype)
-            w = [torch.randn(D, 1, 3, 3, dtype=dtype) for _ in range(3)]
-            g = [torch.randn(D, dtype=dtype) for _ in range(3)]
-            b = [torch.randn(D, dtype=dtype) for _ in range(3)]
+            qkv = torch.empty(1, sp + side * side, 3 * heads * D, dtype=dtype)
+            w = [torch.empty(D, 1, 3, 3, dtype=dtype) for _ in range(3)]
+            g = [torch.empty(D, dtype=dtype) for _ in range(3)]
+            b = [torch.empty(D, dtype=dtype) for _ in range(3)]
             q, k, v = launch_forward(qkv, w, g, b, hw, heads, strides, q_size, k_size, sp, 1e-6)
-            launch_backward([torch.randn_like(q), torch.randn_like(k), torch.randn_like(v)], qkv, w,
+            launch_backward([torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)], qkv, w,
                             g, hw, heads, strides, q_size, k_size, sp, 1e-6)
         return run
 

@@ -37,9 +37,9 @@ import triton.language as tl
 
 # Register tile of a program: BLOCK_M rows x BLOCK_D (head dim, next power of two) float32 values.
 FWD_TILE_ELEMS = 4096      # 32 rows at D 96/128, 16 at D 256: 32 float32 per thread at 4 warps
-BWD_TILE_ELEMS = 2048      # the backward keeps ~5 such tiles live, plus the (16, BLOCK_D) partials
+BWD_TILE_ELEMS = 4096      # the backward keeps ~5 such tiles live, plus the (16, BLOCK_D) partials:
 FWD_WARPS = 4
-BWD_WARPS = 4
+BWD_WARPS = 8              # twice the threads of the forward for the same tile: 16 float32 per thread
 # A backward-rows program walks several row tiles so that the partial sums it writes stay small
 # next to the rows it reads: aim at about this many programs for the biggest of q, k, v.
 BWD_TARGET_PROGRAMS = 1024
@@ -58,32 +58,43 @@ def _select_t(t, a, b, c):
 
 
 @triton.jit
-def _tile_coords(in_base, stride_n, rows, row_ok, H, W, sh, sw, ow,
+def _token_rows(base_ptr, stride_b, rows, n_rows, heads, t, D):
+    """Flat rows (b, head, r) of t, r < n_rows -> (pointer to token 0 of (b, t, head) in a tensor laid
+    out like qkv (BLOCK_M,), r (BLOCK_M,), b * heads + head (BLOCK_M,))."""
+    bh = rows // n_rows
+    r = rows - bh * n_rows
+    b = bh // heads
+    h = bh - b * heads
+    return base_ptr + b.to(tl.int64) * stride_b + (t * heads + h) * D, r, bh
+
+
+@triton.jit
+def _tile_coords(in_row, stride_n, r, row_ok, H, W, sh, sw, ow,
                  SP: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr):
-    """Where the output rows `rows` of a tile read. Returns (all (BLOCK_M,)):
-    sp_ok, the grid rows (not the class token, not past the end); iy0, ix0, the input position of
-    tap (0, 0) (may be outside the grid: the padding); tap0, a pointer to that input token in qkv.
+    """Where output rows r (local to their (b, head); in_row points at their token 0) read.
+    Returns (all (BLOCK_M,)): sp_ok, the grid rows (not the class token, not past the end); iy0, ix0,
+    the input position of tap (0, 0) (may be in the padding); tap0, a pointer to that token.
     Tap (dy, dx) of a row is at tap0 + (dy * W + dx) * stride_n, inside the grid iff
     -dy <= iy0 < H - dy and -dx <= ix0 < W - dx."""
-    p = rows - SP                                                      # index in the pooled grid
+    p = r - SP                                                         # index in the pooled grid
     sp_ok = row_ok & (p >= 0)
     p = tl.maximum(p, 0)
     iy0 = (p // ow) * sh - PAD_H
     ix0 = (p % ow) * sw - PAD_W
-    tap0 = in_base + (SP + iy0 * W + ix0) * stride_n
+    tap0 = in_row + (SP + iy0 * W + ix0) * stride_n
     return sp_ok, iy0, ix0, tap0
 
 
 @triton.jit
-def _pooled_rows(in_base, stride_n, w_base, rows, row_ok, offs_d, d_ok, H, W, sh, sw, ow,
+def _pooled_rows(in_row, stride_n, w_base, r, row_ok, offs_d, d_ok, H, W, sh, sw, ow,
                  SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr):
-    """(BLOCK_M, BLOCK_D) float32: output rows `rows` of t before the norm (the depthwise conv of the
+    """(BLOCK_M, BLOCK_D) float32: output rows r of t before the norm (the depthwise conv of the
     grid; row 0 is the class token itself when SP == 1), and the tile's coordinates (_tile_coords).
 
     Index math is hoisted out of the tap loop: per tap only compares and pointer increments."""
-    sp_ok, iy0, ix0, tap0 = _tile_coords(in_base, stride_n, rows, row_ok, H, W, sh, sw, ow,
+    sp_ok, iy0, ix0, tap0 = _tile_coords(in_row, stride_n, r, row_ok, H, W, sh, sw, ow,
                                          SP, KH // 2, KW // 2)
-    acc = tl.zeros((rows.shape[0], offs_d.shape[0]), dtype=tl.float32)
+    acc = tl.zeros((r.shape[0], offs_d.shape[0]), dtype=tl.float32)
     row_ptr = tap0[:, None] + offs_d[None, :]                          # (BLOCK_M, BLOCK_D) at dy = 0
     w_ptr = w_base + offs_d * (KH * KW)                                # (BLOCK_D,) at tap 0
     for dy in tl.static_range(KH):
@@ -97,14 +108,23 @@ def _pooled_rows(in_base, stride_n, w_base, rows, row_ok, offs_d, d_ok, H, W, sh
             ptr += stride_n
         row_ptr += W * stride_n
     if SP:
-        is_cls = row_ok & (rows == 0)
-        cls = tl.load(in_base + offs_d[None, :] + 0 * rows[:, None],
-                      mask=is_cls[:, None] & d_ok[None, :], other=0.0)
+        is_cls = row_ok & (r == 0)
+        cls = tl.load(in_row[:, None] + offs_d[None, :], mask=is_cls[:, None] & d_ok[None, :], other=0.0)
         acc += cls.to(tl.float32)
     return acc, sp_ok, iy0, ix0, tap0
 
 
 @triton.jit
+def _layer_norm_rows(x, d_ok, D, eps):
+    """xhat = (x - mean) * rstd over the last axis (D valid lanes of BLOCK_D; padded lanes -> 0)."""
+    mean = tl.sum(x, axis=1) / D
+    xc = tl.where(d_ok[None, :], x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)
+    return xc * rstd[:, None], rstd
+
+
+@triton.jit(do_not_specialize=["H", "W", "heads", "q_sh", "q_sw", "q_oh", "q_ow", "kv_sh", "kv_sw",
+                               "kv_oh", "kv_ow", "n_bh"])
 def _pool_qkv_fwd_kernel(
     qkv_ptr, stride_qkv_b, stride_qkv_n,          # (B, N, 3 * heads * D), last dim contiguous
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
@@ -113,67 +133,57 @@ def _pool_qkv_fwd_kernel(
     q_ptr, k_ptr, v_ptr,                          # outputs, (B, heads, N_t, D) contiguous
     H, W, heads, D,
     q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow,
-    eps,
+    n_bh, eps,                                    # n_bh = B * heads
     SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    t = tl.program_id(2)
-    b = pid_bh // heads
-    h = pid_bh % heads
+    pid = tl.program_id(0)
+    t = tl.program_id(1)
     is_q = t == 0
     sh = tl.where(is_q, q_sh, kv_sh)
     sw = tl.where(is_q, q_sw, kv_sw)
     ow = tl.where(is_q, q_ow, kv_ow)
     n_rows = SP + tl.where(is_q, q_oh * q_ow, kv_oh * kv_ow)
-    if pid_m * BLOCK_M < n_rows:                  # the grid is sized for the longest of q, k, v
+    if pid * BLOCK_M < n_bh * n_rows:             # the grid is sized for the longest of q, k, v
         w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
         g_base = _select_t(t, gq_ptr, gk_ptr, gv_ptr)
         bias_base = _select_t(t, bq_ptr, bk_ptr, bv_ptr)
-        out_base = _select_t(t, q_ptr, k_ptr, v_ptr) + pid_bh.to(tl.int64) * n_rows * D
+        out_base = _select_t(t, q_ptr, k_ptr, v_ptr)
 
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < n_rows
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)   # flat (b, head, r) = row of the output
+        row_ok = rows < n_bh * n_rows
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
-        in_base = qkv_ptr + b.to(tl.int64) * stride_qkv_b + (t * heads + h) * D
-        x, sp_ok, iy0, ix0, tap0 = _pooled_rows(in_base, stride_qkv_n, w_base, rows, row_ok,
-                                                offs_d, d_ok, H, W, sh, sw, ow, SP, KH, KW)
-
-        # LayerNorm over D (padded lanes are 0 in x and masked out of the variance)
-        mean = tl.sum(x, axis=1) / D
-        xc = tl.where(d_ok[None, :], x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)
+        in_row, r, _ = _token_rows(qkv_ptr, stride_qkv_b, rows, n_rows, heads, t, D)
+        x, _, _, _, _ = _pooled_rows(in_row, stride_qkv_n, w_base, r, row_ok, offs_d, d_ok,
+                                     H, W, sh, sw, ow, SP, KH, KW)    # (BLOCK_M, BLOCK_D)
+        xhat, _ = _layer_norm_rows(x, d_ok, D, eps)
         gamma = tl.load(g_base + offs_d, mask=d_ok, other=0.0).to(tl.float32)
         beta = tl.load(bias_base + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-        y = xc * rstd[:, None] * gamma[None, :] + beta[None, :]
-        tl.store(out_base + rows[:, None] * D + offs_d[None, :],
+        y = xhat * gamma[None, :] + beta[None, :]
+        tl.store(out_base + rows.to(tl.int64)[:, None] * D + offs_d[None, :],
                  y.to(out_base.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "heads", "q_sh", "q_sw", "q_oh", "q_ow", "kv_sh", "kv_sw",
+                               "kv_oh", "kv_ow", "n_bh", "tiles_per_prog"])
 def _pool_qkv_bwd_rows_kernel(
     qkv_ptr, stride_qkv_b, stride_qkv_n,          # (B, N, 3 * heads * D), last dim contiguous
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
     gq_ptr, gk_ptr, gv_ptr,                       # LayerNorm weights, (D,)
     dq_ptr, dk_ptr, dv_ptr,                       # output gradients, (B, heads, N_t, D) contiguous
-    dqkv_ptr,                                     # (B, N, 3 * heads * D) contiguous: class-token rows
+    dqkv_ptr, stride_dqkv_b,                      # (B, N, 3 * heads * D): class-token rows written
     g_ptr,                                        # float32 scratch: pre-norm gradient of grid rows,
                                                   # q then k then v, each (B, heads, oh_t * ow_t, D)
     part_ptr,                                     # float32 (3, programs, KH * KW + 2, D) partial sums
     H, W, heads, D,
     q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow,
-    eps, tiles_per_prog,
+    n_bh, eps, tiles_per_prog,
     SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_TAPS: tl.constexpr,
 ):
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    t = tl.program_id(2)
-    n_bh = tl.num_programs(1)
-    b = pid_bh // heads
-    h = pid_bh % heads
+    pid = tl.program_id(0)
+    t = tl.program_id(1)
     is_q = t == 0
     sh = tl.where(is_q, q_sh, kv_sh)
     sw = tl.where(is_q, q_sw, kv_sw)
@@ -182,12 +192,10 @@ def _pool_qkv_bwd_rows_kernel(
     n_rows = SP + n_grid
     w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
     gamma_base = _select_t(t, gq_ptr, gk_ptr, gv_ptr)
-    dout_base = _select_t(t, dq_ptr, dk_ptr, dv_ptr) + pid_bh.to(tl.int64) * n_rows * D
-    # scratch of t starts after those of q (and k); then this (b, head)
+    dout_base = _select_t(t, dq_ptr, dk_ptr, dv_ptr)
+    # scratch of t starts after those of q (and k)
     g_start = tl.where(t > 0, q_oh * q_ow, 0) + tl.where(t > 1, kv_oh * kv_ow, 0)
-    g_base = g_ptr + (n_bh * g_start.to(tl.int64) + pid_bh * n_grid) * D
-    in_base = qkv_ptr + b.to(tl.int64) * stride_qkv_b + (t * heads + h) * D
-    din_base = dqkv_ptr + b.to(tl.int64) * stride_qkv_b + (t * heads + h) * D
+    g_base = g_ptr + n_bh * g_start.to(tl.int64) * D
 
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
@@ -197,19 +205,17 @@ def _pool_qkv_bwd_rows_kernel(
     acc_gamma = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc_beta = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
-    first = pid_c * tiles_per_prog
-    n_tiles = tl.minimum(tiles_per_prog, tl.cdiv(n_rows, BLOCK_M) - first)  # <= 0: idle program
+    first = pid * tiles_per_prog
+    n_tiles = tl.minimum(tiles_per_prog, tl.cdiv(n_bh * n_rows, BLOCK_M) - first)  # <= 0: idle
     for i in range(0, n_tiles):
-        rows = (first + i) * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < n_rows
-        x, sp_ok, iy0, ix0, tap0 = _pooled_rows(in_base, stride_qkv_n, w_base, rows, row_ok,
+        rows = (first + i) * BLOCK_M + tl.arange(0, BLOCK_M)          # flat (b, head, r)
+        row_ok = rows < n_bh * n_rows
+        in_row, r, bh = _token_rows(qkv_ptr, stride_qkv_b, rows, n_rows, heads, t, D)
+        x, sp_ok, iy0, ix0, tap0 = _pooled_rows(in_row, stride_qkv_n, w_base, r, row_ok,
                                                 offs_d, d_ok, H, W, sh, sw, ow, SP, KH, KW)
-        mean = tl.sum(x, axis=1) / D
-        xc = tl.where(d_ok[None, :], x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)
-        xhat = xc * rstd[:, None]
+        xhat, rstd = _layer_norm_rows(x, d_ok, D, eps)
         mask = row_ok[:, None] & d_ok[None, :]
-        dy = tl.load(dout_base + rows[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+        dy = tl.load(dout_base + rows.to(tl.int64)[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
         dy = dy.to(tl.float32)
         acc_gamma += tl.sum(dy * xhat, axis=0)
         acc_beta += tl.sum(dy, axis=0)
@@ -219,52 +225,49 @@ def _pool_qkv_bwd_rows_kernel(
         c2 = tl.sum(dxhat * xhat, axis=1) / D
         g = tl.where(mask, (dxhat - c1[:, None] - xhat * c2[:, None]) * rstd[:, None], 0.0)
 
-        p = tl.maximum(rows - SP, 0)
-        tl.store(g_base + p[:, None] * D + offs_d[None, :], g, mask=sp_ok[:, None] & d_ok[None, :])
+        g_row = (bh.to(tl.int64) * n_grid + tl.maximum(r - SP, 0)) * D    # (b, head, grid row)
+        tl.store(g_base + g_row[:, None] + offs_d[None, :], g, mask=sp_ok[:, None] & d_ok[None, :])
         if SP:   # the class token bypasses the conv: its pre-norm gradient is its input gradient
-            is_cls = row_ok & (rows == 0)
-            tl.store(din_base + offs_d[None, :] + 0 * rows[:, None],
-                     g.to(dqkv_ptr.dtype.element_ty), mask=is_cls[:, None] & d_ok[None, :])
-        # d(conv weight)[tap] += sum over rows of g * (input at tap); the class row reads nothing
-        # (the tap loads of _pooled_rows again: cache hits on a GPU)
+            din_row, _, _ = _token_rows(dqkv_ptr, stride_dqkv_b, rows, n_rows, heads, t, D)
+            is_cls = row_ok & (r == 0)
+            tl.store(din_row[:, None] + offs_d[None, :], g.to(dqkv_ptr.dtype.element_ty),
+                     mask=is_cls[:, None] & d_ok[None, :])
+        # d(conv weight)[tap] += sum over rows of g * (input at tap): the tap loads of
+        # _pooled_rows again (cache hits on a GPU); the class-token row reads nothing
         row_ptr = tap0[:, None] + offs_d[None, :]
-        for dy_ in tl.static_range(KH):
-            y_ok = sp_ok & (iy0 >= -dy_) & (iy0 < H - dy_)
+        for ky in tl.static_range(KH):
+            y_ok = sp_ok & (iy0 >= -ky) & (iy0 < H - ky)
             ptr = row_ptr
-            for dx_ in tl.static_range(KW):
-                ok = y_ok & (ix0 >= -dx_) & (ix0 < W - dx_)
+            for kx in tl.static_range(KW):
+                ok = y_ok & (ix0 >= -kx) & (ix0 < W - kx)
                 x_tap = tl.load(ptr, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
                 contrib = tl.sum(g * x_tap, axis=0)                       # (BLOCK_D,)
-                acc_w += tl.where(taps[:, None] == dy_ * KW + dx_, contrib[None, :], 0.0)
+                acc_w += tl.where(taps[:, None] == ky * KW + kx, contrib[None, :], 0.0)
                 ptr += stride_qkv_n
             row_ptr += W * stride_qkv_n
 
     # partials of this program: rows 0..KH*KW-1 d(conv weight), then d(norm weight), d(norm bias)
-    n_prog = tl.num_programs(0) * n_bh
-    prog = pid_c * n_bh + pid_bh
-    part_base = part_ptr + ((t * n_prog + prog).to(tl.int64) * (KH * KW + 2)) * D
+    part_base = part_ptr + ((t * tl.num_programs(0) + pid).to(tl.int64) * (KH * KW + 2)) * D
     tl.store(part_base + taps[:, None] * D + offs_d[None, :], acc_w,
              mask=(taps[:, None] < KH * KW) & d_ok[None, :])
     tl.store(part_base + (KH * KW) * D + offs_d, acc_gamma, mask=d_ok)
     tl.store(part_base + (KH * KW + 1) * D + offs_d, acc_beta, mask=d_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "W", "heads", "q_sh", "q_sw", "q_oh", "q_ow", "kv_sh", "kv_sw",
+                               "kv_oh", "kv_ow", "n_bh"])
 def _pool_qkv_bwd_input_kernel(
     g_ptr,                                        # float32 pre-norm gradients (see the rows kernel)
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
     dqkv_ptr, stride_b, stride_n,                 # (B, N, 3 * heads * D): grid rows written here
     H, W, heads, D,
     q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow,
+    n_bh,
     SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    t = tl.program_id(2)
-    n_bh = tl.num_programs(1)
-    b = pid_bh // heads
-    h = pid_bh % heads
+    pid = tl.program_id(0)
+    t = tl.program_id(1)
     is_q = t == 0
     sh = tl.where(is_q, q_sh, kv_sh)
     sw = tl.where(is_q, q_sw, kv_sw)
@@ -272,32 +275,33 @@ def _pool_qkv_bwd_input_kernel(
     ow = tl.where(is_q, q_ow, kv_ow)
     w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
     g_start = tl.where(t > 0, q_oh * q_ow, 0) + tl.where(t > 1, kv_oh * kv_ow, 0)
-    g_base = g_ptr + (n_bh * g_start.to(tl.int64) + pid_bh * (oh * ow)) * D
+    g_base = g_ptr + n_bh * g_start.to(tl.int64) * D
 
-    pos = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                      # input grid positions
-    pos_ok = pos < H * W
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)                       # flat (b, head, position)
+    row_ok = rows < n_bh * (H * W)
+    out_row, pos, bh = _token_rows(dqkv_ptr, stride_b, rows, H * W, heads, t, D)
     iy = pos // W
-    ix = pos % W
+    ix = pos - iy * W
+    g_bh = g_base + bh.to(tl.int64) * (oh * ow) * D                    # pooled grid of (b, head)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     w_ptr = w_base + offs_d * (KH * KW)
-    for dy in tl.static_range(KH):
-        oy_s = iy + (KH // 2 - dy)                                     # = oy * sh when this tap hits
+    for ky in tl.static_range(KH):
+        oy_s = iy + (KH // 2 - ky)                                     # = oy * sh when this tap hits
         oy = tl.maximum(oy_s, 0) // sh
-        y_ok = pos_ok & (oy_s >= 0) & (oy_s % sh == 0) & (oy < oh)
-        g_row = g_base + (oy * ow) * D
-        for dx in tl.static_range(KW):
-            ox_s = ix + (KW // 2 - dx)
+        y_ok = row_ok & (oy_s >= 0) & (oy_s % sh == 0) & (oy < oh)
+        g_row = g_bh + (oy * ow) * D
+        for kx in tl.static_range(KW):
+            ox_s = ix + (KW // 2 - kx)
             ox = tl.maximum(ox_s, 0) // sw
             ok = y_ok & (ox_s >= 0) & (ox_s % sw == 0) & (ox < ow)
             g = tl.load((g_row + ox * D)[:, None] + offs_d[None, :],
                         mask=ok[:, None] & d_ok[None, :], other=0.0)
-            w = tl.load(w_ptr + (dy * KW + dx), mask=d_ok, other=0.0)
+            w = tl.load(w_ptr + (ky * KW + kx), mask=d_ok, other=0.0)
             acc += g * w.to(tl.float32)[None, :]
-    out = dqkv_ptr + b.to(tl.int64) * stride_b + (t * heads + h) * D
-    tl.store(out + (SP + pos)[:, None] * stride_n + offs_d[None, :],
-             acc.to(dqkv_ptr.dtype.element_ty), mask=pos_ok[:, None] & d_ok[None, :])
+    tl.store((out_row + (SP + pos) * stride_n)[:, None] + offs_d[None, :],
+             acc.to(dqkv_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,11 +338,12 @@ def launch_forward(qkv, weights, norm_weights, norm_biases, hw, num_heads, strid
     q = _empty(B, num_heads, nq, D, device=qkv.device, dtype=qkv.dtype)
     k = _empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
     v = _empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
+    bh = B * num_heads
     block_m, block_d = _block_sizes(D, FWD_TILE_ELEMS)
-    grid = (triton.cdiv(max(nq, nk), block_m), B * num_heads, 3)
+    grid = (triton.cdiv(bh * max(nq, nk), block_m), 3)
     _pool_qkv_fwd_kernel[grid](
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *norm_biases, q, k, v,
-        hw[0], hw[1], num_heads, D, *_geometry_args(hw, q_size, k_size, strides), eps,
+        hw[0], hw[1], num_heads, D, *_geometry_args(hw, q_size, k_size, strides), bh, eps,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS)
     return q, k, v
 
@@ -360,19 +365,19 @@ def launch_backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q
     geometry = _geometry_args(hw, q_size, k_size, strides)
 
     block_m, block_d = _block_sizes(D, BWD_TILE_ELEMS)
-    max_tiles = triton.cdiv(sp + max(nq_grid, nk_grid), block_m)
-    tiles_per_prog = max(1, min(max_tiles, triton.cdiv(max_tiles * bh, BWD_TARGET_PROGRAMS)))
-    n_chunks = triton.cdiv(max_tiles, tiles_per_prog)
-    partials = _empty(3, n_chunks * bh, KH * KW + 2, D, device=qkv.device, dtype=torch.float32)
-    _pool_qkv_bwd_rows_kernel[(n_chunks, bh, 3)](
-        qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *grads, dqkv, scratch, partials,
-        hw[0], hw[1], num_heads, D, *geometry, eps, tiles_per_prog,
+    max_tiles = triton.cdiv(bh * (sp + max(nq_grid, nk_grid)), block_m)
+    tiles_per_prog = triton.cdiv(max_tiles, BWD_TARGET_PROGRAMS)
+    n_progs = triton.cdiv(max_tiles, tiles_per_prog)
+    partials = _empty(3, n_progs, KH * KW + 2, D, device=qkv.device, dtype=torch.float32)
+    _pool_qkv_bwd_rows_kernel[(n_progs, 3)](
+        qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *grads, dqkv, dqkv.stride(0),
+        scratch, partials, hw[0], hw[1], num_heads, D, *geometry, bh, eps, tiles_per_prog,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d,
         BLOCK_TAPS=max(2, triton.next_power_of_2(KH * KW)), num_warps=BWD_WARPS)
 
     block_m, block_d = _block_sizes(D, FWD_TILE_ELEMS)
-    _pool_qkv_bwd_input_kernel[(triton.cdiv(hw[0] * hw[1], block_m), bh, 3)](
+    _pool_qkv_bwd_input_kernel[(triton.cdiv(bh * hw[0] * hw[1], block_m), 3)](
         scratch, *weights, dqkv, dqkv.stride(0), dqkv.stride(1),
-        hw[0], hw[1], num_heads, D, *geometry,
+        hw[0], hw[1], num_heads, D, *geometry, bh,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS)
     return dqkv, partials.sum(1)                  # fixed-order reduction over programs
