@@ -7,6 +7,7 @@ the relative positions.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -129,6 +130,27 @@ def test_rel_pos_index_hand_worked(q_size, k_size, expected):
     assert idx.dtype == torch.int64
     assert idx.tolist() == expected
     assert idx.min() >= 0 and idx.max() <= 2 * max(q_size, k_size) - 2
+
+
+def test_rel_pos_index_follows_the_official_float32_truncation():
+    """The official cal_rel_pos_spatial computes the index in float32 (int64 arange times a Python
+    float), and float32 rounding sometimes lands just below an exact integer, which truncation then
+    drops by one. The reference keeps that (checkpoints were trained with it). It happens on real
+    grids: a 156x156 image gives q 39 x k 10 in stage 1, where exact arithmetic differs; kernels
+    that compute the index in integer or float64 arithmetic must not."""
+    def official(qn, kn):                                     # transcribed, default dtype float32
+        q_ratio, k_ratio = max(kn / qn, 1.0), max(qn / kn, 1.0)
+        dist = torch.arange(qn)[:, None] * q_ratio - torch.arange(kn)[None, :] * k_ratio
+        dist += (kn - 1) * k_ratio
+        return dist.long()
+
+    for qn in range(1, 41):
+        for kn in range(1, 41):
+            assert torch.equal(rel_pos_index(qn, kn), official(qn, kn)), (qn, kn)
+    exact = torch.tensor([[math.floor(Fraction(i) - Fraction(j * 39, 10) + Fraction(9 * 39, 10)) for j in range(10)]
+                          for i in range(39)])
+    assert not torch.equal(rel_pos_index(39, 10), exact)
+    assert torch.equal(rel_pos_index(39, 10), official(39, 10))
 
 
 def test_resize_rel_pos_identity_and_hand_computation():
