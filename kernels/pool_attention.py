@@ -63,6 +63,7 @@ from .pool_attention_torch import check_inputs, pool_attention_torch, rel_pos_in
 __all__ = ["pool_attention", "pool_attention_torch", "rel_pos_index", "gpu_compile_cases"]
 
 MAX_HEAD_DIM = 256
+GPU_COMPILE_EXPECTS_TENSOR_CORES = True   # kernels/gpu_compile.py checks HMMA / HGMMA in every kernel
 
 
 @torch.compiler.assume_constant_result
