@@ -54,7 +54,10 @@ By hand: ``python -m fastmvit.kernels.gpu_compile fastmvit.kernels.pool_qkv --ar
 imported, and allows a single target per process.
 
 Compiles take seconds each; the triton cache (~/.triton/cache, or TRITON_CACHE_DIR) makes re-runs
-fast and is left on. cuobjdump is run once per distinct cubin.
+fast and is left on. cuobjdump is run once per distinct cubin, and its answers are kept by kernel
+hash next to the triton cache. Dumping SASS costs ~0.7 s of CPU per kernel (a fixed start-up cost
+of cuobjdump), so by default only kernels with a tensor-core tl.dot are dumped (``--sass all`` for
+every kernel); registers, shared memory and spills (``--dump-resource-usage``, ~10 ms) are always read.
 """
 from __future__ import annotations
 
@@ -101,7 +104,8 @@ class KernelReport:
     `shared` is the dynamic shared memory triton launches the kernel with (bytes, what the target's
     limit applies to); `static_shared` the static part cuobjdump reports. `registers` are per
     thread; `stack` / `local` bytes per thread (ptxas spills show up as STACK). `sass` counts
-    the SASS_OPCODES. A kernel that failed to compile (or a case that raised) has `error` set and
+    the SASS_OPCODES; it is None where the SASS was not dumped (by default only kernels with a
+    tensor-core tl.dot are: a dump costs ~0.7 s of CPU per kernel, whatever its size). A kernel that failed to compile (or a case that raised) has `error` set and
     no resource numbers. `kernel` is "<case>" for an error raised by the case outside any launch.
     """
     kernel: str
@@ -116,7 +120,7 @@ class KernelReport:
     static_shared: int | None = None
     stack: int | None = None
     local: int | None = None
-    sass: dict[str, int] = dataclasses.field(default_factory=dict)
+    sass: dict[str, int] | None = None
     dots: int = 0                 # tl.dot ops in the TTIR
     tensor_core_dots: int = 0     # those that can use tensor cores (not float32 with ieee precision)
     expects_tensor_cores: bool = False  # the module asked for tensor cores (see module docstring)
@@ -131,11 +135,11 @@ class KernelReport:
 
     @property
     def hmma(self) -> int:
-        return self.sass.get("HMMA", 0)
+        return (self.sass or {}).get("HMMA", 0)
 
     @property
     def hgmma(self) -> int:
-        return self.sass.get("HGMMA", 0)
+        return (self.sass or {}).get("HGMMA", 0)
 
     def problems(self) -> list[str]:
         """What would go wrong, or run slow, on the target: empty when the kernel is sound."""
@@ -155,7 +159,9 @@ class KernelReport:
             out.append(f"{self.registers} registers x {self.num_warps * 32} threads exceed the "
                        f"{REGISTERS_PER_BLOCK} registers of an SM (launch fails)")
         if self.expects_tensor_cores and self.tensor_core_dots:
-            if self.arch >= 90 and not (self.hmma or self.hgmma):
+            if self.sass is None:
+                out.append("tensor cores expected but the SASS was not read")
+            elif self.arch >= 90 and not (self.hmma or self.hgmma):
                 out.append(f"tl.dot without tensor cores: no HMMA or HGMMA on {self.target}")
             elif self.arch < 90 and not self.hmma:
                 out.append(f"tl.dot without tensor cores: no HMMA on {self.target}")
@@ -231,8 +237,11 @@ def _stand_in_driver(arch: int):
 class CompileRecorder:
     """Collects a KernelReport for every kernel compiled inside `compile_only`."""
 
-    def __init__(self, arch: int) -> None:
+    def __init__(self, arch: int, sass: str = "auto") -> None:
+        if sass not in ("auto", "all"):
+            raise ValueError(f"sass must be 'auto' (kernels with a tensor-core tl.dot) or 'all', got {sass!r}")
         self.arch = arch
+        self.sass = sass
         self.reports: list[KernelReport] = []
         self._case = ""
         self._expects_tensor_cores = False
@@ -287,7 +296,11 @@ class CompileRecorder:
     def read_cubins(self) -> None:
         """Fill registers, stack, local, static shared and SASS counts from cuobjdump (once per cubin,
         two at a time; results are cached by kernel hash, see read_cubin_cached)."""
-        todo = {r.cubin: (r.kernel, r.hash) for r in self.reports if r.cubin is not None}
+        todo: dict[str, tuple] = {}
+        for r in self.reports:
+            if r.cubin is not None:
+                want_sass = self.sass == "all" or r.tensor_core_dots > 0 or todo.get(r.cubin, (0, 0, False))[2]
+                todo[r.cubin] = (r.kernel, r.hash, want_sass)
         with ThreadPoolExecutor(max_workers=2) as pool:
             done = dict(zip(todo, pool.map(lambda item: read_cubin_cached(item[0], *item[1]), todo.items())))
         for report in self.reports:
@@ -297,8 +310,11 @@ class CompileRecorder:
 
 
 @contextlib.contextmanager
-def compile_only(arch: int) -> Iterator[CompileRecorder]:
+def compile_only(arch: int, sass: str = "auto") -> Iterator[CompileRecorder]:
     """Inside: every Triton launch compiles for sm_`arch` (80 or 90) and does not run.
+
+    `sass`: "auto" dumps the SASS (HMMA/HGMMA/... counts) of kernels with a tensor-core tl.dot
+    only, "all" of every kernel. Registers, shared memory and spills are always read.
 
     Yields a CompileRecorder; label kernels with ``recorder.case(label)``. On exit the cubins are
     read, so ``recorder.reports`` is complete. Needs TRITON_INTERPRET unset (a fresh process:
@@ -324,7 +340,7 @@ def compile_only(arch: int) -> Iterator[CompileRecorder]:
     from triton.runtime.errors import OutOfResources
     from triton.runtime.jit import JITFunction
 
-    recorder = CompileRecorder(arch)
+    recorder = CompileRecorder(arch, sass)
     original_run = JITFunction.run
     original_autotune_run = Autotuner.run
     original_do_bench = Autotuner.__dict__["do_bench"]
@@ -388,24 +404,27 @@ def cuobjdump() -> str:
     return knobs.nvidia.cuobjdump.path
 
 
-_READ_VERSION = 1  # bump when read_cubin's output changes
+_READ_VERSION = 2  # bump when read_cubin's output changes
 
 
-def read_cubin_cached(path: str, kernel: str, kernel_hash: str | None) -> dict[str, Any]:
+def read_cubin_cached(path: str, kernel: str, kernel_hash: str | None, sass: bool = True) -> dict[str, Any]:
     """read_cubin, remembered in <triton cache dir>/fastmvit-gpu-compile/<hash>.json.
 
     A kernel's hash names its compile (source, options, target), so its cubin never changes. Dumping
     the SASS of a big kernel takes about a second; with this, a warm re-run reads no cubin.
     """
     if kernel_hash is None:
-        return read_cubin(path, kernel)
+        return read_cubin(path, kernel, sass)
     from triton import knobs
-    cache = Path(knobs.cache.dir) / "fastmvit-gpu-compile" / f"{kernel_hash}-{kernel}-v{_READ_VERSION}.json"
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    out = read_cubin(path, kernel)
+    folder = Path(knobs.cache.dir) / "fastmvit-gpu-compile"
+    name = f"{kernel_hash}-{kernel}-v{_READ_VERSION}"
+    cache = folder / f"{name}-sass.json" if sass else folder / f"{name}.json"
+    for candidate in (folder / f"{name}-sass.json", cache):  # a SASS read answers both
+        try:
+            return json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            pass
+    out = read_cubin(path, kernel, sass)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -416,16 +435,17 @@ def read_cubin_cached(path: str, kernel: str, kernel_hash: str | None) -> dict[s
     return out
 
 
-def read_cubin(path: str, kernel: str) -> dict[str, Any]:
-    """Resource usage and SASS opcode counts of `kernel` in the cubin at `path`."""
+def read_cubin(path: str, kernel: str, sass: bool = True) -> dict[str, Any]:
+    """Resource usage (and, with `sass`, SASS opcode counts) of `kernel` in the cubin at `path`."""
     tool = cuobjdump()
     usage = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout
     out: dict[str, Any] = {}
     for name, reg, stack, shared, local in _RESOURCE.findall(usage):
         if name == kernel or not out:
             out = dict(registers=int(reg), stack=int(stack), static_shared=int(shared), local=int(local))
-    sass = subprocess.run([tool, "--dump-sass", path], capture_output=True, text=True, check=True).stdout
-    out["sass"] = count_sass(sass)
+    if sass:
+        dump = subprocess.run([tool, "--dump-sass", path], capture_output=True, text=True, check=True).stdout
+        out["sass"] = count_sass(dump)
     return out
 
 
@@ -483,21 +503,21 @@ class NoCompileCases(RuntimeError):
 _EXIT_NO_CASES = 3
 
 
-def run_cases_here(module: str, arch: int) -> list[KernelReport]:
+def run_cases_here(module: str, arch: int, sass: str = "auto") -> list[KernelReport]:
     """Compile every case of `module` for sm_`arch` in this process (needs the interpreter off)."""
     mod = import_kernel_module(module)
     cases = getattr(mod, CASES_FUNCTION, None)
     if cases is None:
         raise NoCompileCases(f"{module} has no {CASES_FUNCTION}() (see fastmvit.kernels.gpu_compile)")
     expects = bool(getattr(mod, EXPECTS_TENSOR_CORES_FLAG, False))
-    with compile_only(arch) as recorder:
+    with compile_only(arch, sass) as recorder:
         for label, thunk in cases():
             with recorder.case(label, expects_tensor_cores=expects):
                 thunk()
     return recorder.reports
 
 
-def compile_cases(module: str, arch: int, timeout: float = 900.0) -> list[KernelReport]:
+def compile_cases(module: str, arch: int, sass: str = "auto", timeout: float = 900.0) -> list[KernelReport]:
     """Compile every case of `module` (dotted name or .py path) for sm_`arch` in a fresh subprocess.
 
     The subprocess runs with the interpreter off and TRITON_DEFAULT_FP_FUSION=1; the triton cache is
@@ -511,7 +531,7 @@ def compile_cases(module: str, arch: int, timeout: float = 900.0) -> list[Kernel
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="gpu_compile_") as tmp:
         out = os.path.join(tmp, "reports.json")
-        cmd = [sys.executable, "-m", "fastmvit.kernels.gpu_compile", module, "--arch", str(arch), "--json", out]
+        cmd = [sys.executable, "-m", "fastmvit.kernels.gpu_compile", module, "--arch", str(arch), "--sass", sass, "--json", out]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode == _EXIT_NO_CASES:
             raise NoCompileCases(proc.stderr.strip().splitlines()[-1])
@@ -540,14 +560,18 @@ def format_table(reports: Iterable[KernelReport], problems: bool = True) -> str:
     for r in reports:
         row = [r.kernel, r.target, r.case, ",".join(r.dtypes), _blocks(r.constexprs),
                _cell(r.num_warps), _cell(r.num_stages), _cell(r.registers), _cell(r.shared),
-               f"{_cell(r.stack)}/{_cell(r.local)}", f"{r.hmma}/{r.hgmma}",
-               f"{r.sass.get('LDGSTS', 0)}/{r.sass.get('UTMALDG', 0)}"]
+               f"{_cell(r.stack)}/{_cell(r.local)}", _pair(r.sass, "HMMA", "HGMMA"),
+               _pair(r.sass, "LDGSTS", "UTMALDG")]
         if problems:
             row.append("; ".join(r.problems()).replace("|", "/") or "-")
         rows.append(row)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _pair(counts: dict[str, int] | None, a: str, b: str) -> str:
+    return "-" if counts is None else f"{counts.get(a, 0)}/{counts.get(b, 0)}"
 
 
 def _cell(value: Any) -> str:
@@ -560,6 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Compile a kernel module's gpu_compile_cases() for sm_80/sm_90 without a GPU.")
     parser.add_argument("module", help="dotted module name (fastmvit.kernels.pool_qkv) or a .py path")
     parser.add_argument("--arch", type=int, choices=ARCHS, default=90)
+    parser.add_argument("--sass", choices=("auto", "all"), default="auto",
+                        help="dump the SASS of kernels with a tensor-core tl.dot (auto) or of all")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="OUT",
                         help="write the reports as JSON to OUT (stdout when OUT is omitted)")
     args = parser.parse_args(argv)
@@ -567,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gpu_compile: unset TRITON_INTERPRET (compiling needs the interpreter off)", file=sys.stderr)
         return 2
     try:
-        reports = run_cases_here(args.module, args.arch)
+        reports = run_cases_here(args.module, args.arch, args.sass)
     except NoCompileCases as e:
         print(f"gpu_compile: {e}", file=sys.stderr)
         return _EXIT_NO_CASES

@@ -4,6 +4,7 @@
     .venv/bin/python scripts/kernel_table.py --arch 90 --module fastmvit.kernels.pool_qkv
     .venv/bin/python scripts/kernel_table.py --json kernels.json   # also write the reports (dashboard)
     .venv/bin/python scripts/kernel_table.py --unique              # one row per distinct compile
+    .venv/bin/python scripts/kernel_table.py --sass-all            # SASS counts for every kernel
 
 No GPU needed: each (module, target) compiles in its own subprocess through
 fastmvit.kernels.gpu_compile (two at a time by default). A module that does not exist yet, or has
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="kernel module (repeatable); default: %s" % ", ".join(KERNEL_MODULES))
     parser.add_argument("--json", metavar="OUT", help="also write every report as JSON to OUT")
     parser.add_argument("--unique", action="store_true", help="one row per distinct compiled kernel")
+    parser.add_argument("--sass-all", action="store_true",
+                        help="dump the SASS of every kernel (default: only those with a tensor-core tl.dot)")
     parser.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2)")
     args = parser.parse_args(argv)
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     def one(job):
         start = time.perf_counter()
         try:
-            reports = compile_cases(*job)
+            reports = compile_cases(*job, sass="all" if args.sass_all else "auto")
         except NoCompileCases as e:
             print(f"kernel_table: {e}: left out", file=sys.stderr)
             return None
