@@ -16,9 +16,18 @@ Fixtures for suite authors:
   memory of one call. On the CPU: a few rounds, always under ``use_backend("torch")``, so a
   Triton-interpreter run is never timed. ``items`` (e.g. images per call) gives a throughput;
   ``modeled`` (a :class:`fastmvit.costmodel.Traffic`) attaches modeled bytes and launches.
+  One ``measure`` per test (pytest-benchmark's rule): parametrize the test over the contenders.
 - ``record``: for results that are not timings (modeled bytes, saved activations), on any
-  device: ``record.modeled(suite=, case=, impl=, pass_=, dtype=, traffic=None, **numbers)``.
+  device: ``record.modeled(suite=, case=, impl=, pass_=, dtype=, traffic=None, **numbers)``; the
+  numbers are free-form, but ``bytes`` (or a ``traffic``) and, for op suites, ``op=`` (e.g.
+  "pool_attention") are what the dashboard plots. Example, fused vs eager at one shape::
+
+      record.modeled(suite="op", op="pool_attention", case=shape.label, impl="eager", pass_="fwd",
+                     dtype=dtype, traffic=count_traffic(eager_fn, *on_meta(q, k, v)))
 - ``on_meta(*tensors)``: meta copies of tensors (same shapes, dtypes, strides) for the cost model.
+- ``bench_dtype`` and ``attention_shape``: request them in a test and it is parametrized over the
+  profile's op dtypes (bf16, fp16, fp32 on CUDA) and over the distinct pooling-attention shapes of
+  the profile's archs (:func:`benchmarks.common.attention_shapes`, SPEC section 3).
 
 Skipped cases are recorded with their reason, so the results say what did not run and why.
 """
@@ -65,6 +74,15 @@ def pytest_addoption(parser):
                     help="sizes to run: full (default on CUDA), cpu (default without CUDA), smoke")
     group.addoption("--fastmvit-record", default=None,
                     help="write the environment, modeled results and skip reasons to this JSON file")
+
+
+def pytest_generate_tests(metafunc):
+    p = profile_of(metafunc.config)
+    if "bench_dtype" in metafunc.fixturenames:
+        metafunc.parametrize("bench_dtype", [getattr(torch, d) for d in p["op_dtypes"]], ids=list(p["op_dtypes"]))
+    if "attention_shape" in metafunc.fixturenames:
+        shapes = [s for arch in p["op_archs"] for s in common.attention_shapes(arch, p["img"])]
+        metafunc.parametrize("attention_shape", shapes, ids=[s.label.replace(" ", "-") for s in shapes])
 
 
 def profile_of(config) -> dict:
@@ -185,11 +203,17 @@ def _time_cuda(benchmark, fn, info: dict) -> None:
 
 
 def _time_cpu(benchmark, fn, info: dict, rounds: int) -> None:
-    """CPU: torch path only, one warm-up call, a few rounds (these are CPU numbers, labelled so)."""
+    """CPU: torch path only, one warm-up call, then at least `rounds` rounds of >= 10 ms each
+    (short ops get more iterations per round and more rounds, up to about a second in all).
+    These are CPU numbers and labelled so."""
     with use_backend("torch"):
+        start = time.perf_counter()
         fn()
-        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
-    info.update(rounds=rounds, iterations=1, timer="perf_counter", backend="torch")
+        once = max(time.perf_counter() - start, 1e-6)
+        iterations = max(1, math.ceil(0.01 / once))
+        rounds = max(rounds, min(50, int(1.0 / (once * iterations))))
+        benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    info.update(rounds=rounds, iterations=iterations, timer="perf_counter", backend="torch")
 
 
 @pytest.fixture

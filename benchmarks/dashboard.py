@@ -91,8 +91,12 @@ def _impl_key(name: str) -> tuple:
 
 
 def bar_chart(path: Path, title: str, categories: list[str], series: dict[str, list[float]],
-              ylabel: str, hline: float | None = None, log: bool = False) -> Path:
-    """Grouped bars: one group per category, one bar per series."""
+              ylabel: str, hline: float | None = None, log: bool | None = None) -> Path:
+    """Grouped bars: one group per category, one bar per series (log scale when the values
+    span more than 20x, unless `log` says otherwise)."""
+    values = [v for vs in series.values() for v in vs if v]
+    if log is None:
+        log = bool(values) and min(values) > 0 and max(values) / min(values) > 20
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) * max(1, len(series)) ** 0.5 + 2), 4.2))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(sorted(series.items(), key=lambda kv: _impl_key(kv[0]))):
@@ -138,6 +142,24 @@ def modeled_figures(run: dict, out: Path, prefix: str) -> list[tuple[str, Path]]
         img = rows[0].get("img", "?")
         title = f"MODELED (cost model, meta device, bf16, {img}x{img}): {ylabel}"
         figs.append((title, bar_chart(out / name, title, cases, series, ylabel)))
+    return figs
+
+
+def op_modeled_figures(run: dict, out: Path, prefix: str) -> list[tuple[str, Path]]:
+    """Modeled bytes per call of each op at each shape, per contender (one figure per op, pass
+    and dtype), from the op suites' records."""
+    groups = defaultdict(dict)
+    for m in run["fastmvit"].get("modeled", []):
+        if m.get("suite") == "op" and m.get("bytes"):
+            groups[(m.get("op", "op"), m.get("pass"), m.get("dtype"))].setdefault(m["case"], {})[m["impl"]] = m["bytes"]
+    figs = []
+    for (op, pass_, dtype), cases in sorted(groups.items(), key=str):
+        names = list(cases)
+        impls = sorted({i for c in cases.values() for i in c}, key=_impl_key)
+        title = f"MODELED (cost model): {op} {pass_} {dtype}, MB read + written per call"
+        path = out / f"{prefix}modeled_op_{op}_{pass_}_{dtype}.png".replace("+", "_").replace("/", "_")
+        figs.append((title, bar_chart(path, title, names, {i: [cases[c].get(i, 0) / 1e6 for c in names]
+                                                           for i in impls}, "MB per call")))
     return figs
 
 
@@ -273,6 +295,19 @@ def headline(run: dict, path: Path) -> Path:
         return bar_chart(path, title, list(cases), {i: [cases[c].get(i) for c in cases] for i in impls},
                          "x faster than reference", hline=1.0)
     rows = [m for m in modeled_rows(run) if m["pass"] == "infer"]
+    if not rows:  # no model in this run: the first op figure, or say there is nothing
+        figs = op_modeled_figures(run, path.parent, "_headline_")
+        if figs:
+            figs[0][1].replace(path)
+            for _, extra in figs[1:]:
+                extra.unlink()
+            return path
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no model results in the latest run", ha="center", va="center")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
     cases = sorted({r["case"] for r in rows}, key=lambda c: [a in c for a in common.MODEL_ARCHS[::-1]])
     impls = sorted({r["impl"] for r in rows}, key=_impl_key)
     get = {(r["case"], r["impl"]): r for r in rows}
@@ -376,13 +411,13 @@ def build(results_dir: Path, out_dir: Path, latest_png: Path | None = None) -> P
                                   _fmt(r["peak_bytes"], "", 2**20)] for r in sorted(rows, key=lambda r: (
                                       r["suite"], r["pass"], r["case"], _impl_key(r["impl"])))]))
         parts.append("<h3>Memory and traffic (MODELED: cost model on meta tensors)</h3>")
-        for title, path in modeled_figures(run, out_dir, f"d{k}_"):
+        for title, path in modeled_figures(run, out_dir, f"d{k}_") + op_modeled_figures(run, out_dir, f"d{k}_"):
             parts.append(f"<h4>{html.escape(title)}</h4><img src='{path.name}'>")
         mrows = [m for m in fm.get("modeled", [])]
         if mrows:
-            parts.append(_table(["suite", "pass", "case", "impl", "GB read", "GB written", "launches", "GFLOP",
-                                 "MB saved / image"],
-                                [[m.get("suite"), m.get("pass"), m.get("case"), m.get("impl"),
+            parts.append(_table(["suite", "pass", "dtype", "case", "impl", "GB read", "GB written", "launches",
+                                 "GFLOP", "MB saved / image"],
+                                [[m.get("suite"), m.get("pass"), m.get("dtype"), m.get("case"), m.get("impl"),
                                   _fmt(m.get("bytes_read"), "", 1e9), _fmt(m.get("bytes_written"), "", 1e9),
                                   m.get("launches", ""), _fmt(m.get("flops"), "", 1e9),
                                   _fmt(m.get("saved_bytes_per_image"), "", 1e6)] for m in mrows]))
