@@ -50,8 +50,49 @@ def _mend_interpreter_bf16_dot() -> None:
     builder.create_dot = create_dot
 
 
+def _mend_interpreter_bf16_rounding() -> None:
+    """Make the interpreter's float32 -> bfloat16 casts round to nearest even, as a GPU's
+    ``cvt.rn.bf16.f32`` does (test-only patch).
+
+    The interpreter truncates them (``cast_impl`` passes no rounding mode to ``_convert_float``, and its
+    RTNE branch rounds half up and drops the carry into the exponent): a bf16 result stored by a
+    kernel was up to one ulp off, twice the error of eager torch. Convert with torch instead.
+    """
+    try:
+        import numpy as np
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.cast_impl, "_fastmvit_bf16", False):
+        return
+    cast_impl, fp_to_fp = builder.cast_impl, builder.create_fp_to_fp
+
+    def to_bf16(handle):
+        data = torch.from_numpy(np.ascontiguousarray(handle.data, dtype=np.float32))
+        bits = data.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        return interpreter.TensorHandle(bits, tl.bfloat16)
+
+    def mended_cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            return to_bf16(src)
+        return cast_impl(self, src, dst_type)
+
+    def mended_fp_to_fp(self, src, dst_type, rounding_mode):
+        if (src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16
+                and rounding_mode == interpreter._ir.ROUNDING_MODE.RTNE):
+            return to_bf16(src)
+        return fp_to_fp(self, src, dst_type, rounding_mode)
+
+    mended_cast_impl._fastmvit_bf16 = True
+    builder.cast_impl = mended_cast_impl
+    builder.create_fp_to_fp = mended_fp_to_fp
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _mend_interpreter_bf16_dot()
+    _mend_interpreter_bf16_rounding()
 
 
 @pytest.fixture
