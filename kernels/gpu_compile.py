@@ -73,6 +73,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,6 +128,7 @@ class KernelReport:
     autotune: bool = False        # compiled as one of an autotuner's configs
     error: str | None = None
     hash: str | None = None
+    compile_s: float = 0.0        # wall time of the launch that compiled it (~0.01 s from the triton cache)
     cubin: str | None = None      # path in the triton cache (not serialised into tables)
 
     @property
@@ -245,7 +247,8 @@ class CompileRecorder:
         self.reports: list[KernelReport] = []
         self._case = ""
         self._expects_tensor_cores = False
-        self._seen: set[tuple[str, str]] = set()  # (case, kernel hash): the autotuner's final launch repeats a config
+        self._seen: set[tuple[str, str]] = set()
+        self.compile_seconds = 0.0  # wall time inside launches (compiles, or triton cache reads)  # (case, kernel hash): the autotuner's final launch repeats a config
 
     @contextlib.contextmanager
     def case(self, label: str, expects_tensor_cores: bool = False) -> Iterator[None]:
@@ -272,7 +275,8 @@ class CompileRecorder:
         report.error = _describe(error)
         self.reports.append(report)
 
-    def record(self, fn, kernel) -> KernelReport | None:
+    def record(self, fn, kernel, seconds: float = 0.0) -> KernelReport | None:
+        self.compile_seconds += seconds
         key = (self._case, kernel.hash)
         if key in self._seen:
             return None
@@ -287,6 +291,7 @@ class CompileRecorder:
         report.dtypes = sorted({t[1:] for t in kernel.src.signature.values()
                                 if isinstance(t, str) and t.startswith("*")})
         report.hash = kernel.hash
+        report.compile_s = round(seconds, 3)
         report.cubin = next((p for name, p in kernel.metadata_group.items() if name.endswith(".cubin")), None)
         ttir = kernel.asm.get("ttir", "")
         report.dots, report.tensor_core_dots = _count_dots(ttir)
@@ -349,6 +354,7 @@ def compile_only(arch: int, sass: str = "auto") -> Iterator[CompileRecorder]:
         rec = _recorder.get()
         if rec is None:  # another thread, or after exit
             return original_run(self, *args, grid=grid, warmup=warmup, **kwargs)
+        start = time.perf_counter()
         try:
             kernel = original_run(self, *args, grid=grid, warmup=True, **kwargs)
         except Exception as e:
@@ -356,7 +362,7 @@ def compile_only(arch: int, sass: str = "auto") -> Iterator[CompileRecorder]:
             raise
         if kernel is None:
             return None
-        rec.record(self, kernel)
+        rec.record(self, kernel, time.perf_counter() - start)
         limit = SHARED_LIMIT[arch]
         if _in_autotune.get() and kernel.metadata.shared > limit:
             raise OutOfResources(kernel.metadata.shared, limit, "shared memory")  # as a real launch would
@@ -597,6 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoCompileCases as e:
         print(f"gpu_compile: {e}", file=sys.stderr)
         return _EXIT_NO_CASES
+    distinct = {r.hash for r in reports if r.hash}
+    print(f"gpu_compile: {args.module} sm_{args.arch}: {len(reports)} reports, {len(distinct)} distinct "
+          f"kernels, {sum(r.compile_s for r in reports):.1f} s in compiles", file=sys.stderr)
     if args.json is None:
         print(format_table(reports))
         return 0
