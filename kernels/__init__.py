@@ -4,6 +4,7 @@ Import through ``fastmvit.kernels``. This package imports neither ``fastmvit``'s
 ``fastmvit.reference``.
 """
 from .backend import BACKENDS, get_backend, resolve_backend, use_backend
+from .pool_attention import pool_attention
 from .pool_qkv import pool_qkv
 
-__all__ = ["BACKENDS", "get_backend", "pool_qkv", "resolve_backend", "use_backend"]
+__all__ = ["BACKENDS", "get_backend", "pool_attention", "pool_qkv", "resolve_backend", "use_backend"]
