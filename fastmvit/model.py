@@ -1,0 +1,210 @@
+"""The optimized MViTv2: the reference model with the fused pooling prologue and attention.
+
+    model = fastmvit.MViTv2("tiny")              # or fastmvit.mvitv2_tiny(), or MViTv2(MViTv2Config(...))
+    model.load_state_dict(reference.state_dict())  # same keys, same shapes, both ways
+    logits = model(images)                       # (B, 3, H, W) -> (B, num_classes)
+
+A drop-in for ``fastmvit.reference.MViTv2``: same constructor, configs, block plan, methods and
+state dict (the modules here subclass the reference's and create no parameter or persistent buffer
+of their own). What changes is the forward of each block:
+
+- attention: ``qkv`` Linear -> ``pool_qkv`` (depthwise-conv pooling + LayerNorm of q, k, v, read
+  straight out of the Linear's (B, N, 3 * dim) output) -> ``pool_attention`` (scores, rel-pos bias,
+  softmax, @ v and the residual q in one op; its output is a view of a (B, Nq, heads, hd) buffer,
+  so the heads merge for the ``proj`` Linear without a copy). Two ops where the eager model runs
+  about 30 (permute copies, class-token split/cat, convs, norms, index gathers, einsums, pad,
+  softmax...).
+- relative-position tables: resized only when the input size needs another length, decided from
+  Python ints (shapes), so no op and no host-device sync runs at the construction size.
+- residuals and stochastic depth: ``x + drop_path(a)`` is one ``addcmul`` (the per-sample keep
+  mask, scaled by 1 / keep through ``value``); in eval mode or at rate 0 no drop-path op runs.
+- with the width change in the attention, the attention ``proj`` bias is folded into the shortcut
+  ``proj`` (``b_proj + b_attn``, a (dim,) add; max pooling commutes with a per-channel constant),
+  and the attention output projection adds the shortcut as ``addmm``'s input: one launch and one
+  (B, N', dim) read/write less than Linear + add.
+
+Which implementation the two fused ops run is ``fastmvit.use_backend``'s choice: ``auto`` runs the
+Triton kernels on CUDA tensors and plain torch elsewhere, so the model works on any device.
+
+Training: autocast (bf16, fp16), ``set_grad_checkpointing()`` (per block, non-reentrant),
+stochastic depth, ``no_weight_decay()`` (inherited: rel-pos tables and class token),
+``torch.compile(model, fullgraph=True)`` (the fused ops are custom ops with fake implementations),
+DDP (every parameter gets a gradient in every step).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .kernels.pool_attention import pool_attention
+from .kernels.pool_qkv import pool_qkv
+from .reference import mvitv2 as _ref
+from .reference.config import rel_pos_length
+from .reference.layers import DropPath, MultiScaleAttention, MultiScaleBlock, resize_rel_pos
+
+__all__ = ["FusedMultiScaleAttention", "FusedMultiScaleBlock", "MViTv2", "mvitv2_base", "mvitv2_base_cls",
+           "mvitv2_huge_cls", "mvitv2_large", "mvitv2_large_cls", "mvitv2_small", "mvitv2_small_cls",
+           "mvitv2_tiny"]
+
+
+class FusedMultiScaleAttention(MultiScaleAttention):
+    """The reference's pooling attention (same parameters) computed by the two fused ops.
+
+    ``forward(x, hw_shape)``: x (B, N, dim) normed tokens on the (H, W) grid, N = H * W (+ 1 with a
+    class token) -> (B, Nq, dim_att) and the q grid (qh, qw). ``attend`` stops before the output
+    projection and returns its input, (B, Nq, dim_att) (a free view of the attention output).
+    """
+
+    def attend(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        B = x.shape[0]
+        qkv = self.qkv(x)                                                  # (B, N, 3 * dim_att)
+        q, k, v, q_size, k_size = pool_qkv(
+            qkv, tuple(hw_shape), self.num_heads,
+            (self.pool_q.weight, self.pool_k.weight, self.pool_v.weight),
+            (self.norm_q.weight, self.norm_k.weight, self.norm_v.weight),
+            (self.norm_q.bias, self.norm_k.bias, self.norm_v.bias),
+            self.stride_q, self.stride_kv, has_cls_token=self.has_cls_token, eps=self.norm_q.eps)
+        rel_h, rel_w = self.rel_pos_tables(q_size, k_size, q.dtype)       # (Lh, hd), (Lw, hd) or None
+        out = pool_attention(q, k, v, rel_h, rel_w, q_size, k_size, has_cls_token=self.has_cls_token,
+                             residual_pooling=self.residual_pooling, scale=self.scale)  # (B, n, Nq, hd)
+        # A view of a (B, Nq, n, hd) buffer: merging the heads is free.
+        return out.transpose(1, 2).reshape(B, -1, self.dim_att), q_size
+
+    def rel_pos_tables(self, q_size: Sequence[int], k_size: Sequence[int], dtype: torch.dtype):
+        """The tables at the lengths the grids need, in ``dtype`` (the op wants q's dtype).
+
+        At the construction size (the usual case) they are the parameters themselves: no op runs.
+        Another input size resizes them as the reference does (``resize_rel_pos``, linear,
+        align_corners False, in the table's dtype) before the cast, so both models agree."""
+        if not self.rel_pos_spatial:
+            return None, None
+        tables = []
+        for table, q_len, k_len in ((self.rel_pos_h, q_size[0], k_size[0]), (self.rel_pos_w, q_size[1], k_size[1])):
+            length = rel_pos_length(q_len, k_len)
+            if table.shape[0] != length:
+                table = resize_rel_pos(table, length)
+            tables.append(table.to(dtype))                                 # no-op when the dtype matches
+        return tables[0], tables[1]
+
+    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        out, q_size = self.attend(x, hw_shape)
+        return self.proj(out), q_size
+
+
+def _linear_residual(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``residual + x @ weight^T`` as one ``addmm`` (the residual is the matmul's input C, read by
+    the GEMM epilogue): residual (B, N, out), x (B, N, in) -> (B, N, out), contiguous."""
+    out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), weight.t())
+    return out.view(residual.shape)
+
+
+class FusedMultiScaleBlock(MultiScaleBlock):
+    """The reference block (same parameters, same plan) on the fused attention.
+
+    ``forward(x, hw_shape)``: x (B, N, dim) on the (H, W) grid -> (B, N', dim_out) on the q grid.
+    With ``grad_checkpointing`` set (``MViTv2.set_grad_checkpointing``) and grad enabled in
+    training, the block's activations are recomputed in the backward (non-reentrant checkpoint; the
+    RNG state is restored, so stochastic depth draws the same masks).
+    """
+    attention_cls = FusedMultiScaleAttention
+    grad_checkpointing = False
+
+    def _drop_path_rate(self) -> float:
+        """The stochastic-depth rate in force (0 in eval mode or when the block has none)."""
+        if not self.training or not isinstance(self.drop_path, DropPath):
+            return 0.0
+        return float(self.drop_path.p)
+
+    @staticmethod
+    def _add_dropped(residual: torch.Tensor, x: torch.Tensor, p: float) -> torch.Tensor:
+        """``residual + drop_path(x)``: one ``addcmul`` with the per-sample keep mask (drawn like
+        the reference's DropPath: a (B, 1, 1) bernoulli(1 - p) in x's dtype), scaled through
+        ``value``; a plain add when nothing is dropped."""
+        if p == 0.0:
+            return residual + x
+        keep = 1.0 - p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return torch.addcmul(residual, x, mask, value=1.0 / keep)
+
+    def _shortcut_pool(self, x: torch.Tensor, hw_shape: Sequence[int]) -> torch.Tensor:
+        """Max-pool the grid tokens of x (B, N, C) where q is strided; the class token bypasses
+        the pool. The grid is pooled in place of its layout (a channels-last view, no copy)."""
+        if self.pool_skip is None:
+            return x
+        H, W = hw_shape
+        sp = 1 if self.has_cls_token else 0
+        B, N, C = x.shape
+        grid = x[:, sp:].reshape(B, H, W, C).permute(0, 3, 1, 2)            # (B, C, H, W), channels last
+        grid = self.pool_skip(grid).flatten(2).transpose(1, 2)            # (B, H'*W', C)
+        return torch.cat((x[:, :sp], grid), dim=1) if sp else grid
+
+    def _forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        p = self._drop_path_rate()
+        x_norm = self.norm1(x)
+        attn = self.attn
+        a, hw_new = attn.attend(x_norm, hw_shape)                         # (B, N', dim_att), before proj
+        if self.dim_change == "attention":
+            # shortcut = proj(x_norm) (+ the attention's proj bias, folded in when nothing is dropped:
+            # max pooling commutes with adding a per-channel constant)
+            fold = p == 0.0
+            bias = self.proj.bias + attn.proj.bias if fold else self.proj.bias
+            shortcut = self._shortcut_pool(F.linear(x_norm, self.proj.weight, bias), hw_shape)
+            if fold:
+                x = _linear_residual(shortcut, a, attn.proj.weight)
+            else:
+                x = self._add_dropped(shortcut, attn.proj(a), p)
+        else:
+            x = self._add_dropped(self._shortcut_pool(x, hw_shape), attn.proj(a), p)
+        x_norm = self.norm2(x)
+        h = self.mlp.act(self.mlp.fc1(x_norm))
+        if self.dim_change == "mlp":
+            x = self.proj(x_norm)
+        return self._add_dropped(x, self.mlp.fc2(h), p), hw_new
+
+    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, tuple(hw_shape), use_reentrant=False)
+        return self._forward(x, hw_shape)
+
+
+class MViTv2(_ref.MViTv2):
+    """MViTv2 for image classification, fused: the reference's constructor, configs, methods
+    (``forward``, ``forward_features``, ``forward_head``, ``forward_intermediates``,
+    ``no_weight_decay``) and state dict, with the blocks of this module.
+
+    See ``fastmvit.reference.MViTv2`` for the arguments. Adds ``set_grad_checkpointing(enable)``.
+    """
+    block_cls = FusedMultiScaleBlock
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of keeping them (timm's
+        name). Only in training mode with grad enabled; inference is unchanged."""
+        for blk in self.blocks:
+            blk.grad_checkpointing = bool(enable)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return any(blk.grad_checkpointing for blk in self.blocks)
+
+
+def _named(arch: str):
+    def build(**kwargs) -> MViTv2:
+        return MViTv2(arch, **kwargs)
+
+    build.__name__ = build.__qualname__ = f"mvitv2_{arch}"
+    build.__doc__ = f"Fused MViTv2-{arch} (``fastmvit.MViTv2({arch!r}, **kwargs)``)."
+    return build
+
+
+mvitv2_tiny = _named("tiny")
+mvitv2_small = _named("small")
+mvitv2_base = _named("base")
+mvitv2_large = _named("large")
+mvitv2_small_cls = _named("small_cls")
+mvitv2_base_cls = _named("base_cls")
+mvitv2_large_cls = _named("large_cls")
+mvitv2_huge_cls = _named("huge_cls")
