@@ -37,8 +37,9 @@ def fused_bytes(shape, dtype, batch=BATCH, backward=False) -> dict:
 
     Forward: read q, k, v, tables; write out and lse (float32). Backward: pass 1 reads q, k, v,
     dout, writes delta and rel terms (float32, Nq * (KH_PAD + KW_PAD)); dK/dV reads q, k, v, dout,
-    lse, delta, rel and writes dk, dv; dQ reads the same and writes dq and drel; the table
-    gradients read drel and q (float32 copy in torch: counted) and write the tables' gradients."""
+    lse, delta, rel and writes dk, dv; dQ (two launches with rel-pos) reads the same twice plus its
+    float32 partial dq, and writes that, dq and drel; the table gradients read drel and q (a
+    float32 copy in torch) and write the tables' gradients."""
     e = torch.finfo(dtype).bits // 8
     B, H, D, Nq, Nk = batch, shape.heads, shape.head_dim, shape.nq, shape.nk
     pad = lambda n: max(16, 1 << (n - 1).bit_length())
@@ -48,13 +49,16 @@ def fused_bytes(shape, dtype, batch=BATCH, backward=False) -> dict:
     read = qb + 2 * kb + tables
     written = qb + lse
     if backward:
-        read += (qb + 2 * kb + qb + tables)                                  # pass 1 (dout as 2nd q)
-        written += lse + B * H * Nq * rel
-        for _ in range(2):                                                   # dK/dV, dQ
-            read += 2 * qb + 2 * kb + 2 * lse + B * H * Nq * rel
-        written += 2 * kb + qb + B * H * Nq * rel
-        read += B * H * Nq * rel + qb                                        # table gradients
-        written += B * H * Nq * D * 4 + tables
+        relb = B * H * Nq * rel
+        read += qb + 2 * kb + qb + tables                                    # pass 1 (dout in q's place)
+        written += lse + relb
+        read += 2 * qb + 2 * kb + 2 * lse + relb                             # dK/dV
+        written += 2 * kb
+        dq32 = B * H * Nq * D * 4
+        read += 2 * (2 * qb + 2 * kb + 2 * lse + relb) + dq32 + tables       # dQ, two launches
+        written += dq32 + qb + relb                                          # dq32, dq, drel
+        read += relb + qb                                                    # table gradients
+        written += tables
     return dict(bytes_read=read, bytes_written=written, bytes=read + written)
 
 

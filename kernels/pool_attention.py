@@ -31,25 +31,35 @@ loop, from table rows gathered through int32 index maps (the official dist formu
 the host so indices agree bit for bit). Inside the key loop the bias tile is expanded by a matmul
 with a one-hot matrix of the key coordinates: bias = rel_h @ onehot_h + rel_w @ onehot_w, on
 tensor cores. A register gather (tl.gather) would be the direct way but spills on sm_80/sm_90.
-With half inputs rel is split into bf16 hi + lo parts (exact products, 16-bit mantissa).
-No bias tile and no rel tensor goes through HBM in the forward.
+No bias tile and no rel tensor goes through HBM in the forward. Compiled for sm_80 / sm_90 the
+kernels use BLOCK_M x BLOCK_N = 64 x 64 with 8 warps (also 32 x 64 with 4 warps, and 64 x 32 for
+dQ), no spills (kernels/gpu_compile.py; configs pruned per target in pool_attention_triton.py).
 
-Saved for backward: q, k, v, the tables, out and the log-sum-exp per row (B, H, Nq) float32;
-never the probabilities. The backward recomputes P = exp(S - lse).
+Saved for backward: q, k, v, the tables and the log-sum-exp per row (B, H, Nq) float32, in base 2;
+never the probabilities and not even out. The backward recomputes P = exp2(s - lse).
 
-Backward, three kernels, deterministic (no atomics):
-1. pre (per query tile): delta = rowsum(dout * (out - residual)), and rel_h / rel_w of every row
-   written once (float32, Nq * (KH_PAD + KW_PAD)) so the next two kernels load them instead of
-   recomputing them per key tile.
-2. dK/dV (per key tile, looping over all query tiles): dv = P^T dout, dk = scale dS^T q. Each dk,
-   dv row is summed by one program in a fixed order.
-3. dQ (per query tile, looping over all key tiles): dq = scale dS k, and the rel-term gradients
-   drel_h = dS @ onehot_h^T (the transposed one-hot matmul), from which dq gets
-   drel_h @ Rh + drel_w @ Rw (+ dout on spatial rows for the residual) and drel is written.
-Then the table gradients are two small reductions in torch: dR[y, j] = sum_{b,h,x} drel_h q
-(an einsum), and d table = onehot(idx)^T @ dR, a scatter-add written as a matmul, because
-index_add_ uses float atomics on CUDA. Two kernels per direction instead of one with atomic dq
-(the FlashAttention-2 default) cost a second pass over K/V, which is small here (Nk is small).
+Backward, deterministic (no atomics; every output element is summed by one program in a fixed
+order):
+1. first pass = the forward kernel again (BWD_PRE): delta = rowsum(dout * o) from the float32
+   attention output o, and rel_h / rel_w of every row written once (float32, Nq * (KH_PAD +
+   KW_PAD)), which the next kernels load instead of recomputing per tile. Why not delta from the
+   stored out, as FlashAttention-2 does: with residual pooling out = o + q, and its bf16 rounding
+   (a few times larger than o) made dq 3x less accurate than eager torch in bf16.
+2. dK/dV (per key tile, looping over all query tiles): dv = P^T dout, dk = scale dS^T q.
+3. dQ (per query tile, looping over all key tiles): dq = scale dS k (+ dout on spatial rows);
+   with rel-pos a second launch of the same kernel (REL_PART) recomputes dS and accumulates
+   drel_h = dS @ onehot_h^T (the transposed one-hot matmul), drel_w likewise, then adds
+   drel_h @ Rh + drel_w @ Rw (gathered table rows) to the float32 partial dq. One kernel holding
+   both the dq accumulator and the drel accumulators spilled on sm_80 in every tiling tried.
+4. The table gradients, two small reductions in torch: dR[y, j] = sum_{b,h,x} drel_h q (an
+   einsum) and d table = onehot(idx)^T @ dR, a scatter-add written as a matmul (index_add_ uses
+   float atomics on CUDA).
+Per-key-tile and per-query-tile kernels instead of one kernel with atomic dq (FlashAttention-2's
+choice) cost extra passes over K/V and q; both are small here (Nk is small, K/V of a head stay in
+L2), and the result is bitwise repeatable.
+
+Precision: the bias is expanded as bf16 hi + lo parts (16-bit mantissa) so half-precision inputs
+lose nothing to it; float32 inputs use IEEE float32 matmuls (no TF32) throughout.
 """
 from __future__ import annotations
 

@@ -9,10 +9,11 @@ idx_w (qw, kw) (the official dist formula, computed once on the host).
 
 Kernels (all float32 accumulation; inputs upcast right after loading; no atomics):
     _fwd_kernel        grid (cdiv(Nq, BLOCK_M), B*H): out (B, Nq, H, D) buffer, lse (B*H, Nq) float32
-    _bwd_pre_kernel    grid (cdiv(Nq, BLOCK_M), B*H): delta = rowsum(dout * (out - residual)),
-                       rel_h (B*H, Nq, KH_PAD), rel_w (B*H, Nq, KW_PAD) float32
+    _fwd_kernel again  (BWD_PRE, the backward's first pass): delta = rowsum(dout * o) from the
+                       float32 attention output o, rel_h (B*H, Nq, KH_PAD), rel_w float32
     _bwd_dkdv_kernel   grid (cdiv(Nk, BLOCK_N), B*H): dk, dv, looping over all query tiles
-    _bwd_dq_kernel     grid (cdiv(Nq, BLOCK_M), B*H): dq, drel_h, drel_w, looping over all key tiles
+    _bwd_dq_kernel     grid (cdiv(Nq, BLOCK_M), B*H): dq, looping over all key tiles; with rel-pos a
+                       second launch (REL_PART) for drel_h, drel_w and their share of dq
 """
 from __future__ import annotations
 
@@ -289,7 +290,7 @@ def _expand_rel_T(onehotT, relT, acc, FP32: tl.constexpr):
 @triton.jit
 def _bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr,
-    th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, dq_ptr, drelh_ptr, drelw_ptr,
+    th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, dq_ptr, dq32_ptr, drelh_ptr, drelw_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -297,14 +298,21 @@ def _bwd_dq_kernel(
     stride_th0, stride_th1, stride_tw0, stride_tw1,
     H, Nq, Nk, D, qw, kh, kw, scale,
     SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
-    KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+    REL_PART: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dq and the rel-term gradients drel_h, drel_w of one query tile: loops over every key tile.
+    """dq of one query tile, looping over every key tile, in one or two launches.
 
-    ds = p * (dp - delta) is the score gradient; dq = scale * ds @ k + drel_h @ Rh + drel_w @ Rw
-    (+ dout on spatial rows for the residual), with drel_h = ds @ onehot_h^T. drel_h/w are written
-    (B*H, Nq, K*_PAD) float32 for the table gradients. dq: (B, H, Nq, D) contiguous, q's dtype."""
+    ds = p * (dp - delta) is the score gradient; dq = scale * ds @ k (+ dout on spatial rows for
+    the residual) + drel_h @ Rh + drel_w @ Rw, with drel_h = ds @ onehot_h^T (the transposed
+    one-hot matmul), drel_w likewise.
+    REL_PART = False: the ds @ k part. Without rel-pos it writes the final dq (B, H, Nq, D)
+    contiguous in q's dtype; with rel-pos a float32 partial dq into dq32 (same layout).
+    REL_PART = True (second launch, rel-pos only): recomputes ds, accumulates drel_h / drel_w, adds
+    drel_h @ Rh + drel_w @ Rw (gathered table rows) to the partial dq, writes the final dq and
+    drel_h / drel_w (B*H, Nq, K*_PAD) float32 for the table gradients.
+    Two launches because one kernel holding both the dq accumulator and the two thin drel
+    accumulators (and their dot operands) spilled on sm_80 in every tiling tried."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -330,11 +338,13 @@ def _bwd_dq_kernel(
         # rel terms in base-2 units, from the first backward pass
         rel_h = tl.load(relh_ptr + row[:, None] * KH_PAD + cols_h[None, :], mask=mask_m[:, None], other=0.0)
         rel_w = tl.load(relw_ptr + row[:, None] * KW_PAD + cols_w[None, :], mask=mask_m[:, None], other=0.0)
-        drel_h = tl.zeros((BLOCK_M, KH_PAD), dtype=tl.float32)
-        drel_w = tl.zeros((BLOCK_M, KW_PAD), dtype=tl.float32)
+        if REL_PART:
+            drel_h = tl.zeros((BLOCK_M, KH_PAD), dtype=tl.float32)
+            drel_w = tl.zeros((BLOCK_M, KW_PAD), dtype=tl.float32)
     qk_scale = scale * LOG2E
 
-    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    if not REL_PART:
+        dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for start_n in range(0, Nk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < Nk
@@ -352,15 +362,26 @@ def _bwd_dq_kernel(
         p = tl.where(mask_n[None, :], p, 0.0)
         dp = _mma(do, vT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32)
         ds = p * (dp - delta[:, None])                                              # (BLOCK_M, BLOCK_N)
-        dq = _mma(ds.to(kT.dtype), tl.trans(kT), dq, FP32)
-        if HAS_REL:
+        if REL_PART:
             drel_h = _expand_rel(ds, tl.trans(onehot_h), drel_h, FP32)
             drel_w = _expand_rel(ds, tl.trans(onehot_w), drel_w, FP32)
+        else:
+            dq = _mma(ds.to(kT.dtype), tl.trans(kT), dq, FP32)
 
-    dq *= scale
-    row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
-    if HAS_REL:
-        # dq[r] += sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ the same for w): gathered rows again.
+    out_off = row[:, None] * D + offs_d[None, :]
+    if not REL_PART:
+        dq *= scale
+        if RESIDUAL:
+            row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
+            dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
+        if HAS_REL:
+            tl.store(dq32_ptr + out_off, dq, mask=mask_md)
+        else:
+            tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
+    else:
+        # dq[r] += sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ the same for w): gathered rows.
+        dq = tl.load(dq32_ptr + out_off, mask=mask_md, other=0.0)
+        row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
         mask_rows = row_sp[:, None] & mask_d[None, :]
         for jj in range(0, kh):
             t = tl.load(idx_h_ptr + y * kh + jj, mask=row_sp, other=0)
@@ -374,9 +395,7 @@ def _bwd_dq_kernel(
             dq += tl.sum(tl.where(cols_w[None, :] == ll, drel_w, 0.0), axis=1)[:, None] * r
         tl.store(drelh_ptr + row[:, None] * KH_PAD + cols_h[None, :], drel_h, mask=mask_m[:, None])
         tl.store(drelw_ptr + row[:, None] * KW_PAD + cols_w[None, :], drel_w, mask=mask_m[:, None])
-    if RESIDUAL:
-        dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
-    tl.store(dq_ptr + row[:, None] * D + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
+        tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,9 +408,9 @@ def _config(bm, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
-FWD_CONFIGS = [_config(64, 64, 4, 2), _config(64, 32, 4, 3), _config(128, 64, 8, 2), _config(32, 64, 4, 2)]
-DQ_CONFIGS = [_config(64, 32, 4, 2), _config(32, 64, 4, 2), _config(64, 64, 8, 2)]
-DKDV_CONFIGS = [_config(32, 64, 4, 2), _config(64, 64, 8, 2), _config(32, 128, 8, 2)]
+FWD_CONFIGS = [_config(64, 64, 8, 2), _config(32, 64, 4, 2)]
+DKDV_CONFIGS = [_config(64, 64, 8, 2)]
+DQ_CONFIGS = [_config(64, 32, 8, 1), _config(64, 64, 8, 2), _config(32, 64, 4, 2)]
 
 # The interpreter (CPU tests) runs one fixed small config: autotuning there would time every
 # config in numpy for nothing. Tests may change it to exercise other tilings.
@@ -406,24 +425,25 @@ def _target_arch() -> int:
         return 0
 
 
-def _prune(max_tile_sm80: int):
-    """An early_config_prune hook: on sm_80 (and below) drop configs whose BLOCK_M * BLOCK_N is
-    above max_tile_sm80 (they spill at head dim 128 padded); keep at least one."""
+def _prune_sm80(min_warps: int):
+    """An early_config_prune hook: on sm_80 keep the configs with at least `min_warps` warps (the
+    4-warp tiles spill there: registers per thread double); sm_90 keeps all."""
     def prune(configs, named_args, **kwargs):
         arch = _target_arch()
         if arch and arch < 90:
-            kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= max_tile_sm80]
-            return kept or configs[:1]
+            return [c for c in configs if c.num_warps >= min_warps] or configs[:1]
         return configs
     return prune
 
 
+# Measured with kernels/gpu_compile.py (D 96 padded to 128, fp16/bf16, 3136 x 196): all of these
+# compile with STACK 0 / LOCAL 0 on sm_90; the 4-warp dQ tile spilled 16 B on sm_80 (pruned).
 _fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "BWD_PRE"],
-                             prune_configs_by={"early_config_prune": _prune(64 * 64)})(_fwd_kernel)
-_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"],
-                            prune_configs_by={"early_config_prune": _prune(64 * 64)})(_bwd_dq_kernel)
+                             prune_configs_by={"early_config_prune": _prune_sm80(4)})(_fwd_kernel)
+_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "REL_PART"],
+                            prune_configs_by={"early_config_prune": _prune_sm80(8)})(_bwd_dq_kernel)
 _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"],
-                              prune_configs_by={"early_config_prune": _prune(64 * 64)})(_bwd_dkdv_kernel)
+                              prune_configs_by={"early_config_prune": _prune_sm80(8)})(_bwd_dkdv_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,17 +552,23 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
 
     dkdv_args = (q, k, v, dout, lse, delta, rel_h, rel_w, dk, dv,
                  *q.stride(), *k.stride(), *v.stride(), *dout.stride(), H, Nq, Nk, D, kw, scale)
+    dq32 = _empty(B, H, Nq, D, dtype=torch.float32, device=dev) if HAS_REL else dq
     dq_args = (q, k, v, dout, lse, delta, rel_h, rel_w, r["th"], r["tw"], r["idx_h"], r["idx_w"],
-               dq, drel_h, drel_w, *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *r["st"],
+               dq, dq32, drel_h, drel_w, *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *r["st"],
                H, Nq, Nk, D, qw, kh, kw, scale)
     meta = dict(SP=sp, HAS_REL=HAS_REL, FP32=fp32, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_D=BLOCK_D)
+    dq_parts = (False, True) if HAS_REL else (False,)
     if autotune:
         _dkdv_tuned[lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H)](*dkdv_args, **meta)
-        _dq_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](*dq_args, RESIDUAL=residual, **meta)
+        for part in dq_parts:
+            _dq_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](
+                *dq_args, RESIDUAL=residual, REL_PART=part, **meta)
     else:
         bm, bn = INTERPRETER_BLOCKS["BLOCK_M"], INTERPRETER_BLOCKS["BLOCK_N"]
         _bwd_dkdv_kernel[(triton.cdiv(Nk, bn), B * H)](*dkdv_args, **meta, **INTERPRETER_BLOCKS)
-        _bwd_dq_kernel[(triton.cdiv(Nq, bm), B * H)](*dq_args, RESIDUAL=residual, **meta, **INTERPRETER_BLOCKS)
+        for part in dq_parts:
+            _bwd_dq_kernel[(triton.cdiv(Nq, bm), B * H)](*dq_args, RESIDUAL=residual, REL_PART=part,
+                                                         **meta, **INTERPRETER_BLOCKS)
 
     if not HAS_REL:
         return dq, dk, dv, None, None

@@ -8,6 +8,7 @@ match float64 within the dtype's tolerance and be at most twice as far from it a
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -362,7 +363,7 @@ def test_triton_limits_raise(monkeypatch):
         big = [t.repeat_interleave(17, -1) for t in _good()]                      # D = 272
         with pytest.raises(ValueError, match="head dims up to 256"):
             pool_attention(*big, (4, 3), (2, 3), has_cls_token=True)
-        import fastmvit.kernels.pool_attention as pa
+        pa = importlib.import_module("fastmvit.kernels.pool_attention")   # the module, not the function
         monkeypatch.setattr(pa, "triton_interpreting", lambda: False)
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
             pool_attention(*_good(), (4, 3), (2, 3), has_cls_token=True)
