@@ -36,10 +36,14 @@ import triton
 import triton.language as tl
 
 # Register tile of a program: BLOCK_M rows x BLOCK_D (head dim, next power of two) float32 values.
-FWD_TILE_ELEMS = 4096      # 32 rows at D 96/128, 16 at D 256: 32 float32 per thread at 4 warps
-BWD_TILE_ELEMS = 4096      # the backward keeps ~5 such tiles live, plus the (16, BLOCK_D) partials:
+# The compiler issues the KH * KW tap loads of a tile together (memory-level parallelism), so the
+# registers grow with taps x elements per thread: 16 elements per thread (forward, bf16 taps) and 8
+# (backward: float32 gradient taps in the input kernel, ~6 live tiles in the rows kernel) keep every
+# kernel under the 255-register cap without spills on sm_80 and sm_90.
+TILE_ELEMS = 2048          # 16 rows at D 96/128 (padded), 32 at D 64, 128 at D 16, 8 at D 256
+ROWS_TILE_ELEMS = 1024     # the backward rows kernel: 4 elements per thread
 FWD_WARPS = 4
-BWD_WARPS = 8              # twice the threads of the forward for the same tile: 16 float32 per thread
+BWD_WARPS = 8
 # A backward-rows program walks several row tiles so that the partial sums it writes stay small
 # next to the rows it reads: aim at about this many programs for the biggest of q, k, v.
 BWD_TARGET_PROGRAMS = 1024
@@ -95,14 +99,14 @@ def _pooled_rows(in_row, stride_n, w_base, r, row_ok, offs_d, d_ok, H, W, sh, sw
     sp_ok, iy0, ix0, tap0 = _tile_coords(in_row, stride_n, r, row_ok, H, W, sh, sw, ow,
                                          SP, KH // 2, KW // 2)
     acc = tl.zeros((r.shape[0], offs_d.shape[0]), dtype=tl.float32)
-    row_ptr = tap0[:, None] + offs_d[None, :]                          # (BLOCK_M, BLOCK_D) at dy = 0
+    row_ptr = tap0                                                     # (BLOCK_M,) at dy = 0
     w_ptr = w_base + offs_d * (KH * KW)                                # (BLOCK_D,) at tap 0
     for dy in tl.static_range(KH):
         y_ok = sp_ok & (iy0 >= -dy) & (iy0 < H - dy)
         ptr = row_ptr
         for dx in tl.static_range(KW):
             ok = y_ok & (ix0 >= -dx) & (ix0 < W - dx)
-            x = tl.load(ptr, mask=ok[:, None] & d_ok[None, :], other=0.0)
+            x = tl.load(ptr[:, None] + offs_d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
             w = tl.load(w_ptr + (dy * KW + dx), mask=d_ok, other=0.0)
             acc += x.to(tl.float32) * w.to(tl.float32)[None, :]
             ptr += stride_n
@@ -123,8 +127,13 @@ def _layer_norm_rows(x, d_ok, D, eps):
     return xc * rstd[:, None], rstd
 
 
-@triton.jit(do_not_specialize=["H", "W", "heads", "q_sh", "q_sw", "q_oh", "q_ow", "kv_sh", "kv_sw",
-                               "kv_oh", "kv_ow", "n_bh"])
+# Only the head dim and the row strides are specialised (their divisibility by 16 decides vector
+# loads); grid sizes, strides of the pooling and batch strides are not, so that one compiled kernel
+# serves every block of a model (fewer compiles, no recompiles across input sizes).
+_GEOMETRY = ["H", "W", "heads", "q_sh", "q_sw", "q_oh", "q_ow", "kv_sh", "kv_sw", "kv_oh", "kv_ow", "n_bh"]
+
+
+@triton.jit(do_not_specialize=_GEOMETRY + ["stride_qkv_b"])
 def _pool_qkv_fwd_kernel(
     qkv_ptr, stride_qkv_b, stride_qkv_n,          # (B, N, 3 * heads * D), last dim contiguous
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
@@ -165,8 +174,7 @@ def _pool_qkv_fwd_kernel(
                  y.to(out_base.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["H", "W", "heads", "q_sh", "q_sw", "q_oh", "q_ow", "kv_sh", "kv_sw",
-                               "kv_oh", "kv_ow", "n_bh", "tiles_per_prog"])
+@triton.jit(do_not_specialize=_GEOMETRY + ["stride_qkv_b", "stride_dqkv_b", "tiles_per_prog"])
 def _pool_qkv_bwd_rows_kernel(
     qkv_ptr, stride_qkv_b, stride_qkv_n,          # (B, N, 3 * heads * D), last dim contiguous
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
@@ -234,13 +242,14 @@ def _pool_qkv_bwd_rows_kernel(
                      mask=is_cls[:, None] & d_ok[None, :])
         # d(conv weight)[tap] += sum over rows of g * (input at tap): the tap loads of
         # _pooled_rows again (cache hits on a GPU); the class-token row reads nothing
-        row_ptr = tap0[:, None] + offs_d[None, :]
+        row_ptr = tap0
         for ky in tl.static_range(KH):
             y_ok = sp_ok & (iy0 >= -ky) & (iy0 < H - ky)
             ptr = row_ptr
             for kx in tl.static_range(KW):
                 ok = y_ok & (ix0 >= -kx) & (ix0 < W - kx)
-                x_tap = tl.load(ptr, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+                x_tap = tl.load(ptr[:, None] + offs_d[None, :], mask=ok[:, None] & d_ok[None, :],
+                                other=0.0).to(tl.float32)
                 contrib = tl.sum(g * x_tap, axis=0)                       # (BLOCK_D,)
                 acc_w += tl.where(taps[:, None] == ky * KW + kx, contrib[None, :], 0.0)
                 ptr += stride_qkv_n
@@ -254,8 +263,7 @@ def _pool_qkv_bwd_rows_kernel(
     tl.store(part_base + (KH * KW + 1) * D + offs_d, acc_beta, mask=d_ok)
 
 
-@triton.jit(do_not_specialize=["H", "W", "heads", "q_sh", "q_sw", "q_oh", "q_ow", "kv_sh", "kv_sw",
-                               "kv_oh", "kv_ow", "n_bh"])
+@triton.jit(do_not_specialize=_GEOMETRY + ["stride_b"])
 def _pool_qkv_bwd_input_kernel(
     g_ptr,                                        # float32 pre-norm gradients (see the rows kernel)
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
@@ -316,7 +324,7 @@ def _empty(*shape, device, dtype):
 
 def _block_sizes(D: int, tile_elems: int) -> tuple[int, int]:
     block_d = max(16, triton.next_power_of_2(D))
-    return max(16, tile_elems // block_d), block_d
+    return max(8, tile_elems // block_d), block_d
 
 
 def _geometry_args(hw, q_size, k_size, strides) -> list[int]:
@@ -339,12 +347,12 @@ def launch_forward(qkv, weights, norm_weights, norm_biases, hw, num_heads, strid
     k = _empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
     v = _empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
     bh = B * num_heads
-    block_m, block_d = _block_sizes(D, FWD_TILE_ELEMS)
+    block_m, block_d = _block_sizes(D, TILE_ELEMS)
     grid = (triton.cdiv(bh * max(nq, nk), block_m), 3)
     _pool_qkv_fwd_kernel[grid](
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *norm_biases, q, k, v,
         hw[0], hw[1], num_heads, D, *_geometry_args(hw, q_size, k_size, strides), bh, eps,
-        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS)
+        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS, num_stages=1)
     return q, k, v
 
 
@@ -364,7 +372,7 @@ def launch_backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q
     scratch = _empty(bh * (nq_grid + 2 * nk_grid) * D, device=qkv.device, dtype=torch.float32)
     geometry = _geometry_args(hw, q_size, k_size, strides)
 
-    block_m, block_d = _block_sizes(D, BWD_TILE_ELEMS)
+    block_m, block_d = _block_sizes(D, ROWS_TILE_ELEMS)
     max_tiles = triton.cdiv(bh * (sp + max(nq_grid, nk_grid)), block_m)
     tiles_per_prog = triton.cdiv(max_tiles, BWD_TARGET_PROGRAMS)
     n_progs = triton.cdiv(max_tiles, tiles_per_prog)
@@ -373,11 +381,11 @@ def launch_backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *grads, dqkv, dqkv.stride(0),
         scratch, partials, hw[0], hw[1], num_heads, D, *geometry, bh, eps, tiles_per_prog,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d,
-        BLOCK_TAPS=max(2, triton.next_power_of_2(KH * KW)), num_warps=BWD_WARPS)
+        BLOCK_TAPS=max(2, triton.next_power_of_2(KH * KW)), num_warps=BWD_WARPS, num_stages=1)
 
-    block_m, block_d = _block_sizes(D, FWD_TILE_ELEMS)
+    block_m, block_d = _block_sizes(D, TILE_ELEMS)
     _pool_qkv_bwd_input_kernel[(triton.cdiv(bh * hw[0] * hw[1], block_m), 3)](
         scratch, *weights, dqkv, dqkv.stride(0), dqkv.stride(1),
         hw[0], hw[1], num_heads, D, *geometry, bh,
-        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS)
+        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=BWD_WARPS, num_stages=1)
     return dqkv, partials.sum(1)                  # fixed-order reduction over programs
