@@ -52,17 +52,17 @@ from fastmvit.kernels.backend import use_backend  # noqa: E402
 PROFILES = {
     # A GPU box: every arch, several batch sizes, bf16 (the model dtype users train in).
     "full": dict(archs=common.MODEL_ARCHS, img=224, infer_batches=(1, 16, 64), train_batches=(8, 32),
-                 model_dtypes=("bfloat16",), compile=True, cpu_rounds=None,
+                 model_dtypes=("bfloat16",), compile=True, cpu_rounds=None, cpu_budget_s=None,
                  op_archs=("tiny", "small"), op_dtypes=("bfloat16", "float16", "float32"), op_batch=8,
                  modeled_archs=common.MODEL_ARCHS, modeled_img=224, modeled_batch=8),
     # No GPU: torch-path timings at small batch, the cost model at the issue's setting.
     "cpu": dict(archs=("tiny",), img=224, infer_batches=(1, 2), train_batches=(1,),
-                model_dtypes=("float32",), compile=False, cpu_rounds=3,
+                model_dtypes=("float32",), compile=False, cpu_rounds=3, cpu_budget_s=2.0,
                 op_archs=("tiny",), op_dtypes=("float32",), op_batch=1,
                 modeled_archs=common.MODEL_ARCHS, modeled_img=224, modeled_batch=8),
     # The harness test: the smallest end-to-end run (no training timing: it is the slow one).
     "smoke": dict(archs=("tiny",), img=32, infer_batches=(1,), train_batches=(),
-                  model_dtypes=("float32",), compile=False, cpu_rounds=2,
+                  model_dtypes=("float32",), compile=False, cpu_rounds=2, cpu_budget_s=0.2,
                   op_archs=("tiny",), op_dtypes=("float32",), op_batch=1,
                   modeled_archs=("tiny",), modeled_img=32, modeled_batch=2),
 }
@@ -99,11 +99,15 @@ class Record:
     def __init__(self) -> None:
         self.modeled: list[dict] = []
         self.skipped: list[dict] = []
+        self.measured: list[dict] = []  # copies of the timed results, kept if the run is cut short
 
     def add_modeled(self, *, suite: str, case: str, impl: str, pass_: str, dtype: str,
                     traffic=None, **numbers) -> dict:
         entry = dict(suite=suite, case=case, impl=impl, **{"pass": pass_}, dtype=str(dtype).replace("torch.", ""),
                      kind="modeled")
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+        if test:
+            entry["test"] = test
         if traffic is not None:
             entry.update(traffic.to_dict(top=10))
         entry.update(numbers)
@@ -130,13 +134,31 @@ def pytest_runtest_logreport(report):
         _RECORD.skipped.append({"test": report.nodeid, "reason": "FAILED: " + str(report.longrepr)[-400:]})
 
 
-def pytest_sessionfinish(session):
-    path = session.config.getoption("--fastmvit-record")
+def _write_record(config) -> None:
+    path = config.getoption("--fastmvit-record")
     if not path:
         return
-    out = {"env": common.environment(), "profile": profile_of(session.config)["name"],
-           "modeled": _RECORD.modeled, "skipped": _RECORD.skipped}
-    Path(path).write_text(json.dumps(out, indent=1, default=str))
+    out = {"env": common.environment(), "profile": profile_of(config)["name"],
+           "modeled": _RECORD.modeled, "skipped": _RECORD.skipped, "measured": _RECORD.measured}
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1, default=str))
+    tmp.replace(path)
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    # After every test, so a suite stopped by the runner's time limit keeps what it finished.
+    _write_record(_CONFIG[0])
+
+
+_CONFIG: list = []
+
+
+def pytest_configure(config):
+    _CONFIG[:] = [config]
+
+
+def pytest_sessionfinish(session):
+    _write_record(session.config)
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
@@ -202,16 +224,16 @@ def _time_cuda(benchmark, fn, info: dict) -> None:
                 timer="perf_counter after cuda.synchronize (cross-check: CUDA events)")
 
 
-def _time_cpu(benchmark, fn, info: dict, rounds: int) -> None:
+def _time_cpu(benchmark, fn, info: dict, rounds: int, budget_s: float) -> None:
     """CPU: torch path only, one warm-up call, then at least `rounds` rounds of >= 10 ms each
-    (short ops get more iterations per round and more rounds, up to about a second in all).
+    (short ops get more iterations per round and more rounds, up to about `budget_s` in all).
     These are CPU numbers and labelled so."""
     with use_backend("torch"):
         start = time.perf_counter()
         fn()
         once = max(time.perf_counter() - start, 1e-6)
         iterations = max(1, math.ceil(0.01 / once))
-        rounds = max(rounds, min(50, int(1.0 / (once * iterations))))
+        rounds = max(rounds, min(50, int(budget_s / (once * iterations))))
         benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=0)
     info.update(rounds=rounds, iterations=iterations, timer="perf_counter", backend="torch")
 
@@ -226,11 +248,17 @@ def measure(benchmark, device, bench_profile):
         if device == "cuda":
             _time_cuda(benchmark, fn, info)
         else:
-            _time_cpu(benchmark, fn, info, bench_profile["cpu_rounds"] or 5)
+            _time_cpu(benchmark, fn, info, bench_profile["cpu_rounds"] or 5, bench_profile["cpu_budget_s"] or 2.0)
         info["wall_s"] = round(time.perf_counter() - start, 3)
         memory = common.peak_memory(fn, device)  # after the warm-up: no compile/autotune workspace
         if memory:
             info.update(memory)
         benchmark.extra_info.update(info)
+        if benchmark.stats:
+            st = benchmark.stats.stats
+            _RECORD.measured.append({
+                "name": benchmark.name, "fullname": benchmark.fullname, "group": benchmark.group,
+                "extra_info": dict(info), "partial_record": True,
+                "stats": {k: getattr(st, k) for k in ("min", "max", "mean", "stddev", "median", "iqr", "rounds")}})
         return benchmark.stats.stats.median if benchmark.stats else None
     return run

@@ -151,7 +151,8 @@ def op_modeled_figures(run: dict, out: Path, prefix: str) -> list[tuple[str, Pat
     groups = defaultdict(dict)
     for m in run["fastmvit"].get("modeled", []):
         if m.get("suite") == "op" and m.get("bytes"):
-            groups[(m.get("op", "op"), m.get("pass"), m.get("dtype"))].setdefault(m["case"], {})[m["impl"]] = m["bytes"]
+            op = m.get("op") or Path(m.get("test", "op").split("::")[0]).stem.removeprefix("bench_")
+            groups[(op, m.get("pass"), m.get("dtype"))].setdefault(m["case"], {})[m["impl"]] = m["bytes"]
     figs = []
     for (op, pass_, dtype), cases in sorted(groups.items(), key=str):
         names = list(cases)
@@ -320,7 +321,13 @@ def headline(run: dict, path: Path) -> Path:
         width = 0.8 / max(1, len(impls))
         for k, impl in enumerate(impls):
             xs = [i + (k - (len(impls) - 1) / 2) * width for i in range(len(cases))]
-            ax.bar(xs, [(get.get((c, impl)) or {}).get(field, 0) / scale for c in cases], width, label=impl)
+            heights = [(get.get((c, impl)) or {}).get(field, 0) / scale for c in cases]
+            ax.bar(xs, heights, width, label=impl)
+            if impl != "reference":  # the ratio to the reference above each bar
+                for x, h, c in zip(xs, heights, cases):
+                    ref = (get.get((c, "reference")) or {}).get(field)
+                    if ref and h:
+                        ax.annotate(f"{h * scale / ref:.2f}x", (x, h), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(cases, fontsize=8)
         ax.set_ylabel(ylabel)
@@ -331,6 +338,24 @@ def headline(run: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def target_ratios(run: dict) -> list[list]:
+    """The issue-5 cost-model ratios, fastmvit / reference, per modeled case, with the targets."""
+    from fastmvit.costmodel import MODEL_TARGETS
+    get = {(m["case"], m["impl"], m["pass"]): m for m in modeled_rows(run)}
+    rows = []
+    for case in sorted({c for c, _, _ in get}):
+        f_inf, r_inf = get.get((case, "fastmvit", "infer")), get.get((case, "reference", "infer"))
+        f_tr, r_tr = get.get((case, "fastmvit", "train")), get.get((case, "reference", "train"))
+        if not (f_inf and r_inf and f_tr and r_tr):
+            continue
+        values = {"forward_bytes": f_inf["bytes"] / r_inf["bytes"], "training_bytes": f_tr["bytes"] / r_tr["bytes"],
+                  "forward_launches": f_inf["launches"] / r_inf["launches"],
+                  "saved_activations": f_tr["saved_bytes"] / r_tr["saved_bytes"]}
+        rows.append([case] + [f"{v:.2f} ({'ok' if v <= MODEL_TARGETS[k] else 'over'} {MODEL_TARGETS[k]})"
+                              for k, v in values.items()])
+    return rows
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -411,6 +436,11 @@ def build(results_dir: Path, out_dir: Path, latest_png: Path | None = None) -> P
                                   _fmt(r["peak_bytes"], "", 2**20)] for r in sorted(rows, key=lambda r: (
                                       r["suite"], r["pass"], r["case"], _impl_key(r["impl"])))]))
         parts.append("<h3>Memory and traffic (MODELED: cost model on meta tensors)</h3>")
+        ratios = target_ratios(run)
+        if ratios:
+            parts.append("<p>fastmvit / reference, against the issue-5 targets (set for tiny b8, bf16, 224):</p>"
+                         + _table(["case", "forward bytes", "training bytes", "forward launches",
+                                   "saved activations"], ratios))
         for title, path in modeled_figures(run, out_dir, f"d{k}_") + op_modeled_figures(run, out_dir, f"d{k}_"):
             parts.append(f"<h4>{html.escape(title)}</h4><img src='{path.name}'>")
         mrows = [m for m in fm.get("modeled", [])]
