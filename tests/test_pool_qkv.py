@@ -100,8 +100,8 @@ def check_against_float64(B, hw, heads, D, strides, sp, dtype, param_dtype=None,
 # (B, (H, W), heads, D, (stride_q, stride_kv), class token): odd grids, every stride
 SMALL_CASES = [
     (2, (7, 5), 3, 24, (1, 2), 1),
-    (2, (7, 5), 3, 24, (2, 4), 0),
-    (1, (7, 5), 3, 24, (1, 1), 0),
+    (2, (7, 5), 1, 24, (2, 4), 0),
+    (1, (7, 5), 2, 24, (1, 1), 0),
     (1, (7, 5), 3, 24, (8, 4), 1),           # an 8-stride q grid is a single pooled row (1x1)
     (1, (5, 9), 2, 24, ((1, 2), (4, 1)), 1),  # non-square strides on a non-square grid
 ]
@@ -113,9 +113,15 @@ def test_float32_all_strides(case, poisoned_buffers):
     check_against_float64(B, hw, heads, D, strides, sp, torch.float32)
 
 
+HALF_CASES = [
+    (1, (7, 5), 3, 24, (1, 2), 1),
+    (1, (7, 5), 2, 24, (2, 4), 0),
+    (1, (7, 5), 3, 24, (8, 4), 1),
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", [SMALL_CASES[0], SMALL_CASES[1], SMALL_CASES[3]],
-                         ids=lambda c: f"{c[1][0]}x{c[1][1]}-s{c[4]}-cls{c[5]}")
+@pytest.mark.parametrize("case", HALF_CASES, ids=lambda c: f"{c[1][0]}x{c[1][1]}-h{c[2]}-s{c[4]}-cls{c[5]}")
 def test_half_dtypes(case, dtype, poisoned_buffers):
     B, hw, heads, D, strides, sp = case
     check_against_float64(B, hw, heads, D, strides, sp, dtype)
@@ -124,13 +130,13 @@ def test_half_dtypes(case, dtype, poisoned_buffers):
 @pytest.mark.parametrize("D, dtype", [(16, torch.float32), (72, torch.bfloat16), (96, torch.float16)],
                          ids=lambda x: str(x))
 def test_head_dims(D, dtype, poisoned_buffers):
-    check_against_float64(1, (5, 3), 2, D, (2, 1), 1, dtype)
+    check_against_float64(1, (5, 3), 1, D, (2, 1), 1, dtype)
 
 
 def test_realistic_stage4_block(poisoned_buffers):
     """An MViTv2 stage-4 block at 224 (7x7 grid, strides 1 and 1, head dim 96, class token), bf16,
-    with 2 of its 8 heads (the interpreter is slow)."""
-    q_size, k_size = check_against_float64(1, (7, 7), 2, 96, (1, 1), 1, torch.bfloat16)
+    with 1 of its 8 heads (the interpreter is slow)."""
+    q_size, k_size = check_against_float64(1, (7, 7), 1, 96, (1, 1), 1, torch.bfloat16)
     assert q_size == k_size == (7, 7)
 
 
@@ -180,10 +186,10 @@ def test_torch_backend_matches_float64():
 
 def test_backward_is_repeatable():
     """Same inputs, same gradients bit for bit (no atomics; partial sums reduced in a fixed order)."""
-    leaves = [t.float().requires_grad_() for t in make_inputs(2, (7, 5), 3, 24, 1)]
+    leaves = [t.float().requires_grad_() for t in make_inputs(2, (5, 3), 2, 16, 1)]
     grads = []
     for _ in range(2):
-        q, k, v, *_ = run(leaves, (7, 5), 3, (1, 2), 1, "triton")
+        q, k, v, *_ = run(leaves, (5, 3), 2, (1, 2), 1, "triton")
         grads.append(torch.autograd.grad((q.sum(), (k * k).sum(), v[..., 1:].sum()), leaves))
     for a, b in zip(*grads):
         assert torch.equal(a, b)
