@@ -100,10 +100,16 @@ def _query_coords(offs_m, Nq, qw, SP: tl.constexpr):
     return row_sp, s // qw, s % qw
 
 
+# Shape integers are not specialised (no divisibility-by-16 variants): they only enter masks and
+# index math, and one compile then serves every MViTv2 shape with the same constexprs. Strides and
+# D stay specialised (vectorised loads).
+_SHAPE_ARGS = ["H", "Nq", "Nk", "qw", "kh", "kw"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, out_ptr, lse_ptr,
     do_ptr, delta_ptr, relh_ptr, relw_ptr,
@@ -203,7 +209,7 @@ def _fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=["H", "Nq", "Nk", "kw"])
 def _bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -287,7 +293,7 @@ def _expand_rel_T(onehotT, relT, acc, FP32: tl.constexpr):
         return tl.dot(oh, lo, tl.dot(oh, hi, acc))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr,
     th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, dq_ptr, dq32_ptr, drelh_ptr, drelw_ptr,
