@@ -4,8 +4,9 @@ Same weights in both (the reference's state dict loaded strictly). Compared: the
 gradient of every parameter, of ``(logits * R).sum()`` for a fixed random R.
 
 - torch backend, every arch, reduced input: both models in float64, which must agree to float64
-  rounding (the same maths, reordered). large, large_cls and huge_cls keep their widths, heads,
-  class token and width-change placement but have depths (1, 2, 2, 1), to stay in memory and time.
+  rounding (the same maths, reordered). base*, large* and huge_cls keep their widths, heads,
+  class token and width-change placement but have fewer blocks in stages 3-4 (REDUCED_DEPTHS), to
+  stay in memory and time.
 - torch backend, tiny at 224x224 and a non-square input with and without a class token: float32
   against the float64 reference, at most twice the eager float32 reference's error
   (tests/numerics.py).
@@ -37,7 +38,10 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-BIG = ("large", "large_cls", "huge_cls")
+# Depths cut to keep memory and time small; widths, heads, class token, width-change placement,
+# stride schedule kept (and the first stages keep their block counts).
+REDUCED_DEPTHS = {"base": (2, 3, 2, 1), "base_cls": (2, 3, 2, 1), "large": (1, 2, 2, 1), "large_cls": (1, 2, 2, 1),
+                  "huge_cls": (1, 2, 2, 1)}
 # Two stages: a stride-1 block (kv stride 4) and a stride-2 block that widens (kv stride 2); head
 # dim 16 (the kernels' minimum). Small enough for the interpreter.
 TWO_STAGE = MViTv2Config(embed_dims=16, num_heads=1, depths=(1, 1), drop_path_rate=0.0)
@@ -47,16 +51,29 @@ FOUR_STAGE = MViTv2Config(embed_dims=16, num_heads=2, depths=(1, 2, 1, 1), drop_
 
 def arch_config(arch: str) -> MViTv2Config:
     cfg = get_config(arch)
-    return cfg.replace(depths=(1, 2, 2, 1)) if arch in BIG else cfg
+    return cfg.replace(depths=REDUCED_DEPTHS[arch]) if arch in REDUCED_DEPTHS else cfg
 
 
-def make_pair(cfg, img, dtype=torch.float32, **kw):
-    """(reference, fused) with the same weights: the fused model is built on the meta device and
-    takes copies of the reference's tensors (load_state_dict strict, assign)."""
+def random_init_(model, seed: int = 0):
+    """Random weights, fast (one normal_ per tensor; the models' trunc_normal init is slow at
+    50M parameters): std 0.02, LayerNorm weights 1 + N(0, 0.1^2), and non-zero biases."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            std = 0.1 if name.endswith("bias") or "norm" in name else 0.02
+            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    return model
+
+
+def make_pair(cfg, img, dtype=torch.float32, seed=0, **kw):
+    """(reference, fused) with the same random weights: both are built on the meta device, the
+    reference gets random values and the fused model copies of its tensors (load_state_dict
+    strict, assign)."""
     kw = {"num_classes": 10, **kw}
-    ref = RefMViTv2(cfg, img_size=img, **kw).to(dtype)
     with torch.device("meta"):
+        ref = RefMViTv2(cfg, img_size=img, **kw)
         fast = fastmvit.MViTv2(cfg, img_size=img, **kw)
+    ref = random_init_(ref.to_empty(device="cpu"), seed).to(dtype)
     fast.load_state_dict({k: v.clone() for k, v in ref.state_dict().items()}, strict=True, assign=True)
     return ref, fast
 
@@ -88,6 +105,16 @@ def check_against_float64(fast, ref, img, batch=1, backend="torch", seed=1):
     assert_matches_float64(fused, eager, exact, "logits")
     for name in g_exact:
         assert_matches_float64(g_fused[name], g_eager[name], g_exact[name], f"grad {name}")
+
+
+def assert_logits_no_worse(fused, eager, exact):
+    """Low-precision logits: within bf16 tolerance of float64 elementwise, and a relative L2 error
+    at most twice the eager reference's (the max over a few bf16-rounded logits is one rounding
+    step or none, by chance: the norm is the stable measure)."""
+    assert_matches_float64(fused, None, exact, "logits", {"rtol": 2e-2, "atol": 2e-2})
+    err = (fused.double() - exact).norm().item()
+    eager_err = (eager.double() - exact).norm().item()
+    assert err <= 2 * eager_err, (err, eager_err)
 
 
 def assert_grads_no_worse(g_fused, g_eager, g_exact, dtype):
@@ -144,8 +171,8 @@ def test_every_arch_float64_matches_reference(arch):
     """The same maths in float64: logits and every gradient agree to float64 rounding."""
     torch.manual_seed(0)
     ref, fast = make_pair(arch_config(arch), (32, 48), torch.float64, drop_path_rate=0.0)
-    x = images(2, (32, 48), torch.float64)
-    weight = torch.randn(2, 10, dtype=torch.float64)
+    x = images(1, (32, 48), torch.float64)
+    weight = torch.randn(1, 10, dtype=torch.float64)
     exact, g_exact = run(ref, x, weight)
     fused, g_fused = run(fast, x, weight, "auto")       # auto on CPU tensors: the torch path
     tol = dict(rtol=1e-9, atol=1e-9)
@@ -178,7 +205,7 @@ def test_bf16_autocast_error_at_most_twice_the_references():
     eager, g_eager = run(ref, x, weight, autocast=True)
     fused, g_fused = run(fast, x, weight, autocast=True)
     assert fused.dtype == eager.dtype == torch.bfloat16
-    assert_matches_float64(fused, eager, exact, "logits", {"rtol": 2e-2, "atol": 2e-2})
+    assert_logits_no_worse(fused, eager, exact)
     assert_grads_no_worse(g_fused, g_eager, g_exact, torch.float32)
 
 
@@ -249,13 +276,13 @@ def test_triton_backend_bf16_autocast():
     torch.manual_seed(0)
     ref, fast = make_pair(TWO_STAGE.replace(with_cls_token=True), (32, 48))
     ref64 = copy.deepcopy(ref).double()
-    x = images(1, (32, 48))
-    weight = torch.randn(1, 10)
+    x = images(2, (32, 48))
+    weight = torch.randn(2, 10)
     exact, g_exact = run(ref64, x.double(), weight.double())
     eager, g_eager = run(ref, x, weight, autocast=True)
     fused, g_fused = run(fast, x, weight, "triton", autocast=True)
     assert fused.dtype == torch.bfloat16
-    assert_matches_float64(fused, eager, exact, "logits", {"rtol": 2e-2, "atol": 2e-2})
+    assert_logits_no_worse(fused, eager, exact)
     assert_grads_no_worse(g_fused, g_eager, g_exact, torch.float32)
 
 
@@ -305,3 +332,24 @@ def test_training_forward_draws_masks_and_other_sizes_resize_tables():
     droppable = sum(s.drop_path > 0 for s in model.specs)
     assert train_ops["aten.bernoulli_"].launches == 2 * droppable
     assert train_ops["aten.addcmul"].launches == 2 * droppable
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])
+def test_compile_fullgraph_matches_eager(backend):
+    """One graph (fullgraph=True: a graph break is an error), forward and backward, the same logits
+    and gradients as the eager model (on the torch path: the eager triton path is checked above).
+    With the triton backend the fused ops are custom ops in the graph."""
+    torch._dynamo.reset()
+    ref, fast = make_pair(TWO_STAGE.replace(with_cls_token=True), (32, 48))
+    x = images(2, (32, 48))
+    weight = torch.randn(2, 10)
+    eager, g_eager = run(fast, x, weight, "torch")
+    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
+    out, grads = run(compiled, x, weight, backend)
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    for name in g_eager:
+        torch.testing.assert_close(grads[name.removeprefix("_orig_mod.")] if name in grads else grads["_orig_mod." + name],
+                                   g_eager[name], rtol=1e-5, atol=1e-5, msg=name)
