@@ -15,7 +15,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.conftest import profile_of
-from fastmvit.costmodel import count_traffic, saved_activation_bytes, training_step_traffic
+from fastmvit.costmodel import count_traffic, training_step_traffic
 from fastmvit.kernels.backend import use_backend
 
 IMPLS = ("reference", "fastmvit")
@@ -37,8 +37,8 @@ def test_modeled(impl, arch, bench_profile, record):
     x = torch.randn(batch, 3, img, img, device="meta", dtype=torch.bfloat16)
     with use_backend(common.model_backend(impl, "meta")):
         forward = count_traffic(model, x)
-        train = training_step_traffic(model, x).total
-        saved = saved_activation_bytes(model, x)
+        step = training_step_traffic(model, x)  # also counts the activations saved for backward
+    train, saved = step.total, step.saved_bytes
     labels = dict(suite="model", case=f"{arch} b{batch}", impl=impl, dtype="bfloat16", arch=arch,
                   batch=batch, img=img, device="meta")
     record.modeled(pass_="infer", traffic=forward, **labels)

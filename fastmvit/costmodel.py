@@ -308,6 +308,28 @@ def _module_storages(model: Any) -> set:
     return {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
 
 
+class _SavedBytes:
+    """A saved_tensors_hooks pair that sums the storages autograd saves, each storage once,
+    skipping the `excluded` storages (parameters and buffers)."""
+
+    def __init__(self, excluded: set) -> None:
+        self.excluded = excluded
+        self.seen: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in self.excluded:
+            self.seen.setdefault(storage._cdata, storage.nbytes())
+        return t
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    @property
+    def total(self) -> int:
+        return sum(self.seen.values())
+
+
 def saved_activation_bytes(model: Callable, x: torch.Tensor, *, include_params: bool = False) -> int:
     """Bytes autograd saves for backward during one training-mode forward of ``model(x)``.
 
@@ -316,27 +338,20 @@ def saved_activation_bytes(model: Callable, x: torch.Tensor, *, include_params: 
     Parameters and buffers of `model` are excluded unless `include_params` (they live anyway); the
     input `x` is included when it is saved. The forward runs with grad enabled in train mode
     (dropout and stochastic depth as configured); works on meta tensors."""
-    excluded = set() if include_params else _module_storages(model)
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in excluded:
-            seen.setdefault(storage._cdata, storage.nbytes())
-        return t
-
-    with _eval_mode(model, True), torch.enable_grad(), \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    saved = _SavedBytes(set() if include_params else _module_storages(model))
+    with _eval_mode(model, True), torch.enable_grad(), saved.hooks():
         out = model(x)
     del out
-    return sum(seen.values())
+    return saved.total
 
 
 @dataclasses.dataclass
 class TrainingTraffic:
-    """Traffic of one training step: forward (train mode, grad enabled) and backward."""
+    """Traffic of one training step: forward (train mode, grad enabled) and backward, and the
+    activation bytes saved for backward during that forward (as :func:`saved_activation_bytes`)."""
     forward: Traffic
     backward: Traffic
+    saved_bytes: int = 0
 
     @property
     def total(self) -> Traffic:
@@ -355,16 +370,21 @@ def _default_loss(out: Any) -> torch.Tensor:
 def training_step_traffic(model: Callable, x: torch.Tensor,
                           loss_fn: Callable[[Any], torch.Tensor] = _default_loss) -> TrainingTraffic:
     """Traffic of forward + backward of ``loss_fn(model(x))`` (default: the sum of the outputs,
-    in float32). The optimizer step is not included. Gradients accumulate into ``.grad`` of the
+    in float32), and the activation bytes the model's forward saves for backward (the loss's own
+    saved tensors are not counted). The optimizer step is not included. Gradients accumulate into ``.grad`` of the
     model's parameters as in training; they are reset to None afterwards."""
+    saved = _SavedBytes(_module_storages(model))
     with _eval_mode(model, True), torch.enable_grad():
-        with TrafficCounter() as fwd:
-            loss = loss_fn(model(x))
+        with TrafficCounter() as fwd, saved.hooks():
+            out = model(x)
+        with TrafficCounter() as loss_ops:
+            loss = loss_fn(out)
+        del out
         with TrafficCounter() as bwd:
             loss.backward()
     if isinstance(model, torch.nn.Module):
         model.zero_grad(set_to_none=True)
-    return TrainingTraffic(fwd.traffic, bwd.traffic)
+    return TrainingTraffic(fwd.traffic + loss_ops.traffic, bwd.traffic, saved.total)
 
 
 def cost_ratios(candidate: Callable, reference: Callable, x: torch.Tensor,
@@ -379,10 +399,9 @@ def cost_ratios(candidate: Callable, reference: Callable, x: torch.Tensor,
     def measure(model, backend):
         with use_backend(backend):
             fwd = count_traffic(model, x)
-            train = training_step_traffic(model, x).total
-            saved = saved_activation_bytes(model, x)
-        return {"forward_bytes": fwd.bytes, "training_bytes": train.bytes,
-                "forward_launches": fwd.launches, "saved_activations": saved}
+            step = training_step_traffic(model, x)
+        return {"forward_bytes": fwd.bytes, "training_bytes": step.total.bytes,
+                "forward_launches": fwd.launches, "saved_activations": step.saved_bytes}
 
     cand, ref = measure(candidate, candidate_backend), measure(reference, reference_backend)
     out = {}

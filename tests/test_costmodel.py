@@ -116,6 +116,7 @@ def test_training_step_traffic_counts_forward_and_backward():
     assert step.total.launches == step.forward.launches + step.backward.launches
     assert step.total.bytes == step.forward.bytes + step.backward.bytes
     assert lin.weight.grad is None  # reset afterwards
+    assert step.saved_bytes == saved_activation_bytes(lin, x) == 4 * 6 * F32  # mm saves its input
 
 
 def test_traffic_sum_and_table():
