@@ -118,10 +118,10 @@ def _fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_th0, stride_th1, stride_tw0, stride_tw1,
-    H, Nq, Nk, D, qw, kh, kw, scale,
+    H, Nq, Nk, D: tl.constexpr, qw, kh, kw, scale,
     SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
     BWD_PRE: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
 ):
     """out[r] = softmax_m(scale * q[r] . k[m] + bias[r, m]) @ v (+ q[r]); lse[r] = log2 sum_m exp(...)
     in base 2 (the log-sum-exp times log2(e): converting units would cost a rounding of a large
@@ -137,6 +137,12 @@ def _fwd_kernel(
     out = o + q, a few times larger than o itself with the residual."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
+    # Row strides arrive divided by ALIGN (see _align): multiplying by the constexpr tells the
+    # compiler every row starts ALIGN-element aligned, so loads vectorise (D = 72 rows included).
+    stride_qb, stride_qh, stride_qn = stride_qb * ALIGN, stride_qh * ALIGN, stride_qn * ALIGN
+    stride_kb, stride_kh, stride_kn = stride_kb * ALIGN, stride_kh * ALIGN, stride_kn * ALIGN
+    stride_vb, stride_vh, stride_vn = stride_vb * ALIGN, stride_vh * ALIGN, stride_vn * ALIGN
+    stride_ob, stride_oh, stride_on = stride_ob * ALIGN, stride_oh * ALIGN, stride_on * ALIGN
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     q_ptr += b * stride_qb + h * stride_qh
@@ -216,10 +222,10 @@ def _bwd_dkdv_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
-    H, Nq, Nk, D, kw, scale,
+    H, Nq, Nk, D: tl.constexpr, kw, scale,
     SP: tl.constexpr, HAS_REL: tl.constexpr, FP32: tl.constexpr,
     KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
 ):
     """dk, dv of one key tile: loops over every query tile (no atomics: deterministic).
 
@@ -227,6 +233,12 @@ def _bwd_dkdv_kernel(
     dk, dv: (B, H, Nk, D) contiguous, in k's dtype."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
+    # Row strides arrive divided by ALIGN (see _align): multiplying by the constexpr tells the
+    # compiler every row starts ALIGN-element aligned, so loads vectorise (D = 72 rows included).
+    stride_qb, stride_qh, stride_qn = stride_qb * ALIGN, stride_qh * ALIGN, stride_qn * ALIGN
+    stride_kb, stride_kh, stride_kn = stride_kb * ALIGN, stride_kh * ALIGN, stride_kn * ALIGN
+    stride_vb, stride_vh, stride_vn = stride_vb * ALIGN, stride_vh * ALIGN, stride_vn * ALIGN
+    stride_dob, stride_doh, stride_don = stride_dob * ALIGN, stride_doh * ALIGN, stride_don * ALIGN
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     q_ptr += b * stride_qb + h * stride_qh
@@ -302,10 +314,10 @@ def _bwd_dq_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_th0, stride_th1, stride_tw0, stride_tw1,
-    H, Nq, Nk, D, qw, kh, kw, scale,
+    H, Nq, Nk, D: tl.constexpr, qw, kh, kw, scale,
     SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
     REL_PART: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
 ):
     """dq of one query tile, looping over every key tile, in one or two launches.
 
@@ -321,6 +333,12 @@ def _bwd_dq_kernel(
     accumulators (and their dot operands) spilled on sm_80 in every tiling tried."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
+    # Row strides arrive divided by ALIGN (see _align): multiplying by the constexpr tells the
+    # compiler every row starts ALIGN-element aligned, so loads vectorise (D = 72 rows included).
+    stride_qb, stride_qh, stride_qn = stride_qb * ALIGN, stride_qh * ALIGN, stride_qn * ALIGN
+    stride_kb, stride_kh, stride_kn = stride_kb * ALIGN, stride_kh * ALIGN, stride_kn * ALIGN
+    stride_vb, stride_vh, stride_vn = stride_vb * ALIGN, stride_vh * ALIGN, stride_vn * ALIGN
+    stride_dob, stride_doh, stride_don = stride_dob * ALIGN, stride_doh * ALIGN, stride_don * ALIGN
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     k_ptr += b * stride_kb + h * stride_kh
@@ -460,6 +478,22 @@ def _empty(*shape, dtype, device) -> torch.Tensor:
     return torch.empty(*shape, dtype=dtype, device=device)
 
 
+def _align(*tensors) -> int:
+    """The largest ALIGN in (16, 8, 4, 2, 1) dividing every batch / head / row stride of the
+    (B, H, N, D) tensors: the kernels take those strides divided by ALIGN (see _fwd_kernel)."""
+    strides = [st for t in tensors for st in t.stride()[:3]]
+    for align in (16, 8, 4, 2):
+        if all(st % align == 0 for st in strides):
+            return align
+    return 1
+
+
+def _strides(t, align):
+    """(b, h, n, d) strides of a (B, H, N, D) tensor with b, h, n divided by align."""
+    sb, sh, sn, sd = t.stride()
+    return sb // align, sh // align, sn // align, sd
+
+
 def _pad16(n: int) -> int:
     """Matmul dims must be powers of 2 and at least 16 for tl.dot."""
     return max(16, triton.next_power_of_2(n))
@@ -512,12 +546,13 @@ def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, sc
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     (qh, qw), (kh, kw) = q_size, k_size
+    a = _align(q, k, v, out)
     args = (q, k, v, r["th"], r["tw"], r["idx_h"], r["idx_w"], out, lse, *pre_bufs,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *r["st"],
+            *_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(out, a), *r["st"],
             H, Nq, Nk, D, qw, kh, kw, scale)
     meta = dict(SP=sp, HAS_REL=r["HAS_REL"], RESIDUAL=residual,
                 FP32=q.dtype == torch.float32, BWD_PRE=bwd_pre, KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"],
-                BLOCK_D=_pad16(D))
+                BLOCK_D=_pad16(D), ALIGN=a)
     if autotune:
         _fwd_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](*args, **meta)
     else:
@@ -556,13 +591,14 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
     _launch_fwd(q, k, v, r, dout, lse, (dout, delta, rel_h, rel_w), q_size, k_size, sp, residual, scale,
                 bwd_pre=True, autotune=autotune)
 
-    dkdv_args = (q, k, v, dout, lse, delta, rel_h, rel_w, dk, dv,
-                 *q.stride(), *k.stride(), *v.stride(), *dout.stride(), H, Nq, Nk, D, kw, scale)
+    a = _align(q, k, v, dout)
+    st = (*_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(dout, a))
+    dkdv_args = (q, k, v, dout, lse, delta, rel_h, rel_w, dk, dv, *st, H, Nq, Nk, D, kw, scale)
     dq32 = _empty(B, H, Nq, D, dtype=torch.float32, device=dev) if HAS_REL else dq
     dq_args = (q, k, v, dout, lse, delta, rel_h, rel_w, r["th"], r["tw"], r["idx_h"], r["idx_w"],
-               dq, dq32, drel_h, drel_w, *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *r["st"],
+               dq, dq32, drel_h, drel_w, *st, *r["st"],
                H, Nq, Nk, D, qw, kh, kw, scale)
-    meta = dict(SP=sp, HAS_REL=HAS_REL, FP32=fp32, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_D=BLOCK_D)
+    meta = dict(SP=sp, HAS_REL=HAS_REL, FP32=fp32, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_D=BLOCK_D, ALIGN=a)
     dq_parts = (False, True) if HAS_REL else (False,)
     if autotune:
         _dkdv_tuned[lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H)](*dkdv_args, **meta)
