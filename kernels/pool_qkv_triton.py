@@ -140,7 +140,7 @@ def _pool_qkv_fwd_kernel(
     gq_ptr, gk_ptr, gv_ptr,                       # LayerNorm weights, (D,)
     bq_ptr, bk_ptr, bv_ptr,                       # LayerNorm biases, (D,)
     q_ptr, k_ptr, v_ptr,                          # outputs, (B, heads, N_t, D) contiguous
-    H, W, heads, D,
+    H, W, heads, D: tl.constexpr,
     q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow,
     n_bh, eps,                                    # n_bh = B * heads
     SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -174,7 +174,7 @@ def _pool_qkv_fwd_kernel(
                  y.to(out_base.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit(do_not_specialize=_GEOMETRY + ["stride_qkv_b", "stride_dqkv_b", "tiles_per_prog"])
+@triton.jit(do_not_specialize=_GEOMETRY + ["stride_qkv_b", "stride_dqkv_b"])
 def _pool_qkv_bwd_rows_kernel(
     qkv_ptr, stride_qkv_b, stride_qkv_n,          # (B, N, 3 * heads * D), last dim contiguous
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
@@ -184,11 +184,12 @@ def _pool_qkv_bwd_rows_kernel(
     g_ptr,                                        # float32 scratch: pre-norm gradient of grid rows,
                                                   # q then k then v, each (B, heads, oh_t * ow_t, D)
     part_ptr,                                     # float32 (3, programs, KH * KW + 2, D) partial sums
-    H, W, heads, D,
+    H, W, heads, D: tl.constexpr,
     q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow,
-    n_bh, eps, tiles_per_prog,
+    n_bh, eps,
     SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_TAPS: tl.constexpr,
+    TILES_PER_PROG: tl.constexpr,                 # a power of two: few compiled variants
 ):
     pid = tl.program_id(0)
     t = tl.program_id(1)
@@ -213,10 +214,10 @@ def _pool_qkv_bwd_rows_kernel(
     acc_gamma = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc_beta = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
-    first = pid * tiles_per_prog
-    n_tiles = tl.minimum(tiles_per_prog, tl.cdiv(n_bh * n_rows, BLOCK_M) - first)  # <= 0: idle
-    for i in range(0, n_tiles):
-        rows = (first + i) * BLOCK_M + tl.arange(0, BLOCK_M)          # flat (b, head, r)
+    # A fixed trip count (tiles past the end of t are masked: no memory traffic). A runtime trip
+    # count made ptxas keep a value on the stack across the loop-skip branch (STACK 8 on sm_80).
+    for i in range(TILES_PER_PROG):
+        rows = (pid * TILES_PER_PROG + i) * BLOCK_M + tl.arange(0, BLOCK_M)   # flat (b, head, r)
         row_ok = rows < n_bh * n_rows
         in_row, r, bh = _token_rows(qkv_ptr, stride_qkv_b, rows, n_rows, heads, t, D)
         x, sp_ok, iy0, ix0, tap0 = _pooled_rows(in_row, stride_qkv_n, w_base, r, row_ok,
@@ -268,7 +269,7 @@ def _pool_qkv_bwd_input_kernel(
     g_ptr,                                        # float32 pre-norm gradients (see the rows kernel)
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
     dqkv_ptr, stride_b, stride_n,                 # (B, N, 3 * heads * D): grid rows written here
-    H, W, heads, D,
+    H, W, heads, D: tl.constexpr,
     q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow,
     n_bh,
     SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -374,14 +375,15 @@ def launch_backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q
 
     block_m, block_d = _block_sizes(D, ROWS_TILE_ELEMS)
     max_tiles = triton.cdiv(bh * (sp + max(nq_grid, nk_grid)), block_m)
-    tiles_per_prog = triton.cdiv(max_tiles, BWD_TARGET_PROGRAMS)
+    tiles_per_prog = triton.next_power_of_2(triton.cdiv(max_tiles, BWD_TARGET_PROGRAMS))
     n_progs = triton.cdiv(max_tiles, tiles_per_prog)
     partials = _empty(3, n_progs, KH * KW + 2, D, device=qkv.device, dtype=torch.float32)
     _pool_qkv_bwd_rows_kernel[(n_progs, 3)](
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *grads, dqkv, dqkv.stride(0),
-        scratch, partials, hw[0], hw[1], num_heads, D, *geometry, bh, eps, tiles_per_prog,
+        scratch, partials, hw[0], hw[1], num_heads, D, *geometry, bh, eps,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d,
-        BLOCK_TAPS=max(2, triton.next_power_of_2(KH * KW)), num_warps=BWD_WARPS, num_stages=1)
+        BLOCK_TAPS=max(2, triton.next_power_of_2(KH * KW)), TILES_PER_PROG=tiles_per_prog,
+        num_warps=BWD_WARPS, num_stages=1)
 
     block_m, block_d = _block_sizes(D, TILE_ELEMS)
     _pool_qkv_bwd_input_kernel[(triton.cdiv(bh * hw[0] * hw[1], block_m), 3)](
