@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/model_costs.py                 # tiny, 224x224, bf16, batch 8
     .venv/bin/python scripts/model_costs.py --arch small --ops 12
+    .venv/bin/python scripts/model_costs.py --time-cpu 15     # + CPU inference, fastmvit auto vs reference
 
 Prints forward bytes, training-step bytes, forward launches and saved-activation bytes of both
 models (fastmvit with the "triton" backend: its fused ops modeled through their fake
@@ -9,10 +10,16 @@ implementations; the reference with "torch"), the ratios against MODEL_TARGETS, 
 most expensive ops of fastmvit's forward and backward (fastmvit.costmodel's rules: every
 dispatched op one kernel reading its inputs and writing its outputs once, views free). No memory
 is allocated and nothing runs on a device.
+
+--time-cpu N also times inference on the CPU (float32, eval, inference_mode, batch --cpu-batch):
+fastmvit with the "auto" backend (its torch path on CPU) and the reference, same weights,
+alternating A/B for N rounds after a warm-up, and prints the medians and their ratio.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 
@@ -28,6 +35,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--ops", type=int, default=0, help="also print the top N ops of fastmvit's step")
+    parser.add_argument("--time-cpu", type=int, default=0, metavar="N", help="also time CPU inference, N rounds")
+    parser.add_argument("--cpu-batch", type=int, default=1)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
 
@@ -47,6 +56,38 @@ def main() -> None:
             step = training_step_traffic(fast, x)
         print("\nfastmvit training forward:\n" + step.forward.table(args.ops))
         print("\nfastmvit backward:\n" + step.backward.table(args.ops))
+    if args.time_cpu:
+        time_cpu(args.arch, args.img, args.cpu_batch, args.time_cpu)
+
+
+def time_cpu(arch: str, img: int, batch: int, rounds: int) -> None:
+    """Median seconds of one inference forward on the CPU, fastmvit (auto) against the reference."""
+    torch.manual_seed(0)
+    ref = Reference(arch, img_size=img).eval()
+    fast = fastmvit.MViTv2(arch, img_size=img).eval()
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(batch, 3, img, img)
+    times = {"fastmvit": [], "reference": []}
+
+    def once(name, model):
+        start = time.perf_counter()
+        with torch.inference_mode(), fastmvit.use_backend("auto" if name == "fastmvit" else "torch"):
+            model(x)
+        times[name].append(time.perf_counter() - start)
+
+    for name, model in (("fastmvit", fast), ("reference", ref)):   # warm-up
+        once(name, model)
+    times = {"fastmvit": [], "reference": []}
+    for i in range(rounds):                                        # alternate, so load drifts hit both
+        pair = (("fastmvit", fast), ("reference", ref)) if i % 2 == 0 else (("reference", ref), ("fastmvit", fast))
+        for name, model in pair:
+            once(name, model)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(f"\nCPU inference, MViTv2-{arch} {img}x{img} float32 batch {batch}, {torch.get_num_threads()} threads, "
+          f"median of {rounds}:")
+    for name, t in med.items():
+        print(f"  {name:<10} {t * 1e3:8.1f} ms  (min {min(times[name]) * 1e3:.1f} ms)")
+    print(f"  time ratio fastmvit / reference: {med['fastmvit'] / med['reference']:.3f}")
 
 
 if __name__ == "__main__":

@@ -337,19 +337,32 @@ def test_training_forward_draws_masks_and_other_sizes_resize_tables():
 # ------------------------------------------------------------------------------------------------
 # torch.compile
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])
-def test_compile_fullgraph_matches_eager(backend):
-    """One graph (fullgraph=True: a graph break is an error), forward and backward, the same logits
-    and gradients as the eager model (on the torch path: the eager triton path is checked above).
-    With the triton backend the fused ops are custom ops in the graph."""
+def test_compile_fullgraph_matches_eager():
+    """Training: one graph (fullgraph=True: a graph break is an error) for the forward and one for
+    the backward, the same logits and gradients as eager (the auto backend: the torch path here)."""
     torch._dynamo.reset()
     ref, fast = make_pair(TWO_STAGE.replace(with_cls_token=True), (32, 48))
     x = images(2, (32, 48))
     weight = torch.randn(2, 10)
-    eager, g_eager = run(fast, x, weight, "torch")
-    compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
-    out, grads = run(compiled, x, weight, backend)
+    eager, g_eager = run(fast, x, weight, "auto")
+    out, grads = run(torch.compile(fast, fullgraph=True, backend="aot_eager"), x, weight, "auto")
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     for name in g_eager:
-        torch.testing.assert_close(grads[name.removeprefix("_orig_mod.")] if name in grads else grads["_orig_mod." + name],
-                                   g_eager[name], rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(grads["_orig_mod." + name], g_eager[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_triton_inference():
+    """Inference with the triton backend: the two fused ops are custom ops inside one graph.
+    (Their backward under compile is covered by the ops' own tests; the interpreter makes a
+    model-level compiled backward too slow for the suite.)"""
+    torch._dynamo.reset()
+    ref, fast = make_pair(TWO_STAGE.replace(with_cls_token=True), (32, 48))
+    fast.eval()
+    x = images(2, (32, 48))
+    with torch.no_grad():
+        with fastmvit.use_backend("torch"):
+            eager = fast(x)
+        with fastmvit.use_backend("triton"):
+            out = torch.compile(fast, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
