@@ -18,10 +18,11 @@ of their own). What changes is the forward of each block:
   Python ints (shapes), so no op and no host-device sync runs at the construction size.
 - residuals and stochastic depth: ``x + drop_path(a)`` is one ``addcmul`` (the per-sample keep
   mask, scaled by 1 / keep through ``value``); in eval mode or at rate 0 no drop-path op runs.
-- with the width change in the attention, the attention ``proj`` bias is folded into the shortcut
-  ``proj`` (``b_proj + b_attn``, a (dim,) add; max pooling commutes with a per-channel constant),
-  and the attention output projection adds the shortcut as ``addmm``'s input: one launch and one
-  (B, N', dim) read/write less than Linear + add.
+- in the width-change blocks (when nothing is dropped), the bias of the Linear after the residual
+  branch (attention ``proj``, or ``mlp.fc2`` for large) is folded into the shortcut ``proj``
+  (``b_proj + b``, a (dim,) add; max pooling commutes with a per-channel constant), and that Linear
+  adds the shortcut as ``addmm``'s input: one launch and one (B, N', dim) read + write less than
+  Linear + add.
 
 Which implementation the two fused ops run is ``fastmvit.use_backend``'s choice: ``auto`` runs the
 Triton kernels on CUDA tensors and plain torch elsewhere, so the model works on any device.
@@ -159,10 +160,14 @@ class FusedMultiScaleBlock(MultiScaleBlock):
         else:
             x = self._add_dropped(self._shortcut_pool(x, hw_shape), attn.proj(a), p)
         x_norm = self.norm2(x)
-        h = self.mlp.act(self.mlp.fc1(x_norm))
+        mlp = self.mlp
+        h = mlp.act(mlp.fc1(x_norm))                                      # (B, N', mlp_hidden)
         if self.dim_change == "mlp":
+            if p == 0.0:   # the same fold: fc2's bias joins the shortcut proj's, fc2 adds the shortcut
+                shortcut = F.linear(x_norm, self.proj.weight, self.proj.bias + mlp.fc2.bias)
+                return _linear_residual(shortcut, h, mlp.fc2.weight), hw_new
             x = self.proj(x_norm)
-        return self._add_dropped(x, self.mlp.fc2(h), p), hw_new
+        return self._add_dropped(x, mlp.fc2(h), p), hw_new
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():

@@ -209,10 +209,11 @@ def test_bf16_autocast_error_at_most_twice_the_references():
     assert_grads_no_worse(g_fused, g_eager, g_exact, torch.float32)
 
 
-def test_stochastic_depth_and_grad_checkpointing_match_reference():
+@pytest.mark.parametrize("in_attention", [True, False], ids=["dim_change_attention", "dim_change_mlp"])
+def test_stochastic_depth_and_grad_checkpointing_match_reference(in_attention):
     """Training mode with a high drop-path rate: the fused model draws the same per-sample masks
     as the reference (same RNG order), also when its blocks are checkpointed."""
-    cfg = FOUR_STAGE.replace(with_cls_token=True)
+    cfg = FOUR_STAGE.replace(with_cls_token=True, dim_mul_in_attention=in_attention)
     torch.manual_seed(0)
     ref, fast = make_pair(cfg, 40, torch.float64, drop_path_rate=0.6)
     ref.train(), fast.train()
