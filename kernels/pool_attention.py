@@ -32,8 +32,10 @@ the host so indices agree bit for bit). Inside the key loop the bias tile is exp
 with a one-hot matrix of the key coordinates: bias = rel_h @ onehot_h + rel_w @ onehot_w, on
 tensor cores. A register gather (tl.gather) would be the direct way but spills on sm_80/sm_90.
 No bias tile and no rel tensor goes through HBM in the forward. Compiled for sm_80 / sm_90 the
-kernels use BLOCK_M x BLOCK_N = 64 x 64 with 8 warps (also 32 x 64 with 4 warps, and 64 x 32 for
-dQ), no spills (kernels/gpu_compile.py; configs pruned per target in pool_attention_triton.py).
+forward and dK/dV use BLOCK_M x BLOCK_N = 64 x 64 with 8 warps, dQ 64 x 32 with 8 warps, no
+spills on either target (kernels/gpu_compile.py; what was tried is listed in
+pool_attention_triton.py). The head dim is a constexpr and row
+strides are passed divided by their alignment, so D = 72 rows still load vectorised.
 
 Saved for backward: q, k, v, the tables and the log-sum-exp per row (B, H, Nq) float32, in base 2;
 never the probabilities and not even out. The backward recomputes P = exp2(s - lse).
