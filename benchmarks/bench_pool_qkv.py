@@ -1,0 +1,115 @@
+"""The fused pooling prologue (fastmvit.kernels.pool_qkv) against eager torch, at the MViTv2 shapes.
+
+    .venv/bin/python -m pytest benchmarks/bench_pool_qkv.py --benchmark-json out.json
+
+Self-contained (no suite fixtures). Two things per shape (MViTv2-S blocks at 224, batch 8, bf16):
+
+- modeled memory traffic per call, everywhere (no GPU needed): bytes read + written and kernel
+  launches of eager torch (the official per-t split / conv / cat / LayerNorm, every dispatched aten
+  op counted by fastmvit.costmodel on meta tensors) against the fused op (its custom op counted the
+  same way through its fake implementation, plus, for the backward, the float32 scratch and partial
+  sums the kernels move internally, which the op boundary hides). Recorded in ``extra_info``.
+- on CUDA only: forward and forward+backward times of both (pytest-benchmark). Without CUDA these
+  are skipped: a Triton-interpreter run is never timed.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastmvit.costmodel import count_traffic
+from fastmvit.kernels import pool_qkv, use_backend
+
+BATCH = 8
+DTYPE = torch.bfloat16
+# (name, grid side, stride_q, stride_kv, heads): MViTv2-S blocks at 224 (SPEC section 3), D = 96
+SHAPES = [
+    ("s1 56x56 q1 kv4 h1", 56, 1, 4, 1),
+    ("s2-first 56x56 q2 kv4 h2", 56, 2, 4, 2),
+    ("s2 28x28 q1 kv2 h2", 28, 1, 2, 2),
+    ("s3-first 28x28 q2 kv2 h4", 28, 2, 2, 4),
+    ("s3 14x14 q1 kv1 h4", 14, 1, 1, 4),
+    ("s4 7x7 q1 kv1 h8", 7, 1, 1, 8),
+]
+HEAD_DIM = 96
+
+
+def inputs(side, heads, device, dtype=DTYPE, batch=BATCH, cls=True, requires_grad=False):
+    D = HEAD_DIM
+    g = dict(device=device, dtype=dtype)
+    qkv = torch.randn(batch, int(cls) + side * side, 3 * heads * D, **g)
+    params = [torch.randn(D, 1, 3, 3, **g) * 0.3 for _ in range(3)]
+    params += [torch.ones(D, **g) for _ in range(3)] + [torch.zeros(D, **g) for _ in range(3)]
+    return [t.requires_grad_(requires_grad) for t in [qkv] + params]
+
+
+def call(leaves, side, heads, sq, skv):
+    qkv, p = leaves[0], leaves[1:]
+    return pool_qkv(qkv, (side, side), heads, p[0:3], p[3:6], p[6:9], sq, skv, has_cls_token=True)[:3]
+
+
+def modeled(side, sq, skv, heads, backend, backward):
+    """Traffic of one call on meta tensors: (bytes read + written, launches)."""
+    leaves = inputs(side, heads, "meta", requires_grad=backward)
+
+    def run():
+        outs = call(leaves, side, heads, sq, skv)
+        if backward:
+            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    with use_backend(backend):
+        traffic = count_traffic(run)
+    extra = 0
+    if backward and backend == "triton":
+        # hidden inside the backward op: the float32 pre-norm gradient of the grid rows (written by
+        # the rows kernel, read back by the input kernel) and the per-program partial sums
+        # (written, then read by the reduction); see kernels/pool_qkv_triton.py
+        n_q = ((side - 1) // sq + 1) ** 2
+        n_k = ((side - 1) // skv + 1) ** 2
+        extra = 2 * 4 * BATCH * heads * (n_q + 2 * n_k) * HEAD_DIM
+        rows = BATCH * heads * (1 + max(n_q, n_k))
+        tiles = -(-rows // 8)                                    # BLOCK_M 8 at D 96 (padded 128)
+        tpp = 1 << max(0, (-(-tiles // 1024) - 1).bit_length())
+        extra += 2 * 4 * 3 * (-(-tiles // tpp)) * 11 * HEAD_DIM
+    return traffic.bytes + extra, traffic.launches
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_modeled_bytes(shape, pass_, benchmark):
+    """Modeled bytes moved per call, fused against eager (recorded; the fused path must move less)."""
+    name, side, sq, skv, heads = shape
+    backward = pass_ == "fwd+bwd"
+    eager_bytes, eager_launches = modeled(side, sq, skv, heads, "torch", backward)
+    fused_bytes, fused_launches = modeled(side, sq, skv, heads, "triton", backward)
+    benchmark.extra_info.update(
+        case=name, pass_=pass_, dtype=str(DTYPE).removeprefix("torch."), batch=BATCH,
+        eager_bytes=eager_bytes, fused_bytes=fused_bytes, bytes_ratio=fused_bytes / eager_bytes,
+        eager_launches=eager_launches, fused_launches=fused_launches)
+    print(f"\n{name} {pass_}: eager {eager_bytes / 2**20:.1f} MiB in {eager_launches} launches, "
+          f"fused {fused_bytes / 2**20:.1f} MiB in {fused_launches} ({fused_bytes / eager_bytes:.2f}x)")
+    assert fused_bytes < eager_bytes and fused_launches < eager_launches
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # a record, not a timing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA timings need a GPU (interpreter runs are never timed)")
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+@pytest.mark.parametrize("backend", ["torch", "triton"], ids=["eager", "fused"])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+def test_cuda_time(shape, backend, pass_, benchmark):
+    name, side, sq, skv, heads = shape
+    backward = pass_ == "fwd+bwd"
+    leaves = inputs(side, heads, "cuda", requires_grad=backward)
+    grads = None
+
+    def run():
+        with use_backend(backend):
+            outs = call(leaves, side, heads, sq, skv)
+            if backward:
+                torch.autograd.backward(outs, grads or [torch.ones_like(o) for o in outs])
+        torch.cuda.synchronize()
+
+    run()
+    benchmark.extra_info.update(case=name, impl="fused" if backend == "triton" else "eager",
+                                pass_=pass_, dtype=str(DTYPE).removeprefix("torch."), batch=BATCH)
+    benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=3)
