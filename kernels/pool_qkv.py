@@ -18,14 +18,21 @@ Two implementations, chosen by ``fastmvit.use_backend`` through ``resolve_backen
 
 Design (the Triton path)
 ------------------------
-Tiling. Forward: one launch, grid (row tiles, B * heads, 3 for q/k/v). A program owns BLOCK_M output
-rows x the whole head dim (BLOCK_D = next power of two >= D; LayerNorm needs whole rows): it reads
-the KH * KW taps of each row straight out of ``qkv`` (strided, masked at the padding; the class-token
-row reads its token), multiplies by the depthwise weight, normalises, and stores once. BLOCK_M *
-BLOCK_D = 4096 float32 (32 rows at D 96 or 128, 4 warps). Backward: two launches (see
+Tiling. Rows are flat: row i of t is (b, head, r) with i = (b * heads + head) * N_t + r, which is
+also its row in the contiguous (B, heads, N_t, D) output, so tiles never sit half-empty at the end
+of a small head (49 rows at stage 4). Forward: one launch, grid (row tiles, 3 for q/k/v). A program
+owns BLOCK_M rows x the whole head dim (BLOCK_D = next power of two >= D: LayerNorm needs whole
+rows): it reads the KH * KW taps of each row straight out of ``qkv`` (strided, masked at the padding;
+the class-token row reads its token), multiplies by the depthwise weight, normalises, stores once.
+BLOCK_M * BLOCK_D = 2048 (16 rows at D 96 or 72, 4 warps). Backward: two launches (see
 ``pool_qkv_triton.py``): rows (recompute the pooled rows, LayerNorm backward, weight and norm partial
-sums per program), then input (the strided conv's input gradient as a gather over the outputs that
-read each input, fixed order, no atomics), then a fixed-order ``sum`` of the per-program partials.
+sums per program, 8 rows per tile, up to ~1024 programs each walking TILES_PER_PROG tiles), then
+input (the strided conv's input gradient as a gather over the outputs that read each input, fixed
+order, no atomics), then a fixed-order ``sum`` of the per-program partials.
+
+Compiled for sm_80 and sm_90 (``python -m fastmvit.kernels.gpu_compile fastmvit.kernels.pool_qkv
+--arch 80``): no spills, no tensor cores (no matmul); registers per thread and shared memory are in
+the table that command prints.
 
 Memory traffic per call (E = element size of qkv; Nq, Nk = output rows; N = input rows; per
 batch element and head, D channels each; halo re-reads are cache hits and not counted):
@@ -34,14 +41,16 @@ batch element and head, D channels each; halo re-reads are cache hits and not co
 - eager forward (official code, per t): the qkv permute/reshape is a view, but ``reshape`` of the
   permuted tensor and the class-token split copy it ((N D E) read + write, per t), conv2d reads the
   grid and writes the pooled grid, ``cat`` with the token copies it again (read + write), LayerNorm
-  reads it and writes the output plus its mean/rstd. Per t roughly 2 N D E + 5 N_t D E, against
-  N D E + N_t D E fused: at stride 1 about 3.5x the bytes, 3 launches per t against 1 for all three.
-  ``benchmarks/bench_pool_qkv.py`` prints both, modeled at the MViTv2 shapes.
+  reads it and writes the output plus its mean/rstd: 3 to 4 launches per t against 1 for all three.
+  Modeled by ``benchmarks/bench_pool_qkv.py`` (fastmvit.costmodel on meta tensors, MViTv2-S at 224,
+  batch 8, bf16): forward 0.25x to 0.48x the eager bytes (stage 1: 19.0 against 39.9 MiB), 1 launch
+  against 9 to 12.
 - fused backward: reads the three output gradients and qkv once each in the rows kernel, writes the
   float32 pre-norm gradient of the grid rows (4 (Nq + 2 Nk) D bytes) which the input kernel reads
   back and gathers into d(qkv) (written once, 3 N D E), plus the partial sums: (KH KW + 2) D float32
-  per program, the programs walking several row tiles so that they stay small next to the rows
-  (about 1024 programs for the largest of q, k, v).
+  per program. Forward + backward modeled at 0.29x to 0.63x the eager bytes, 11 launches against
+  29 to 32 (the float32 scratch dominates at strides 1/1: storing it in bf16 would halve it, at
+  some accuracy; not done).
 
 Saved for backward: ``qkv`` and the parameters only. The pooled rows and their mean / rstd are
 recomputed in the backward (KH * KW cache-friendly tap loads per row, the row already in registers

@@ -10,18 +10,20 @@ same for W); its output has N_t = SP + oh_t * ow_t rows. k and v share a stride,
 
 Kernels (all float32 inside: loads are upcast at once, accumulators are float32):
 
-- ``_pool_qkv_fwd_kernel``: grid (tiles of BLOCK_M output rows, B * heads, 3). A program computes
-  BLOCK_M rows x the whole head dim (BLOCK_D >= D, LayerNorm needs the full row) of one (b, head, t):
+Rows are flat over (batch, head, row): row i of t is (b * heads + head) * N_t + r.
+
+- ``_pool_qkv_fwd_kernel``: grid (tiles of BLOCK_M flat output rows, 3). A program computes
+  BLOCK_M rows x the whole head dim (BLOCK_D >= D, LayerNorm needs the full row) of t:
   KH * KW masked tap loads of (BLOCK_M, BLOCK_D) straight from ``qkv`` (the class-token row loads its
   token instead), times the depthwise weight, then LayerNorm over D, one store into q, k or v.
-- ``_pool_qkv_bwd_rows_kernel``: grid (chunks of TILES_PER_PROG row tiles, B * heads, 3). Per tile it
+- ``_pool_qkv_bwd_rows_kernel``: grid (chunks of TILES_PER_PROG row tiles, 3). Per tile it
   recomputes the pooled rows and their LayerNorm statistics exactly as the forward does, takes the
   LayerNorm backward to the pre-norm gradient ``g`` (float32), stores ``g`` of the grid rows into a
   scratch buffer and ``g`` of the class-token row straight into d(qkv) (the token bypasses the
   conv). It accumulates, in registers over its tiles, the partial sums of d(norm weight) = sum dy *
   xhat, d(norm bias) = sum dy and d(conv weight)[tap] = sum g * input shifted by tap, and writes them
   once per program to a partials buffer.
-- ``_pool_qkv_bwd_input_kernel``: grid (tiles of BLOCK_M input positions, B * heads, 3). The input
+- ``_pool_qkv_bwd_input_kernel``: grid (tiles of BLOCK_M flat input positions, 3). The input
   gradient of the strided conv written as a gather (a transposed conv): input (iy, ix) sums
   g[oy, ox] * w[tap] over the taps with oy * sh - pad + dy = iy (same on x), a fixed order, no atomics.
   Every grid input row is written (zero where no output reads it, e.g. stride 4 with a 3x3 kernel).
@@ -43,6 +45,10 @@ import triton.language as tl
 TILE_ELEMS = 2048          # 16 rows at D 96/128 (padded), 32 at D 64, 128 at D 16, 8 at D 256
 ROWS_TILE_ELEMS = 1024     # the backward rows kernel: 4 elements per thread
 FWD_WARPS = 4
+# A register cap for ptxas (.maxnreg). Without one, ptxas chose a 64-register budget for some fp16
+# builds on sm_90 and spilled (STACK 32 B); 128 spilled too (it hoists more tap loads when allowed);
+# 168 compiles every variant without spills on sm_80 and sm_90: 3 forward blocks (12 warps) per SM.
+MAX_REGISTERS = 168
 BWD_WARPS = 8
 # A backward-rows program walks several row tiles so that the partial sums it writes stay small
 # next to the rows it reads: aim at about this many programs for the biggest of q, k, v.
@@ -153,25 +159,26 @@ def _pool_qkv_fwd_kernel(
     sw = tl.where(is_q, q_sw, kv_sw)
     ow = tl.where(is_q, q_ow, kv_ow)
     n_rows = SP + tl.where(is_q, q_oh * q_ow, kv_oh * kv_ow)
-    if pid * BLOCK_M < n_bh * n_rows:             # the grid is sized for the longest of q, k, v
-        w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
-        g_base = _select_t(t, gq_ptr, gk_ptr, gv_ptr)
-        bias_base = _select_t(t, bq_ptr, bk_ptr, bv_ptr)
-        out_base = _select_t(t, q_ptr, k_ptr, v_ptr)
+    # The grid is sized for the longest of q, k, v: tiles past the end of t are fully masked (no
+    # memory traffic). No branch around the body: on sm_90 it made ptxas put a value on the stack.
+    w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
+    g_base = _select_t(t, gq_ptr, gk_ptr, gv_ptr)
+    bias_base = _select_t(t, bq_ptr, bk_ptr, bv_ptr)
+    out_base = _select_t(t, q_ptr, k_ptr, v_ptr)
 
-        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)   # flat (b, head, r) = row of the output
-        row_ok = rows < n_bh * n_rows
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d < D
-        in_row, r, _ = _token_rows(qkv_ptr, stride_qkv_b, rows, n_rows, heads, t, D)
-        x, _, _, _, _ = _pooled_rows(in_row, stride_qkv_n, w_base, r, row_ok, offs_d, d_ok,
-                                     H, W, sh, sw, ow, SP, KH, KW)    # (BLOCK_M, BLOCK_D)
-        xhat, _ = _layer_norm_rows(x, d_ok, D, eps)
-        gamma = tl.load(g_base + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-        beta = tl.load(bias_base + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-        y = xhat * gamma[None, :] + beta[None, :]
-        tl.store(out_base + rows.to(tl.int64)[:, None] * D + offs_d[None, :],
-                 y.to(out_base.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)   # flat (b, head, r) = row of the output
+    row_ok = rows < n_bh * n_rows
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    in_row, r, _ = _token_rows(qkv_ptr, stride_qkv_b, rows, n_rows, heads, t, D)
+    x, _, _, _, _ = _pooled_rows(in_row, stride_qkv_n, w_base, r, row_ok, offs_d, d_ok,
+                                 H, W, sh, sw, ow, SP, KH, KW)    # (BLOCK_M, BLOCK_D)
+    xhat, _ = _layer_norm_rows(x, d_ok, D, eps)
+    gamma = tl.load(g_base + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    beta = tl.load(bias_base + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    y = xhat * gamma[None, :] + beta[None, :]
+    tl.store(out_base + rows.to(tl.int64)[:, None] * D + offs_d[None, :],
+             y.to(out_base.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit(do_not_specialize=_GEOMETRY + ["stride_qkv_b", "stride_dqkv_b"])
@@ -353,7 +360,7 @@ def launch_forward(qkv, weights, norm_weights, norm_biases, hw, num_heads, strid
     _pool_qkv_fwd_kernel[grid](
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *norm_biases, q, k, v,
         hw[0], hw[1], num_heads, D, *_geometry_args(hw, q_size, k_size, strides), bh, eps,
-        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS, num_stages=1)
+        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)
     return q, k, v
 
 
@@ -383,11 +390,11 @@ def launch_backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q
         scratch, partials, hw[0], hw[1], num_heads, D, *geometry, bh, eps,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d,
         BLOCK_TAPS=max(2, triton.next_power_of_2(KH * KW)), TILES_PER_PROG=tiles_per_prog,
-        num_warps=BWD_WARPS, num_stages=1)
+        num_warps=BWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)
 
     block_m, block_d = _block_sizes(D, TILE_ELEMS)
     _pool_qkv_bwd_input_kernel[(triton.cdiv(bh * hw[0] * hw[1], block_m), 3)](
         scratch, *weights, dqkv, dqkv.stride(0), dqkv.stride(1),
         hw[0], hw[1], num_heads, D, *geometry, bh,
-        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=BWD_WARPS, num_stages=1)
+        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=BWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)
     return dqkv, partials.sum(1)                  # fixed-order reduction over programs
