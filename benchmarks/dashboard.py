@@ -381,7 +381,8 @@ def kernel_table_html(table: dict | None) -> str:
         (v for v in (data or {}).values() if isinstance(v, list)), None) if isinstance(data, dict) else None
     if rows and all(isinstance(r, dict) for r in rows):
         headers = list(dict.fromkeys(k for r in rows for k in r))
-        return "<p>MODELED for sm_80 / sm_90 (compiled with a stand-in driver, no GPU needed).</p>" + \
+        return "<p>COMPILED, not run: sm_80 / sm_90 cubins built with a stand-in driver (no GPU needed); " \
+            "registers, shared memory and spills as ptxas/cuobjdump report them.</p>" + \
             _table(headers, [[r.get(h, "") for h in headers] for r in rows])
     return f"<pre>{html.escape(json.dumps(data, indent=1)[:20000])}</pre>"
 

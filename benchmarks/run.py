@@ -28,7 +28,7 @@ from benchmarks import common
 
 # Per-suite time limits (seconds). The CPU run must fit in about five minutes all told.
 SUITE_TIMEOUT = {"full": 3600, "cpu": 240, "smoke": 120}
-KERNEL_TABLE_TIMEOUT = {"full": 600, "cpu": 150, "smoke": 60}
+KERNEL_TABLE_TIMEOUT = {"full": 600, "cpu": 240, "smoke": 60}
 UNTIMED_SUITES = ("bench_memory",)  # modeled only: may run beside the compile-table build
 SCHEMA = 1
 
