@@ -430,9 +430,14 @@ def build(results_dir: Path, out_dir: Path, latest_png: Path | None = None) -> P
         rows = timings(run)
         if rows:
             parts.append("<h4>All timings (median over rounds; " + html.escape(device_label(env)) + ")</h4>")
-            parts.append(_table(["suite", "pass", "dtype", "case", "impl", "median", "IQR", "items/s", "peak MiB"],
+            parts.append("<p>IQR/median over 25% marks a noisy measurement (a busy machine): do not read "
+                         "speed-ups from it.</p>")
+            parts.append(_table(["suite", "pass", "dtype", "case", "impl", "median", "IQR", "IQR/median", "items/s",
+                                 "peak MiB"],
                                 [[r["suite"], r["pass"], r["dtype"], r["case"], r["impl"], _fmt(r["median"] * 1e3, " ms"),
                                   _fmt(r["iqr"] * 1e3, " ms"),
+                                  (f"{r['iqr'] / r['median']:.0%}" + (" NOISY" if r["iqr"] > 0.25 * r["median"] else ""))
+                                  if r["median"] else "",
                                   _fmt(r["items"] / r["median"]) if r["items"] and r["median"] else "",
                                   _fmt(r["peak_bytes"], "", 2**20)] for r in sorted(rows, key=lambda r: (
                                       r["suite"], r["pass"], r["case"], _impl_key(r["impl"])))]))
