@@ -12,7 +12,7 @@ Kernels (all float32 inside: loads are upcast at once, accumulators are float32)
 
 Rows are flat over (batch, head, row): row i of t is (b * heads + head) * N_t + r.
 
-- ``_pool_qkv_fwd_kernel``: grid (tiles of BLOCK_M flat output rows, 3). A program computes
+- ``_pool_qkv_fwd_kernel``: grid (the tiles of BLOCK_M flat output rows of q, then k, then v). A program computes
   BLOCK_M rows x the whole head dim (BLOCK_D >= D, LayerNorm needs the full row) of t:
   KH * KW masked tap loads of (BLOCK_M, BLOCK_D) straight from ``qkv`` (the class-token row loads its
   token instead), times the depthwise weight, then LayerNorm over D, one store into q, k or v.
@@ -152,15 +152,18 @@ def _pool_qkv_fwd_kernel(
     SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # A 1-D grid with exactly the tiles of q, then those of k, then v: no idle programs when q and
+    # k/v are pooled with different strides (stage 1: q has 16x the rows of k and v).
     pid = tl.program_id(0)
-    t = tl.program_id(1)
+    q_tiles = tl.cdiv(n_bh * (SP + q_oh * q_ow), BLOCK_M)
+    kv_tiles = tl.cdiv(n_bh * (SP + kv_oh * kv_ow), BLOCK_M)
+    t = tl.where(pid < q_tiles, 0, tl.where(pid < q_tiles + kv_tiles, 1, 2))
+    pid = pid - tl.where(t > 0, q_tiles, 0) - tl.where(t > 1, kv_tiles, 0)     # tile within t
     is_q = t == 0
     sh = tl.where(is_q, q_sh, kv_sh)
     sw = tl.where(is_q, q_sw, kv_sw)
     ow = tl.where(is_q, q_ow, kv_ow)
     n_rows = SP + tl.where(is_q, q_oh * q_ow, kv_oh * kv_ow)
-    # The grid is sized for the longest of q, k, v: tiles past the end of t are fully masked (no
-    # memory traffic). No branch around the body: on sm_90 it made ptxas put a value on the stack.
     w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
     g_base = _select_t(t, gq_ptr, gk_ptr, gv_ptr)
     bias_base = _select_t(t, bq_ptr, bk_ptr, bv_ptr)
@@ -356,7 +359,7 @@ def launch_forward(qkv, weights, norm_weights, norm_biases, hw, num_heads, strid
     v = _empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
     bh = B * num_heads
     block_m, block_d = _block_sizes(D, TILE_ELEMS)
-    grid = (triton.cdiv(bh * max(nq, nk), block_m), 3)
+    grid = (triton.cdiv(bh * nq, block_m) + 2 * triton.cdiv(bh * nk, block_m),)
     _pool_qkv_fwd_kernel[grid](
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *norm_biases, q, k, v,
         hw[0], hw[1], num_heads, D, *_geometry_args(hw, q_size, k_size, strides), bh, eps,
