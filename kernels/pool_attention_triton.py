@@ -100,16 +100,18 @@ def _query_coords(offs_m, Nq, qw, SP: tl.constexpr):
     return row_sp, s // qw, s % qw
 
 
-# Shape integers are not specialised (no divisibility-by-16 variants): they only enter masks and
-# index math, and one compile then serves every MViTv2 shape with the same constexprs. Strides and
-# D stay specialised (vectorised loads).
-_SHAPE_ARGS = ["H", "Nq", "Nk", "qw", "kh", "kw"]
+# Shape integers and the batch / head / row strides are not specialised (no divisibility-by-16
+# variants): shapes only enter masks and index math, and the strides' alignment comes from the
+# ALIGN constexpr. One compile then serves every MViTv2 shape with the same constexprs (dtype, D,
+# class token, padded grid sides). The head-dim strides stay specialised (== 1: contiguous rows).
+_ROW_STRIDES = [f"stride_{t}{a}" for t in ("q", "k", "v") for a in ("b", "h", "n")]
+_SHAPE_ARGS = ["H", "Nq", "Nk", "qw", "kh", "kw"] + _ROW_STRIDES
 
 
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=_SHAPE_ARGS)
+@triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_ob", "stride_oh", "stride_on"])
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, out_ptr, lse_ptr,
     do_ptr, delta_ptr, relh_ptr, relw_ptr,
@@ -215,7 +217,8 @@ def _fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["H", "Nq", "Nk", "kw"])
+@triton.jit(do_not_specialize=["H", "Nq", "Nk", "kw", "stride_dob", "stride_doh", "stride_don"]
+            + _ROW_STRIDES)
 def _bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -305,7 +308,7 @@ def _expand_rel_T(onehotT, relT, acc, FP32: tl.constexpr):
         return tl.dot(oh, lo, tl.dot(oh, hi, acc))
 
 
-@triton.jit(do_not_specialize=_SHAPE_ARGS)
+@triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_dob", "stride_doh", "stride_don"])
 def _bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr,
     th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, dq_ptr, dq32_ptr, drelh_ptr, drelw_ptr,
