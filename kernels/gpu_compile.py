@@ -66,6 +66,7 @@ import contextlib
 import contextvars
 import dataclasses
 import importlib
+import inspect
 import importlib.util
 import json
 import os
@@ -509,22 +510,30 @@ class NoCompileCases(RuntimeError):
 _EXIT_NO_CASES = 3
 
 
-def run_cases_here(module: str, arch: int, sass: str = "auto") -> list[KernelReport]:
-    """Compile every case of `module` for sm_`arch` in this process (needs the interpreter off)."""
+def run_cases_here(module: str, arch: int, sass: str = "auto", sample: bool = False) -> list[KernelReport]:
+    """Compile every case of `module` for sm_`arch` in this process (needs the interpreter off).
+
+    sample: ask the module for its representative subset (``gpu_compile_cases(sample=True)``, where
+    the function takes that argument): every kernel and config, fp16 and bf16, each head dim, but
+    one grid per combination instead of every MViTv2 shape. The test suite uses it to stay within
+    its time budget on a cold triton cache; the full set is for scripts/kernel_table.py."""
     mod = import_kernel_module(module)
     cases = getattr(mod, CASES_FUNCTION, None)
     if cases is None:
         raise NoCompileCases(f"{module} has no {CASES_FUNCTION}() (see fastmvit.kernels.gpu_compile)")
     expects = bool(getattr(mod, EXPECTS_TENSOR_CORES_FLAG, False))
+    takes_sample = "sample" in inspect.signature(cases).parameters
     with compile_only(arch, sass) as recorder:
-        for label, thunk in cases():
+        for label, thunk in (cases(sample=True) if sample and takes_sample else cases()):
             with recorder.case(label, expects_tensor_cores=expects):
                 thunk()
     return recorder.reports
 
 
-def compile_cases(module: str, arch: int, sass: str = "auto", timeout: float = 900.0) -> list[KernelReport]:
-    """Compile every case of `module` (dotted name or .py path) for sm_`arch` in a fresh subprocess.
+def compile_cases(module: str, arch: int, sass: str = "auto", timeout: float = 900.0,
+                  sample: bool = False) -> list[KernelReport]:
+    """Compile every case of `module` (dotted name or .py path) for sm_`arch` in a fresh subprocess
+    (only its representative subset with `sample`: see run_cases_here).
 
     The subprocess runs with the interpreter off and TRITON_DEFAULT_FP_FUSION=1; the triton cache is
     kept, so re-runs are fast. Raises RuntimeError (with the subprocess's stderr) if it fails as a
@@ -538,6 +547,8 @@ def compile_cases(module: str, arch: int, sass: str = "auto", timeout: float = 9
     with tempfile.TemporaryDirectory(prefix="gpu_compile_") as tmp:
         out = os.path.join(tmp, "reports.json")
         cmd = [sys.executable, "-m", "fastmvit.kernels.gpu_compile", module, "--arch", str(arch), "--sass", sass, "--json", out]
+        if sample:
+            cmd.append("--sample")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode == _EXIT_NO_CASES:
             raise NoCompileCases(proc.stderr.strip().splitlines()[-1])
@@ -594,12 +605,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="dump the SASS of kernels with a tensor-core tl.dot (auto) or of all")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="OUT",
                         help="write the reports as JSON to OUT (stdout when OUT is omitted)")
+    parser.add_argument("--sample", action="store_true",
+                        help="only the module's representative subset of cases (what the tests compile)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes"):
         print("gpu_compile: unset TRITON_INTERPRET (compiling needs the interpreter off)", file=sys.stderr)
         return 2
     try:
-        reports = run_cases_here(args.module, args.arch, args.sass)
+        reports = run_cases_here(args.module, args.arch, args.sass, args.sample)
     except NoCompileCases as e:
         print(f"gpu_compile: {e}", file=sys.stderr)
         return _EXIT_NO_CASES

@@ -8,6 +8,7 @@ per (module, target), with the interpreter off; the triton cache makes re-runs f
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.util
 from pathlib import Path
 
@@ -152,20 +153,17 @@ def test_toy_elementwise_and_spill(toy_reports):
 
 # --- The real kernels: no problems on either target ------------------------------------------
 
-def _module_or_skip(name: str):
-    if importlib.util.find_spec(name) is None:
-        pytest.skip(f"{name} does not exist yet")
-    module = importlib.import_module(name)
-    if not hasattr(module, "gpu_compile_cases"):
-        pytest.skip(f"{name} has no gpu_compile_cases() yet (see fastmvit.kernels.gpu_compile)")
-    return module
+# The suite compiles each module's representative subset (every kernel and config, fp16 and bf16,
+# both head dims, one grid each) to stay within `make test`'s budget on a cold triton cache;
+# FASTMVIT_GPU_COMPILE=all compiles every MViTv2 shape (scripts/kernel_table.py does too).
+FULL = os.environ.get("FASTMVIT_GPU_COMPILE", "sample").strip().lower() == "all"
 
 
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm_{a}")
 @pytest.mark.parametrize("module", KERNEL_MODULES)
 def test_kernels_compile_clean(module, arch):
-    _module_or_skip(module)
-    reports = compile_cases(module, arch)
+    assert hasattr(importlib.import_module(module), "gpu_compile_cases"), f"{module} has no gpu_compile_cases()"
+    reports = compile_cases(module, arch, sample=not FULL)
     table = format_table(reports)
     assert reports, f"{module}: gpu_compile_cases() compiled nothing for sm_{arch}"
     problems = [f"{r.kernel} [{r.case}] {r.constexprs}: {p}" for r in reports for p in r.problems()]
