@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unique", action="store_true", help="one row per distinct compiled kernel")
     parser.add_argument("--sass-all", action="store_true",
                         help="dump the SASS of every kernel (default: only those with a tensor-core tl.dot)")
+    parser.add_argument("--sample", action="store_true",
+                        help="each module's representative subset (what the tests compile), not every MViTv2 shape")
     parser.add_argument("--jobs", type=int, default=2, help="subprocesses at a time (default 2)")
     args = parser.parse_args(argv)
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     def one(job):
         start = time.perf_counter()
         try:
-            reports = compile_cases(*job, sass="all" if args.sass_all else "auto")
+            reports = compile_cases(*job, sass="all" if args.sass_all else "auto", sample=args.sample)
         except NoCompileCases as e:
             print(f"kernel_table: {e}: left out", file=sys.stderr)
             return None
