@@ -12,10 +12,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 keeps FMA fusion
 
-# `make test` runs one pytest-xdist worker per core: two torch threads per worker would oversubscribe
-# the cores (a small forward went from milliseconds to seconds that way).
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
 
 
 def _mend_interpreter_bf16_dot() -> None:
@@ -93,6 +89,17 @@ def _mend_interpreter_bf16_rounding() -> None:
 if os.environ.get("TRITON_INTERPRET") == "1":
     _mend_interpreter_bf16_dot()
     _mend_interpreter_bf16_rounding()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread per test: `make test` runs one pytest-xdist worker per core, and two
+    threads per worker on two shared cores spin-wait (a small forward went from milliseconds to
+    seconds that way)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

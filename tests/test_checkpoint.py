@@ -20,16 +20,6 @@ from numerics import assert_matches_float64
 from fastmvit.checkpoint import (CheckpointError, checkpoint_info, convert_state_dict, load_checkpoint,
                                  read_checkpoint, save_checkpoint)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread. With 2 threads on 2 busy, shared cores, a forward of the
-    8-wide test model took 1.5 s instead of 8 ms (threads spin-waiting); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------------
 # State dicts from the SPEC
 # ------------------------------------------------------------------------------------------------

@@ -29,15 +29,6 @@ from fastmvit.reference import MViTv2 as RefMViTv2
 from numerics import assert_matches_float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one intra-op thread (two threads on two shared, busy cores spin-wait)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Depths cut to keep memory and time small; widths, heads, class token, width-change placement,
 # stride schedule kept (and the first stages keep their block counts).
 REDUCED_DEPTHS = {"base": (2, 3, 2, 1), "base_cls": (2, 3, 2, 1), "large": (1, 2, 2, 1), "large_cls": (1, 2, 2, 1),

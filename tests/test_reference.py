@@ -20,15 +20,6 @@ from fastmvit.reference import (ARCH_SETTINGS, MultiScaleAttention, MultiScaleBl
 from numerics import assert_matches_float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one intra-op thread (two threads on two shared, busy cores spin-wait)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _meta(arch, **kw) -> MViTv2:
     with torch.device("meta"):
         return MViTv2(arch, **kw)
