@@ -47,6 +47,13 @@ def suite_files(selected: list[str] | None) -> list[Path]:
     return files
 
 
+def _read_json(path: Path):
+    """A suite's JSON output, or None when it wrote none. pytest-benchmark leaves an empty file
+    behind when a suite ran no timed benchmark (the untimed suites, or every timing skipped)."""
+    text = path.read_text() if path.exists() else ""
+    return json.loads(text) if text.strip() else None
+
+
 def run_suite(paths: list[Path], name: str, profile: str, tmp: Path, timeout: int,
               extra_args: list[str]) -> dict:
     """Run suites in one pytest process; return its status and what it wrote."""
@@ -66,8 +73,7 @@ def run_suite(paths: list[Path], name: str, profile: str, tmp: Path, timeout: in
         rc, status = None, f"timed out after {timeout} s"
     seconds = round(time.perf_counter() - start, 1)
     out = {"suite": name, "rc": rc, "status": status, "seconds": seconds,
-           "benchmark_json": json.loads(bench_json.read_text()) if bench_json.exists() else None,
-           "record": json.loads(record_json.read_text()) if record_json.exists() else None}
+           "benchmark_json": _read_json(bench_json), "record": _read_json(record_json)}
     log(f"{name}: {status} in {seconds} s")
     return out
 
