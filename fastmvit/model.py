@@ -82,13 +82,11 @@ class FusedMultiScaleAttention(MultiScaleAttention):
         align_corners False, in the table's dtype) before the cast, so both models agree."""
         if not self.rel_pos_spatial:
             return None, None
-        tables = []
-        for table, q_len, k_len in ((self.rel_pos_h, q_size[0], k_size[0]), (self.rel_pos_w, q_size[1], k_size[1])):
-            length = rel_pos_length(q_len, k_len)
-            if table.shape[0] != length:
-                table = resize_rel_pos(table, length)
-            tables.append(table.to(dtype))                                 # no-op when the dtype matches
-        return tables[0], tables[1]
+        # resize_rel_pos returns the table itself when the length already fits; .to is a no-op when
+        # the dtype matches.
+        rel_h = resize_rel_pos(self.rel_pos_h, rel_pos_length(q_size[0], k_size[0])).to(dtype)
+        rel_w = resize_rel_pos(self.rel_pos_w, rel_pos_length(q_size[1], k_size[1])).to(dtype)
+        return rel_h, rel_w
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         out, q_size = self.attend(x, hw_shape)
