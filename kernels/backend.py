@@ -64,3 +64,11 @@ def resolve_backend(device: torch.device) -> str:
     if name == "auto":
         return "triton" if device.type == "cuda" else "torch"
     return name
+
+
+def require_triton_runnable(device: torch.device, op: str) -> None:
+    """Raise a RuntimeError naming `op` when its Triton kernels cannot run on `device`: CPU tensors
+    need Triton's interpreter. (Meta tensors go through the ops' fake implementations.)"""
+    if device.type == "cpu" and not triton_interpreting():
+        raise RuntimeError(f"{op}: the 'triton' backend on CPU tensors needs Triton's interpreter "
+                           "(set TRITON_INTERPRET=1 before triton is imported), or use the 'torch' backend")

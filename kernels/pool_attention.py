@@ -69,7 +69,7 @@ from typing import Iterable, Callable, Optional, Sequence
 
 import torch
 
-from .backend import resolve_backend, triton_interpreting
+from .backend import require_triton_runnable, resolve_backend
 from .pool_attention_torch import check_inputs, pool_attention_torch, rel_pos_index
 
 __all__ = ["pool_attention", "pool_attention_torch", "rel_pos_index", "gpu_compile_cases"]
@@ -109,9 +109,7 @@ def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if D > MAX_HEAD_DIM:
         raise ValueError(f"pool_attention: the Triton kernels take head dims up to {MAX_HEAD_DIM}, got {D}; "
                          "use the torch backend")
-    if q.device.type == "cpu" and not triton_interpreting():
-        raise RuntimeError("pool_attention: the triton backend on CPU tensors needs Triton's interpreter "
-                           "(set TRITON_INTERPRET=1 before triton is imported), or use the torch backend")
+    require_triton_runnable(q.device, "pool_attention")
     if q.device.type not in ("cuda", "cpu", "meta"):
         raise ValueError(f"pool_attention: the triton backend does not run on {q.device.type} tensors")
     from . import pool_attention_op  # registers the custom ops on first use (imports triton)

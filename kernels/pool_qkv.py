@@ -68,7 +68,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .backend import resolve_backend, triton_interpreting
+from .backend import require_triton_runnable, resolve_backend
 
 __all__ = ["pool_qkv", "pool_qkv_torch", "pooled_size", "gpu_compile_cases"]
 
@@ -174,10 +174,7 @@ def pool_qkv(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: int,
         if qkv.dtype not in _DTYPES:
             raise TypeError(f"pool_qkv: the 'triton' backend takes float32, float16 or bfloat16, "
                             f"not {qkv.dtype} (use the 'torch' backend)")
-        if qkv.device.type == "cpu" and not triton_interpreting():
-            raise RuntimeError("pool_qkv: the 'triton' backend on CPU tensors needs Triton's "
-                               "interpreter: set TRITON_INTERPRET=1 before triton is imported, or "
-                               "use the 'torch' backend")
+        require_triton_runnable(qkv.device, "pool_qkv")
         q, k, v = torch.ops.fastmvit.pool_qkv(
             qkv, *pool_weights, *norm_weights, *norm_biases, list(hw), num_heads,
             [*strides[0], *strides[1]], bool(sp), float(eps))
