@@ -8,7 +8,6 @@ match float64 within the dtype's tolerance and be at most twice as far from it a
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
