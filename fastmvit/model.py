@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .kernels.pool_attention import pool_attention
-from .kernels.pool_qkv import pool_qkv
+from .kernels.pool_qkv_attention import pool_qkv_attention
 from .reference import mvitv2 as _ref
 from .reference.config import rel_pos_length
 from .reference.layers import DropPath, MultiScaleAttention, MultiScaleBlock, resize_rel_pos
@@ -62,15 +61,15 @@ class FusedMultiScaleAttention(MultiScaleAttention):
     def attend(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         B = x.shape[0]
         qkv = self.qkv(x)                                                  # (B, N, 3 * dim_att)
-        q, k, v, q_size, k_size = pool_qkv(
+        # pool_qkv -> pool_attention; for backward only qkv is kept (q, k, v are recomputed).
+        out, q_size = pool_qkv_attention(
             qkv, tuple(hw_shape), self.num_heads,
             (self.pool_q.weight, self.pool_k.weight, self.pool_v.weight),
             (self.norm_q.weight, self.norm_k.weight, self.norm_v.weight),
             (self.norm_q.bias, self.norm_k.bias, self.norm_v.bias),
-            self.stride_q, self.stride_kv, has_cls_token=self.has_cls_token, eps=self.norm_q.eps)
-        rel_h, rel_w = self.rel_pos_tables(q_size, k_size, q.dtype)       # (Lh, hd), (Lw, hd) or None
-        out = pool_attention(q, k, v, rel_h, rel_w, q_size, k_size, has_cls_token=self.has_cls_token,
-                             residual_pooling=self.residual_pooling, scale=self.scale)  # (B, n, Nq, hd)
+            self.stride_q, self.stride_kv, None, None, has_cls_token=self.has_cls_token,
+            residual_pooling=self.residual_pooling, scale=self.scale, eps=self.norm_q.eps,
+            rel_pos_tables=self.rel_pos_tables)                             # (B, n, Nq, hd)
         # A view of a (B, Nq, n, hd) buffer: merging the heads is free.
         return out.transpose(1, 2).reshape(B, -1, self.dim_att), q_size
 

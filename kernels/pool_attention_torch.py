@@ -62,10 +62,19 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, rel_pos_h: Optional[Tensor], r
     if k.shape[2] != sp + kh * kw:
         raise ValueError(f"pool_attention: k/v have {k.shape[2]} tokens but k_size {(kh, kw)} with "
                          f"has_cls_token={bool(has_cls_token)} needs {sp + kh * kw}")
+    check_tables(rel_pos_h, rel_pos_w, (qh, qw), (kh, kw), D, q.dtype, q.device)
+    return (qh, qw), (kh, kw)
+
+
+def check_tables(rel_pos_h: Optional[Tensor], rel_pos_w: Optional[Tensor], q_size: Sequence[int],
+                 k_size: Sequence[int], D: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Validate the rel-pos tables for q and k grids (int pairs), head dim D and q's dtype and
+    device: both or neither, 2-D, exactly 2 * max(q, k) - 1 rows per axis, D columns."""
     if (rel_pos_h is None) != (rel_pos_w is None):
         raise ValueError("pool_attention: give both rel_pos_h and rel_pos_w, or neither")
     if rel_pos_h is not None:
-        for name, t, qs, ks in (("rel_pos_h", rel_pos_h, qh, kh), ("rel_pos_w", rel_pos_w, qw, kw)):
+        axes = (("rel_pos_h", rel_pos_h, q_size[0], k_size[0]), ("rel_pos_w", rel_pos_w, q_size[1], k_size[1]))
+        for name, t, qs, ks in axes:
             if not isinstance(t, Tensor) or t.dim() != 2:
                 raise ValueError(f"pool_attention: {name} must be a 2-D tensor (length, D), got "
                                  f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
@@ -76,11 +85,10 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, rel_pos_h: Optional[Tensor], r
                                  f"linear interpolation first)")
             if t.shape[1] != D:
                 raise ValueError(f"pool_attention: {name} has width {t.shape[1]}, expected the head dim {D}")
-            if t.dtype != q.dtype:
-                raise ValueError(f"pool_attention: {name} has dtype {t.dtype} but q has {q.dtype}")
-            if t.device != q.device:
-                raise ValueError(f"pool_attention: {name} is on {t.device} but q is on {q.device}")
-    return (qh, qw), (kh, kw)
+            if t.dtype != dtype:
+                raise ValueError(f"pool_attention: {name} has dtype {t.dtype} but q has {dtype}")
+            if t.device != device:
+                raise ValueError(f"pool_attention: {name} is on {t.device} but q is on {device}")
 
 
 def rel_pos_index(q_len: int, k_len: int, device: torch.device | str | None = None) -> Tensor:

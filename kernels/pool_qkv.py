@@ -146,6 +146,21 @@ def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, st
     return (H, W), D, strides, kernel, sp
 
 
+
+def check_and_geometry(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q,
+                       stride_kv, has_cls_token, eps):
+    """Check pool_qkv's arguments (for the backend in force); return (H, W), the stride pairs
+    ((sqh, sqw), (skh, skw)), q_size, k_size and sp (1 with a class token)."""
+    hw, D, strides, kernel, sp = _check(qkv, hw_shape, num_heads, pool_weights, norm_weights,
+                                        norm_biases, stride_q, stride_kv, has_cls_token, eps)
+    if resolve_backend(qkv.device) != "torch":
+        if qkv.dtype not in _DTYPES:
+            raise TypeError(f"pool_qkv: the 'triton' backend takes float32, float16 or bfloat16, "
+                            f"not {qkv.dtype} (use the 'torch' backend)")
+        require_triton_runnable(qkv.device, "pool_qkv")
+    return hw, strides, pooled_size(hw, kernel, strides[0]), pooled_size(hw, kernel, strides[1]), sp
+
+
 def pool_qkv(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: int,
              pool_weights: Sequence[torch.Tensor], norm_weights: Sequence[torch.Tensor],
              norm_biases: Sequence[torch.Tensor], stride_q, stride_kv, *, has_cls_token: bool,
@@ -163,18 +178,13 @@ def pool_qkv(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: int,
         q (B, heads, Nq, D), k and v (B, heads, Nk, D), contiguous, in qkv's dtype; q_size (qh, qw)
         and k_size (kh, kw), the pooled grids (Nq = qh * qw (+ 1), Nk likewise).
     """
-    hw, D, strides, kernel, sp = _check(qkv, hw_shape, num_heads, pool_weights, norm_weights,
-                                        norm_biases, stride_q, stride_kv, has_cls_token, eps)
-    q_size = pooled_size(hw, kernel, strides[0])
-    k_size = pooled_size(hw, kernel, strides[1])
+    hw, strides, q_size, k_size, sp = check_and_geometry(
+        qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q, stride_kv,
+        has_cls_token, eps)
     if resolve_backend(qkv.device) == "torch":
         q, k, v = pool_qkv_torch(qkv, hw, num_heads, pool_weights, norm_weights, norm_biases,
                                  strides, sp, eps)
     else:
-        if qkv.dtype not in _DTYPES:
-            raise TypeError(f"pool_qkv: the 'triton' backend takes float32, float16 or bfloat16, "
-                            f"not {qkv.dtype} (use the 'torch' backend)")
-        require_triton_runnable(qkv.device, "pool_qkv")
         q, k, v = torch.ops.fastmvit.pool_qkv(
             qkv, *pool_weights, *norm_weights, *norm_biases, list(hw), num_heads,
             [*strides[0], *strides[1]], bool(sp), float(eps))
@@ -261,6 +271,14 @@ def _(dq, dk, dv, qkv, wq, wk, wv, gq, gk, gv, hw, num_heads, strides, has_cls_t
             qkv.new_empty(3, taps + 2, D, dtype=torch.float32))
 
 
+def param_grads(sums: torch.Tensor, wq: torch.Tensor, gq: torch.Tensor):
+    """The parameter gradients out of ``pool_qkv_backward``'s float32 sums (3, kh * kw + 2, D):
+    conv weights (3, D, 1, kh, kw) in wq's dtype, norm weights and biases (3, D) in gq's."""
+    taps = wq.shape[-2] * wq.shape[-1]
+    dw = sums[:, :taps].transpose(1, 2).reshape(3, *wq.shape).to(wq.dtype)
+    return dw, sums[:, taps].to(gq.dtype), sums[:, taps + 1].to(gq.dtype)
+
+
 def _setup_context(ctx, inputs, output):
     qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, hw, num_heads, strides, has_cls_token, eps = inputs
     ctx.save_for_backward(qkv, wq, wk, wv, gq, gk, gv)
@@ -270,10 +288,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dq, dk, dv):
     qkv, wq, wk, wv, gq, gk, gv = ctx.saved_tensors
     dqkv, sums = _pool_qkv_backward_op(dq, dk, dv, qkv, wq, wk, wv, gq, gk, gv, *ctx.args)
-    taps = wq.shape[-2] * wq.shape[-1]
-    dw = sums[:, :taps].transpose(1, 2).reshape(3, *wq.shape).to(wq.dtype)  # (3, D, 1, kh, kw)
-    dg = sums[:, taps].to(gq.dtype)                                         # (3, D)
-    db = sums[:, taps + 1].to(gq.dtype)
+    dw, dg, db = param_grads(sums, wq, gq)
     return (dqkv, dw[0], dw[1], dw[2], dg[0], dg[1], dg[2], db[0], db[1], db[2],
             None, None, None, None, None)
 

@@ -1,0 +1,110 @@
+"""Pooling prologue + pooling attention, with q, k, v recomputed in the backward.
+
+    out, q_size = pool_qkv_attention(qkv, hw_shape, num_heads, pool_weights, norm_weights,
+                                     norm_biases, stride_q, stride_kv, rel_pos_h, rel_pos_w,
+                                     has_cls_token=..., residual_pooling=..., scale=..., eps=...)
+
+The same result as ``pool_qkv`` followed by ``pool_attention`` (see those modules for what they
+compute); ``out`` is (B, heads, Nq, D) in qkv's dtype, a view of a (B, Nq, heads, D) buffer.
+
+Why a third entry point: memory. Run one after the other, the two custom ops each keep what their
+own backward needs: ``pool_qkv`` keeps its input ``qkv`` (B, N, 3 C), ``pool_attention`` keeps the
+pooled ``q, k, v`` (B, heads, Nq + 2 Nk, D). Here one ``torch.autograd.Function`` keeps only
+``qkv`` (plus the parameters and the float32 log-sum-exp), and its backward runs the ``pool_qkv``
+kernel again to rebuild q, k, v before the attention backward. The trade, per block (E = element
+size): saved activations - (Nq + 2 Nk) D E per head, traffic + one ``pool_qkv`` forward (read the
+3 N C qkv once, write q, k, v once), with no extra kernel beyond that one launch. MViTv2-T at 224,
+bf16, batch 8: 49 MB less kept for backward, 137 MB more moved per training step (both modeled,
+``fastmvit.costmodel``). FlashAttention makes the same trade for the scores, one level down.
+
+The ops stay the registered custom ops (``fastmvit::pool_qkv``, ``fastmvit::pool_attention``,
+their ``_backward`` ops): the Function only chooses what to save, so torch.compile sees the same
+ops and the cost model counts each launch. On the "torch" backend, or when no gradient is
+needed, this is exactly ``pool_qkv`` then ``pool_attention``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .backend import resolve_backend
+from .pool_attention import MAX_HEAD_DIM, pool_attention
+from .pool_attention_torch import check_tables
+from .pool_qkv import check_and_geometry, param_grads, pool_qkv
+
+__all__ = ["pool_qkv_attention"]
+
+
+class _PoolQKVAttention(torch.autograd.Function):
+    """Forward: the two custom ops. Saved: qkv, the parameters, the tables, lse. Backward:
+    pool_qkv (recompute q, k, v) -> pool_attention_backward -> pool_qkv_backward."""
+
+    @staticmethod
+    def forward(ctx, qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w,
+                qkv_args, attn_args):
+        ops = torch.ops.fastmvit
+        q, k, v = ops.pool_qkv(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, *qkv_args)
+        out, lse = ops.pool_attention(q, k, v, rel_pos_h, rel_pos_w, *attn_args)
+        ctx.save_for_backward(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w, lse)
+        ctx.qkv_args, ctx.attn_args = qkv_args, attn_args
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w, lse = ctx.saved_tensors
+        ops = torch.ops.fastmvit
+        q, k, v = ops.pool_qkv(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, *ctx.qkv_args)
+        grads = ops.pool_attention_backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, *ctx.attn_args)
+        del q, k, v
+        dqkv, sums = ops.pool_qkv_backward(grads[0], grads[1], grads[2], qkv, wq, wk, wv, gq, gk, gv,
+                                           *ctx.qkv_args)
+        dw, dg, db = param_grads(sums, wq, gq)
+        d_th, d_tw = (grads[3], grads[4]) if rel_pos_h is not None else (None, None)
+        return (dqkv, dw[0], dw[1], dw[2], dg[0], dg[1], dg[2], db[0], db[1], db[2], d_th, d_tw,
+                None, None)
+
+
+def pool_qkv_attention(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: int,
+                       pool_weights: Sequence[torch.Tensor], norm_weights: Sequence[torch.Tensor],
+                       norm_biases: Sequence[torch.Tensor], stride_q, stride_kv,
+                       rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor], *,
+                       has_cls_token: bool, residual_pooling: bool = True,
+                       scale: Optional[float] = None, eps: float = 1e-6,
+                       rel_pos_tables=None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``pool_qkv`` then ``pool_attention``, keeping only qkv for the backward (module docstring).
+
+    Args are those of ``pool_qkv`` and ``pool_attention``; the tables may instead come from
+    ``rel_pos_tables(q_size, k_size, dtype) -> (rel_pos_h, rel_pos_w)`` when their length depends
+    on the pooled grids (then pass None for both). Returns out (B, heads, Nq, D) and q_size."""
+    if rel_pos_tables is None:
+        def rel_pos_tables(q_size, k_size, dtype):
+            return rel_pos_h, rel_pos_w
+
+    def unfused():
+        q, k, v, q_size, k_size = pool_qkv(qkv, hw_shape, num_heads, pool_weights, norm_weights,
+                                           norm_biases, stride_q, stride_kv,
+                                           has_cls_token=has_cls_token, eps=eps)
+        th, tw = rel_pos_tables(q_size, k_size, q.dtype)
+        return pool_attention(q, k, v, th, tw, q_size, k_size, has_cls_token=has_cls_token,
+                              residual_pooling=residual_pooling, scale=scale), q_size
+
+    params = (*pool_weights, *norm_weights, *norm_biases)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (qkv, *params))
+    if not needs_grad or resolve_backend(qkv.device) == "torch":
+        return unfused()
+    hw, strides, q_size, k_size, sp = check_and_geometry(qkv, hw_shape, num_heads, pool_weights,
+                                                         norm_weights, norm_biases, stride_q,
+                                                         stride_kv, has_cls_token, eps)
+    th, tw = rel_pos_tables(q_size, k_size, qkv.dtype)
+    D = qkv.shape[-1] // (3 * num_heads)
+    check_tables(th, tw, q_size, k_size, D, qkv.dtype, qkv.device)
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"pool_attention: the Triton kernels take head dims up to {MAX_HEAD_DIM}, got {D}; "
+                         "use the torch backend")
+    from . import pool_attention_op  # noqa: F401  (registers the attention custom ops)
+    scale = float(D ** -0.5 if scale is None else scale)
+    qkv_args = (list(hw), num_heads, [*strides[0], *strides[1]], bool(sp), float(eps))
+    attn_args = (list(q_size), list(k_size), bool(sp), bool(residual_pooling), scale)
+    out = _PoolQKVAttention.apply(qkv, *params, th, tw, qkv_args, attn_args)
+    return out, q_size
