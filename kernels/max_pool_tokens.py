@@ -1,0 +1,278 @@
+"""MViTv2's residual max-pool shortcut on tokens, fused: (B, N, C) tokens -> pooled tokens.
+
+    y = max_pool_tokens(x, (H, W), kernel, stride, has_cls_token=False)
+
+What it computes: x is (B, N, C), channels last, N = sp + H * W (sp = 1 with a class token, row 0).
+The (H, W) grid ``x[:, sp:].reshape(B, H, W, C)`` is max-pooled exactly like
+``nn.MaxPool2d(kernel, stride, padding=(kh // 2, kw // 2))`` (ceil_mode False, padding never wins),
+the class token passes through, and y = (B, sp + H' * W', C) contiguous in x's dtype, with
+H' = (H + 2 * (kh // 2) - kh) // sh + 1 (same for W). Ties and NaN follow torch: the window is
+scanned row-major and an element wins when ``val > max or isnan(val)`` (the first maximum wins a
+tie, a NaN propagates); the gradient goes to the winner only.
+
+Two implementations, chosen by ``fastmvit.use_backend`` through ``resolve_backend(x.device)``:
+
+- "torch": ``F.max_pool2d`` on the channels-last view of the grid and ``torch.cat`` for the token,
+  autograd by torch; the CPU path of the model (float64 too).
+- "triton": the custom op ``fastmvit::max_pool_tokens`` (returns y and the uint8 argmax; fake
+  implementation and autograd registered, the backward being ``fastmvit::max_pool_tokens_backward``),
+  so the cost model and ``torch.compile(fullgraph=True)`` see one op each way. Kernels in
+  ``max_pool_tokens_triton.py``. CPU tensors need TRITON_INTERPRET=1; on the meta device the fake
+  implementations run.
+
+Design (the Triton path)
+------------------------
+Forward: one launch, grid (tiles of BLOCK_P flat output rows (b, r), channel blocks of BLOCK_C).
+Channels are contiguous, so each of the kh * kw tap loads of a tile reads BLOCK_C consecutive
+channels per row (coalesced, 32-byte sectors used in full when BLOCK_C divides C); the class-token
+row copies its token in the same launch. The program keeps the running max (float32) and the winning
+tap, and stores y and the argmax as one uint8 per output element: the tap's offset ky * kw + kx in
+its window (kh * kw <= 256). Backward: one launch, grid (tiles of flat input rows, channel blocks),
+a gather without atomics: each input position visits the at most cdiv(kh, sh) * cdiv(kw, sw)
+windows that contain it, in a fixed order, and adds the window's output gradient where its argmax
+points at this position (float32 accumulator); the class-token row copies its gradient. Every row
+of dx is written once, so there is no zero-fill pass and the result is bitwise repeatable.
+BLOCK_P * BLOCK_C = 2048 (8 warps); BLOCK_C = 64 at C 192/384/768, 32 at 96,
+16 at 72/144 (the power of two padding C least). Strides and window are constexprs.
+
+Compiled for sm_80 and sm_90 (``python -m fastmvit.kernels.gpu_compile
+fastmvit.kernels.max_pool_tokens --arch 80``): no spills, no tensor cores, no shared memory.
+
+Memory traffic per call (E = element size; grid G = H * W, pooled G' = H' * W'; per batch element,
+C channels each; halo re-reads of overlapping windows are cache hits and not counted):
+
+- fused forward: read x once ((sp + G) C E), write y ((sp + G') C E) and, when a gradient is needed,
+  the argmax (G' C bytes); nothing else.
+- eager forward (``F.max_pool2d`` + ``cat``): max_pool2d_with_indices reads the grid and writes the
+  pooled grid plus int64 indices (8 G' C bytes), then ``cat`` reads the token and the pooled grid and
+  writes y again: 2 launches.
+- fused backward: read dy and the argmax, write dx ((sp + G) C E): 1 launch.
+- eager backward: max_pool2d_with_indices_backward reads dy's grid part, the int64 indices and the
+  input, and writes the grid gradient; then autograd pads the token's and the grid's gradients back
+  to (B, N, C) (two slice_backward: zero-fill + copy) and adds them: 4 launches.
+- MViTv2-tiny's first pooled block (B 8, 56x56 -> 28x28, C 192, class token, bf16), modeled by
+  fastmvit.costmodel on meta tensors (MB = 1e6 bytes):
+  forward 13.25 MB, 1 launch (12.05 MB under no_grad: no argmax) vs eager 26.50 MB, 2 launches;
+  backward 13.25 MB, 1 launch vs eager 89.13 MB, 4 launches; saved for backward 1.20 MB vs 19.27 MB.
+  ``tests/test_max_pool_tokens.py`` checks the op's bytes on meta tensors.
+
+Saved for backward: the uint8 argmax only (G' C bytes per batch element), never x; the eager path
+keeps x (its grid view holds x's storage) and the int64 indices (8 G' C bytes). Under
+``torch.no_grad()`` or when x does not require grad, no argmax is written at all.
+
+Dtypes: x float32, float16 or bfloat16 (float64 on the torch backend); y and dx in x's dtype; the
+comparison and the gradient accumulation are float32 (exact for the max; dx sums at most
+cdiv(kh, sh) * cdiv(kw, sw) gradients). Layout: any batch and token strides are read in place
+(e.g. a (B, N, C) view of a wider buffer); a channel dim that is not contiguous is copied first.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .backend import require_triton_runnable, resolve_backend
+
+__all__ = ["max_pool_tokens", "max_pool_tokens_torch", "pooled_size", "gpu_compile_cases"]
+
+# No tl.dot in these kernels: the GPU-compile harness should find no tensor-core instructions.
+GPU_COMPILE_EXPECTS_TENSOR_CORES = False
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_WINDOW = 256  # the argmax is one uint8 window offset
+
+
+def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, int]:
+    """Output grid of a max-pool with padding kernel // 2: (H + 2 * pad - kernel) // stride + 1 per axis."""
+    return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(hw, kernel, stride))
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in pair):
+        raise ValueError(f"max_pool_tokens: {name} must be a positive int or a pair of them, got {value!r}")
+    return pair
+
+
+def _check(x, hw_shape, kernel, stride, has_cls_token):
+    """Check the arguments; return (H, W), (kh, kw), (sh, sw), sp."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"max_pool_tokens: x must be (B, N, C) tokens, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.dtype not in _DTYPES + (torch.float64,):
+        raise TypeError(f"max_pool_tokens: x dtype {x.dtype} is not supported (float32, float16, "
+                        f"bfloat16; float64 on the torch backend)")
+    if (not isinstance(hw_shape, (tuple, list)) or len(hw_shape) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in hw_shape)):
+        raise ValueError(f"max_pool_tokens: hw_shape must be two positive ints (H, W), got {hw_shape!r}")
+    H, W = hw_shape
+    kernel = _pair(kernel, "kernel")
+    stride = _pair(stride, "stride")
+    if kernel[0] * kernel[1] > _MAX_WINDOW:
+        raise ValueError(f"max_pool_tokens: the window {kernel[0]}x{kernel[1]} has more than "
+                         f"{_MAX_WINDOW} taps (the argmax is one uint8 offset)")
+    sp = 1 if has_cls_token else 0
+    B, N, C = x.shape
+    if N != sp + H * W:
+        raise ValueError(f"max_pool_tokens: the grid {H}x{W} {'with' if sp else 'without'} a class "
+                         f"token needs N = {sp + H * W} tokens, but x has N = {N}")
+    if C < 1 or B < 1:
+        raise ValueError(f"max_pool_tokens: x must have B >= 1 and C >= 1, got {tuple(x.shape)}")
+    return (H, W), kernel, stride, sp
+
+
+def max_pool_tokens(x: torch.Tensor, hw_shape: Sequence[int], kernel, stride,
+                    has_cls_token: bool = False) -> torch.Tensor:
+    """Max-pool the (H, W) token grid of x; the class token (row 0, if any) passes through.
+
+    Args:
+        x: (B, N, C), N = sp + H * W (sp = 1 with a class token); float32/16, bf16 (float64 on the
+            torch backend). Batch and token strides are free; the channel dim is copied if strided.
+        hw_shape: the token grid (H, W).
+        kernel, stride: int or (h, w) pair of positive ints; padding is kernel // 2 per axis.
+        has_cls_token: whether row 0 of each batch element is a class token.
+    Returns:
+        y (B, sp + H' * W', C), contiguous, in x's dtype; H' = (H + 2 * (kh // 2) - kh) // sh + 1.
+    """
+    hw, kernel, stride, sp = _check(x, hw_shape, kernel, stride, has_cls_token)
+    if resolve_backend(x.device) == "torch":
+        return max_pool_tokens_torch(x, hw, kernel, stride, sp)
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"max_pool_tokens: the 'triton' backend takes float32, float16 or bfloat16, "
+                        f"not {x.dtype} (use the 'torch' backend)")
+    require_triton_runnable(x.device, "max_pool_tokens")
+    need_argmax = torch.is_grad_enabled() and x.requires_grad
+    y, _ = torch.ops.fastmvit.max_pool_tokens(x, list(hw), list(kernel), list(stride), bool(sp),
+                                              need_argmax)
+    return y
+
+
+def max_pool_tokens_torch(x, hw, kernel, stride, sp):
+    """The plain torch path on checked arguments: F.max_pool2d on the channels-last grid view, and
+    ``cat`` for the class token (the readable math, and the eager baseline)."""
+    B, N, C = x.shape
+    H, W = hw
+    grid = x[:, sp:].reshape(B, H, W, C).permute(0, 3, 1, 2)               # (B, C, H, W), channels last
+    grid = F.max_pool2d(grid, kernel, stride, padding=(kernel[0] // 2, kernel[1] // 2))
+    grid = grid.flatten(2).transpose(1, 2)                                  # (B, H' * W', C)
+    return torch.cat((x[:, :sp], grid), dim=1) if sp else grid.contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# The custom ops of the Triton path
+# --------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("fastmvit::max_pool_tokens", mutates_args=())
+def _max_pool_tokens_op(x: torch.Tensor, hw: list[int], kernel: list[int], stride: list[int],
+                        has_cls_token: bool, need_argmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y (B, sp + H' * W', C) contiguous in x's dtype; argmax uint8 (B, H' * W', C) contiguous, or
+    an empty (0,) uint8 tensor when not `need_argmax`)."""
+    from .max_pool_tokens_triton import launch_forward
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    out_hw = pooled_size(hw, kernel, stride)
+    return launch_forward(x, tuple(hw), out_hw, tuple(kernel), tuple(stride), int(has_cls_token),
+                          need_argmax)
+
+
+@_max_pool_tokens_op.register_fake
+def _(x, hw, kernel, stride, has_cls_token, need_argmax):
+    B, N, C = x.shape
+    oh, ow = pooled_size(hw, kernel, stride)
+    y = x.new_empty(B, int(has_cls_token) + oh * ow, C)
+    arg = x.new_empty(*((B, oh * ow, C) if need_argmax else (0,)), dtype=torch.uint8)
+    return y, arg
+
+
+@torch.library.custom_op("fastmvit::max_pool_tokens_backward", mutates_args=())
+def _max_pool_tokens_backward_op(dy: torch.Tensor, argmax: torch.Tensor, hw: list[int],
+                                 kernel: list[int], stride: list[int],
+                                 has_cls_token: bool) -> torch.Tensor:
+    """dx (B, sp + H * W, C) contiguous in dy's dtype."""
+    from .max_pool_tokens_triton import launch_backward
+    if dy.stride(-1) != 1:
+        dy = dy.contiguous()
+    out_hw = pooled_size(hw, kernel, stride)
+    return launch_backward(dy, argmax.contiguous(), tuple(hw), out_hw, tuple(kernel), tuple(stride),
+                           int(has_cls_token))
+
+
+@_max_pool_tokens_backward_op.register_fake
+def _(dy, argmax, hw, kernel, stride, has_cls_token):
+    B, _, C = dy.shape
+    return dy.new_empty(B, int(has_cls_token) + hw[0] * hw[1], C)
+
+
+def _setup_context(ctx, inputs, output):
+    x, hw, kernel, stride, has_cls_token, need_argmax = inputs
+    _, argmax = output
+    ctx.mark_non_differentiable(argmax)
+    ctx.set_materialize_grads(False)               # no zero-filled gradient for the argmax
+    ctx.save_for_backward(argmax)                  # never x: the argmax is all the backward needs
+    ctx.args = (hw, kernel, stride, has_cls_token)
+    ctx.had_argmax = need_argmax
+
+
+def _backward(ctx, dy, _dargmax):
+    if not ctx.had_argmax:
+        raise RuntimeError("max_pool_tokens: backward through a call made without the argmax "
+                           "(need_argmax=False: x did not require grad, or grad mode was off)")
+    if dy is None:
+        return None, None, None, None, None, None
+    (argmax,) = ctx.saved_tensors
+    dx = torch.ops.fastmvit.max_pool_tokens_backward(dy, argmax, *ctx.args)
+    return dx, None, None, None, None, None
+
+
+_max_pool_tokens_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# GPU-compile harness contract (kernels/gpu_compile.py): every launch config of the op
+# --------------------------------------------------------------------------------------------
+
+# What is specialised: dtype, class token (SP), window and strides, BLOCK_C (from C), whether the
+# argmax is written, and the divisibility by 16 of C and of the row strides. Grid sizes and batch
+# are runtime values. MViTv2 pools its shortcut 3x3 with stride 2 (kernel = stride + 1).
+# (label, batch, grid side, C, class token)
+_COMPILE_SHAPES = (
+    ("MViTv2-T stage 1->2", 1, 56, 96, 1),
+    ("MViTv2-T stage 3->4", 1, 14, 768, 1),
+    ("MViTv2-T stage 1->2 no cls", 1, 56, 96, 0),
+    ("MViTv2-T stage 3->4 no cls", 1, 14, 768, 0),
+    ("MViTv2-T stage 1->2 training batch 64", 64, 56, 96, 1),
+    ("MViTv2-L stage 1->2", 1, 56, 144, 1),
+    ("MViTv2-L stage 1->2 (C 72)", 1, 56, 72, 0),
+    ("MViTv2-S stage 2->3", 8, 28, 192, 1),
+)
+_SAMPLE = {"MViTv2-T stage 1->2", "MViTv2-T stage 3->4", "MViTv2-T stage 1->2 no cls",
+           "MViTv2-T stage 3->4 no cls"}
+
+
+def gpu_compile_cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
+    """(label, thunk) pairs; each thunk calls the Triton launchers (forward with and without the
+    argmax, backward) directly with CPU tensors at one MViTv2 shape (3x3 window, stride 2), so that
+    under the stand-in driver of ``kernels/gpu_compile.py`` every kernel variant the op launches
+    for MViTv2 gets compiled.
+
+    sample: the representative subset the test suite compiles: fp16 and bf16, with and without a
+    class token, C 96 and 768."""
+    from .max_pool_tokens_triton import launch_backward, launch_forward
+
+    def thunk(B, side, C, dtype, sp):
+        def run():
+            hw, kernel, stride = (side, side), (3, 3), (2, 2)
+            out_hw = pooled_size(hw, kernel, stride)
+            x = torch.empty(B, sp + side * side, C, dtype=dtype)
+            y, arg = launch_forward(x, hw, out_hw, kernel, stride, sp, True)
+            launch_forward(x, hw, out_hw, kernel, stride, sp, False)
+            launch_backward(torch.empty_like(y), arg, hw, out_hw, kernel, stride, sp)
+        return run
+
+    for label, B, side, C, sp in _COMPILE_SHAPES:
+        if sample and label not in _SAMPLE:
+            continue
+        for dtype in (torch.float16, torch.bfloat16):
+            yield (f"max_pool_tokens {label}: B{B} {side}x{side} C{C} "
+                   f"{str(dtype).removeprefix('torch.')} cls{sp}", thunk(B, side, C, dtype, sp))
