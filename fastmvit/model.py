@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .kernels.max_pool_tokens import max_pool_tokens
 from .kernels.pool_qkv_attention import pool_qkv_attention
 from .reference import mvitv2 as _ref
 from .reference.config import rel_pos_length
@@ -129,15 +130,13 @@ class FusedMultiScaleBlock(MultiScaleBlock):
 
     def _shortcut_pool(self, x: torch.Tensor, hw_shape: Sequence[int]) -> torch.Tensor:
         """Max-pool the grid tokens of x (B, N, C) where q is strided; the class token bypasses
-        the pool. The grid is pooled in place of its layout (a channels-last view, no copy)."""
+        the pool. One op on the token layout, keeping a uint8 argmax for backward (not x and
+        int64 indices)."""
         if self.pool_skip is None:
             return x
-        H, W = hw_shape
-        sp = 1 if self.has_cls_token else 0
-        B, N, C = x.shape
-        grid = x[:, sp:].reshape(B, H, W, C).permute(0, 3, 1, 2)            # (B, C, H, W), channels last
-        grid = self.pool_skip(grid).flatten(2).transpose(1, 2)            # (B, H'*W', C)
-        return torch.cat((x[:, :sp], grid), dim=1) if sp else grid
+        pool = self.pool_skip
+        return max_pool_tokens(x, tuple(hw_shape), pool.kernel_size, pool.stride,
+                               has_cls_token=self.has_cls_token)
 
     def _forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         p = self._drop_path_rate()
@@ -180,6 +179,30 @@ class MViTv2(_ref.MViTv2):
     See ``fastmvit.reference.MViTv2`` for the arguments. Adds ``set_grad_checkpointing(enable)``.
     """
     block_cls = FusedMultiScaleBlock
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # A channels-last patch-embedding weight makes the conv write (B, H, W, C0): the token view
+        # (B, H * W, C0) is then contiguous, and the first LayerNorm and GEMMs read it without the
+        # copy a (B, C0, H, W) output would cost them. Values, keys and shapes are unchanged;
+        # load_state_dict and .to() keep the layout.
+        self.patch_embed.proj.to(memory_format=torch.channels_last)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H_img, W_img) -> tokens (B, N, C0), contiguous, with the class token in front,
+        and the grid. The conv runs with a channels-last weight (converted here only if it was
+        replaced by one of another layout, e.g. ``load_state_dict(..., assign=True)``)."""
+        self.check_input(x)
+        conv = self.patch_embed.proj
+        weight = conv.weight
+        if not weight.is_contiguous(memory_format=torch.channels_last):
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        x = F.conv2d(x, weight, conv.bias, conv.stride, conv.padding)       # (B, C0, H, W), channels last
+        hw = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)                                   # (B, H * W, C0), contiguous
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return x, hw
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

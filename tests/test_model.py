@@ -154,6 +154,20 @@ def test_state_dict_loads_both_ways_strict():
         assert torch.equal(a, b), n
 
 
+def test_patch_embedding_writes_contiguous_tokens():
+    """The fused model's patch-embedding weight is channels last, so the conv writes (B, H, W, C0)
+    and the first block reads its tokens without a layout copy; the reference's are a transposed
+    view. Same values, whatever the weight's layout after loading (assign=True replaces it)."""
+    ref, fast = make_pair(FOUR_STAGE, 40, torch.float64)
+    fast = fast.double()
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    (ref_tokens, ref_hw), (tokens, hw) = ref.embed(x), fast.embed(x)
+    assert tokens.is_contiguous() and not ref_tokens.is_contiguous() and hw == ref_hw
+    torch.testing.assert_close(tokens, ref_tokens, rtol=1e-12, atol=1e-12)
+    assert fastmvit.MViTv2(FOUR_STAGE, img_size=40).patch_embed.proj.weight.is_contiguous(
+        memory_format=torch.channels_last)
+
+
 # ------------------------------------------------------------------------------------------------
 # Equivalence, torch backend
 # ------------------------------------------------------------------------------------------------
@@ -295,7 +309,7 @@ def test_inference_launches_per_block_and_no_avoidable_ops():
     assert ops.pop("aten.gelu") == blocks
     assert ops.pop("aten.native_layer_norm") == 2 * blocks + 1
     dim_change = sum(s.dim_change is not None for s in model.specs)
-    assert ops.pop("aten.max_pool2d_with_indices") == dim_change
+    assert ops.pop("fastmvit.max_pool_tokens") == dim_change
     assert ops.pop("aten.addmm") == 4 * blocks + dim_change + 1          # + shortcut proj, + head
     # residual adds; the width-change blocks fold theirs into the attention proj's addmm and add the
     # two (dim,) biases instead
