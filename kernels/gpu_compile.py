@@ -90,7 +90,8 @@ REGISTERS_PER_BLOCK = 65536  # a block's threads share one SM's register file
 # spill traffic).
 SASS_OPCODES = ("HMMA", "HGMMA", "LDGSTS", "UTMALDG", "UTMASTG", "LDSM", "LDL", "STL")
 # The kernel modules that must compile clean (tests/test_gpu_compile.py, scripts/kernel_table.py).
-KERNEL_MODULES = ("fastmvit.kernels.pool_attention", "fastmvit.kernels.pool_qkv", "fastmvit.kernels.max_pool_tokens")
+KERNEL_MODULES = ("fastmvit.kernels.pool_attention", "fastmvit.kernels.pool_qkv", "fastmvit.kernels.max_pool_tokens",
+                  "fastmvit.kernels.gelu_linear")
 CASES_FUNCTION = "gpu_compile_cases"
 EXPECTS_TENSOR_CORES_FLAG = "GPU_COMPILE_EXPECTS_TENSOR_CORES"
 

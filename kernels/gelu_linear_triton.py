@@ -1,0 +1,383 @@
+"""Triton kernels of the fused MLP tail (`fastmvit.kernels.gelu_linear`), and their launchers.
+
+The public op, its checks, the design note and the plain torch path live in `gelu_linear.py`; this
+module holds only what runs on the device (importing ``fastmvit.kernels`` does not need triton).
+
+Notation: h is (B, T, K) read as M = B * T flat rows (row m is token m % T of sample m // T, any
+strides), weight is (N, K), y and dy are (B, T, N). ELEM is h's dtype; a = gelu(h) rounded to ELEM.
+g = dy * sample_scale[b] (or dy). All accumulation is float32; every value is upcast to float32 right
+after loading (the interpreter cannot do bf16 arithmetic) and cast to ELEM only for tl.dot operands
+and stores.
+
+Kernels (no atomics anywhere: every output element is summed by one program in a fixed order):
+
+- ``_fwd_kernel``: grid (M tiles x N tiles, N tiles fastest). Tile (BLOCK_M, BLOCK_N) of
+  y = residual + s[b] * (a @ weight^T + bias); loop over K in BLOCK_K steps: load the h tile, gelu in
+  float32, round to ELEM (the GEMM prologue: gelu(h) never reaches memory), load weight^T's tile and
+  cast it to ELEM in registers (float32 master weights under autocast), tl.dot into float32.
+  The epilogue adds bias, scales by the row's sample, adds the residual and stores y once.
+  No grouped tile order: the weight (at most 1152 x 4608 in MViTv2, ~10 MB in bf16) stays in L2, and
+  the N tiles of one row block (1 to 18) run side by side, so h is read from HBM about once.
+- ``_bwd_dh_kernel``: grid (M tiles x K tiles). dh tile (BLOCK_M, BLOCK_K) = (dy @ weight) over N in
+  BLOCK_N steps, then the epilogue scales by s[b], reads the h tile and multiplies by gelu'(h):
+  the intermediate dy @ weight is never written.
+- ``_bwd_dw_kernel``: grid (N tiles, K tiles, S splits of the rows). Tile (DW_BLOCK_N, DW_BLOCK_K)
+  of dW = g^T @ a summed over the split's rows in BLOCK_M steps (a recomputed from h), stored as a
+  float32 partial (S, N, K). Programs of the first K tile also sum g over their rows: the partial
+  db (S, N). S is chosen so that N tiles x K tiles x S fills the GPU (``dw_splits``).
+- ``_sum_splits_kernel``: dW = sum over S of the partials in a fixed order (s = 0, 1, ...), cast to
+  the weight's dtype; launched again for db.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SQRT1_2 = tl.constexpr(0.7071067811865476)       # 1 / sqrt(2)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _gelu(x):
+    """Exact (erf) GELU of float32 x: 0.5 x (1 + erf(x / sqrt 2))."""
+    return 0.5 * x * (1.0 + tl.math.erf(x * SQRT1_2))
+
+
+@triton.jit
+def _gelu_grad(x):
+    """d gelu / dx of float32 x: Phi(x) + x phi(x)."""
+    cdf = 0.5 * (1.0 + tl.math.erf(x * SQRT1_2))
+    pdf = tl.exp(-0.5 * x * x) * INV_SQRT_2PI
+    return cdf + x * pdf
+
+
+@triton.jit
+def _mma(a, b, acc, FP32: tl.constexpr):
+    """acc + a @ b. float32 operands: exact IEEE products (no TF32); half operands: tensor cores."""
+    if FP32:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _rows(rows, T, stride_b, stride_t):
+    """Flat rows m -> (int64 offset of row m in a (B, T, .) tensor with these strides, sample b)."""
+    b = rows // T
+    t = rows - b * T
+    return b.to(tl.int64) * stride_b + t.to(tl.int64) * stride_t, b
+
+
+# Batch-dependent sizes (M, T, batch and token strides) are not specialised: one compiled kernel
+# serves every batch size and token count of a block.
+@triton.jit(do_not_specialize=["M", "T", "stride_hb", "stride_ht", "stride_rb", "stride_rt"])
+def _fwd_kernel(
+    h_ptr, stride_hb, stride_ht, stride_hk,       # (B, T, K), ELEM
+    w_ptr, stride_wn, stride_wk,                  # (N, K), ELEM or float32
+    bias_ptr, stride_bias,                        # (N,), ELEM or float32 (unused without HAS_BIAS)
+    res_ptr, stride_rb, stride_rt, stride_rn,     # (B, T, N), ELEM (unused without HAS_RES)
+    scale_ptr,                                    # (B,) floating, contiguous (unused without HAS_SCALE)
+    y_ptr,                                        # (M, N) contiguous, ELEM
+    M, N, K, T,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    ELEM = h_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // n_tiles
+    pid_n = pid - pid_m * n_tiles
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N
+    h_row, b = _rows(rows, T, stride_hb, stride_ht)
+    offs_k = tl.arange(0, BLOCK_K)
+    h_ptrs = h_ptr + h_row[:, None] + offs_k[None, :] * stride_hk             # (BLOCK_M, BLOCK_K)
+    w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk  # (BLOCK_K, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        x = tl.load(h_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        a = _gelu(x).to(ELEM)                  # rounded where eager's gelu output is
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
+        acc = _mma(a, w, acc, FP32)
+        h_ptrs += BLOCK_K * stride_hk
+        w_ptrs += BLOCK_K * stride_wk
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols * stride_bias, mask=col_ok, other=0.0)
+        acc += bias.to(ELEM).to(tl.float32)[None, :]
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + b, mask=row_ok, other=0.0).to(tl.float32)
+        acc = acc * s[:, None]
+    mask = row_ok[:, None] & col_ok[None, :]
+    if HAS_RES:
+        r_row, _ = _rows(rows, T, stride_rb, stride_rt)
+        res = tl.load(res_ptr + r_row[:, None] + cols[None, :] * stride_rn, mask=mask, other=0.0)
+        acc += res.to(tl.float32)
+    tl.store(y_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], acc.to(ELEM), mask=mask)
+
+
+@triton.jit(do_not_specialize=["M", "T", "stride_db", "stride_dt", "stride_hb", "stride_ht"])
+def _bwd_dh_kernel(
+    dy_ptr, stride_db, stride_dt, stride_dn,      # (B, T, N), ELEM (any strides: an expanded grad too)
+    w_ptr, stride_wn, stride_wk,                  # (N, K), ELEM or float32
+    h_ptr, stride_hb, stride_ht, stride_hk,       # (B, T, K), ELEM
+    scale_ptr,                                    # (B,) (unused without HAS_SCALE)
+    dh_ptr,                                       # (M, K) contiguous, ELEM
+    M, N, K, T,
+    HAS_SCALE: tl.constexpr, FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    ELEM = h_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    pid_m = pid // k_tiles
+    pid_k = pid - pid_m * k_tiles
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < M
+    col_ok = cols < K
+    dy_row, b = _rows(rows, T, stride_db, stride_dt)
+    offs_n = tl.arange(0, BLOCK_N)
+    dy_ptrs = dy_ptr + dy_row[:, None] + offs_n[None, :] * stride_dn          # (BLOCK_M, BLOCK_N)
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + cols[None, :] * stride_wk  # (BLOCK_N, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        n_ok = offs_n < N - n0
+        dy = tl.load(dy_ptrs, mask=row_ok[:, None] & n_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
+        acc = _mma(dy, w, acc, FP32)
+        dy_ptrs += BLOCK_N * stride_dn
+        w_ptrs += BLOCK_N * stride_wn
+    if HAS_SCALE:   # (s dy) @ W = s (dy @ W): the per-row scale goes in the epilogue, unrounded
+        s = tl.load(scale_ptr + b, mask=row_ok, other=0.0).to(tl.float32)
+        acc = acc * s[:, None]
+    mask = row_ok[:, None] & col_ok[None, :]
+    h_row, _ = _rows(rows, T, stride_hb, stride_ht)
+    x = tl.load(h_ptr + h_row[:, None] + cols[None, :] * stride_hk, mask=mask, other=0.0).to(tl.float32)
+    dh = acc * _gelu_grad(x)
+    tl.store(dh_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], dh.to(ELEM), mask=mask)
+
+
+@triton.jit(do_not_specialize=["M", "T", "rows_per_split", "stride_db", "stride_dt", "stride_hb", "stride_ht"])
+def _bwd_dw_kernel(
+    dy_ptr, stride_db, stride_dt, stride_dn,      # (B, T, N), ELEM
+    h_ptr, stride_hb, stride_ht, stride_hk,       # (B, T, K), ELEM
+    scale_ptr,                                    # (B,) (unused without HAS_SCALE)
+    part_w_ptr,                                   # float32 (S, N, K) partial dW
+    part_b_ptr,                                   # float32 (S, N) partial db (unused without HAS_BIAS)
+    M, N, K, T, rows_per_split,                   # rows_per_split: a multiple of BLOCK_M
+    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, FP32: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    ELEM = h_ptr.dtype.element_ty
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    n_ok = offs_n < N
+    k_ok = offs_k < K
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    row0 = pid_s * rows_per_split
+    for r0 in range(row0, tl.minimum(row0 + rows_per_split, M), BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        dy_row, b = _rows(rows, T, stride_db, stride_dt)
+        # g^T tile (BLOCK_N, BLOCK_M): dy read transposed through its strides
+        g = tl.load(dy_ptr + dy_row[None, :] + offs_n[:, None] * stride_dn,
+                    mask=n_ok[:, None] & row_ok[None, :], other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            s = tl.load(scale_ptr + b, mask=row_ok, other=0.0).to(tl.float32)
+            g = g * s[None, :]
+        if HAS_BIAS:
+            acc_b += tl.sum(g, axis=1)        # cheap next to the matmul; stored by the first K tile
+        h_row, _ = _rows(rows, T, stride_hb, stride_ht)
+        x = tl.load(h_ptr + h_row[:, None] + offs_k[None, :] * stride_hk,
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+        acc = _mma(g.to(ELEM), _gelu(x).to(ELEM), acc, FP32)
+    part = part_w_ptr + pid_s.to(tl.int64) * N * K
+    tl.store(part + offs_n[:, None] * K + offs_k[None, :], acc, mask=n_ok[:, None] & k_ok[None, :])
+    if HAS_BIAS:
+        if pid_k == 0:
+            tl.store(part_b_ptr + pid_s.to(tl.int64) * N + offs_n, acc_b, mask=n_ok)
+
+
+@triton.jit(do_not_specialize=["S", "L"])
+def _sum_splits_kernel(part_ptr, out_ptr, S, L, BLOCK: tl.constexpr):
+    """out (L,) = sum over s of part (S, L) float32, in the order s = 0, 1, ..., cast to out's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < L
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    ptrs = part_ptr + offs
+    for _ in range(S):
+        acc += tl.load(ptrs, mask=ok, other=0.0)
+        ptrs += L
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch configurations
+# ----------------------------------------------------------------------------------------------
+# Every config is correct for every shape (all loads and stores are masked); configs only trade
+# speed. Checked for sm_80 / sm_90 (registers, shared memory, spills, HMMA / HGMMA) by
+# tests/test_gpu_compile.py through `gelu_linear.gpu_compile_cases`.
+def _cfg(names, values, warps, stages):
+    return triton.Config(dict(zip(names, values)), num_warps=warps, num_stages=stages)
+
+
+_MNK = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+_MKN = ("BLOCK_M", "BLOCK_K", "BLOCK_N")
+# Measured with kernels/gpu_compile.py (fp16 / bf16, K 384 and 3072, with and without the epilogue
+# extras, float32 weights): every config below compiles with STACK 0 / LOCAL 0 and HMMA / HGMMA on
+# sm_80 and sm_90. The forward's limit is the GELU prologue: the erf of each h element held by a
+# thread is a libdevice polynomial with several live temporaries, so a thread can afford about 16 h
+# elements per K step (BLOCK_M * BLOCK_K / threads). Dropped because they spilled (sm_80, 24 to
+# 1100 B of stack): 64x64x64 and 128x64x64 with 4 warps, 64x128x64 with 4 warps, 128x128x32 with 8
+# warps and 2 or 3 stages; in the dh GEMM (no erf in the loop) 128x64x64 and 64x128x32 with 4 warps,
+# and 128x128x32 with 8 warps (8 B on sm_90).
+# (rows, output columns, reduction step, warps, stages)
+FWD_CONFIGS = [_cfg(_MNK, c[:3], *c[3:]) for c in (
+    (64, 64, 32, 4, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (128, 128, 16, 8, 4),
+    (64, 128, 64, 8, 3))]
+DH_CONFIGS = [_cfg(_MKN, c[:3], *c[3:]) for c in (
+    (64, 64, 64, 4, 3), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3))]
+# dW: the output tile is fixed (DW_BLOCK_N x DW_BLOCK_K, so that the split count and the partials
+# buffer do not depend on the config); only the row step, warps and stages are tuned (32 rows with
+# 4 warps spilled 8 B on sm_80).
+DW_BLOCK_N, DW_BLOCK_K = 64, 64
+DW_CONFIGS = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
+              for bm, w, s in ((64, 4, 3), (64, 8, 3), (32, 8, 3))]
+# float32 (exact IEEE tl.dot, i.e. FMAs, no tensor cores): only the small tiles.
+FP32_MAX_TILE = 64 * 64
+
+# Splitting dW's reduction over rows: aim at this many programs (2 waves of 132 SMs on an H100),
+# but give every split at least DW_MIN_ROWS rows, so that the float32 partials (S * N * K * 4 bytes)
+# stay small next to the dy and h they sum (M * (N + K) * E bytes).
+DW_TARGET_PROGRAMS = 2 * 132
+DW_MIN_ROWS = 256
+SUM_BLOCK = 1024
+
+# The interpreter (CPU tests) runs one fixed small config: autotuning there would time numpy.
+# Tests may change these to exercise other tilings.
+INTERPRETER_FWD = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
+INTERPRETER_DH = {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_N": 32}
+INTERPRETER_DW = {"BLOCK_M": 32}
+INTERPRETER_DW_BLOCKS = (32, 32)     # (DW_BLOCK_N, DW_BLOCK_K) in the interpreter
+
+
+def _prune(out_name, red_name):
+    """early_config_prune: no output tile wider than the padded output dim (N = 96 takes 128 but
+    not more), no reduction step longer than the padded reduction, small tiles for float32."""
+    def prune(configs, named_args, **kwargs):
+        n_out, n_red = named_args[out_name], named_args[red_name]
+        fp32 = kwargs.get("FP32", False)
+        kept = [c for c in configs
+                if c.kwargs["BLOCK_" + out_name] <= max(32, triton.next_power_of_2(n_out))
+                and c.kwargs["BLOCK_" + red_name] <= max(32, triton.next_power_of_2(n_red))
+                and (not fp32 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_" + out_name] <= FP32_MAX_TILE)]
+        return kept or configs[-1:]
+    return prune
+
+
+_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["M", "N", "K"],
+                             prune_configs_by={"early_config_prune": _prune("N", "K")})(_fwd_kernel)
+_dh_tuned = triton.autotune(DH_CONFIGS, key=["M", "N", "K"],
+                            prune_configs_by={"early_config_prune": _prune("K", "N")})(_bwd_dh_kernel)
+_dw_tuned = triton.autotune(DW_CONFIGS, key=["M", "N", "K"])(_bwd_dw_kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers (no checks here: `gelu_linear` validates; the GPU-compile harness calls these)
+# ----------------------------------------------------------------------------------------------
+def _empty(*shape, dtype, device) -> torch.Tensor:
+    """Every buffer a kernel writes is allocated here (tests swap in a NaN-poisoning allocator)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def _scale_args(sample_scale, like):
+    return (sample_scale, True) if sample_scale is not None else (like, False)
+
+
+def forward(h, weight, bias, residual, sample_scale, autotune: bool = True) -> torch.Tensor:
+    """y (B, T, N) contiguous in h's dtype = residual + sample_scale[b] * (gelu(h) @ weight^T + bias).
+
+    h (B, T, K) and residual (B, T, N): any strides; weight (N, K); bias (N,) or None; sample_scale
+    (B,) contiguous or None (only with residual)."""
+    B, T, K = h.shape
+    N = weight.shape[0]
+    M = B * T
+    y = _empty(B, T, N, dtype=h.dtype, device=h.device)
+    bias_t = bias if bias is not None else weight
+    res_t = residual if residual is not None else h
+    scale_t, has_scale = _scale_args(sample_scale, h)
+    args = (h, *h.stride(), weight, *weight.stride(), bias_t, bias_t.stride(0),
+            res_t, *res_t.stride(), scale_t, y, M, N, K, T)
+    meta = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, HAS_SCALE=has_scale,
+                FP32=h.dtype == torch.float32)
+    if autotune:
+        _fwd_tuned[lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),)](*args, **meta)
+    else:
+        c = INTERPRETER_FWD
+        grid = (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),)
+        _fwd_kernel[grid](*args, **meta, **c)
+    return y
+
+
+def dw_splits(M: int, N: int, K: int, block_n: int, block_k: int, row_align: int) -> tuple[int, int]:
+    """(S, rows per split) for the dW reduction over M rows: enough programs to fill the GPU
+    (N tiles x K tiles x S >= DW_TARGET_PROGRAMS where the rows allow), at least DW_MIN_ROWS rows
+    per split, rows per split a multiple of row_align (every BLOCK_M the kernel may run with)."""
+    tiles = triton.cdiv(N, block_n) * triton.cdiv(K, block_k)
+    splits = max(1, min(triton.cdiv(DW_TARGET_PROGRAMS, tiles), M // DW_MIN_ROWS))
+    rows = triton.cdiv(triton.cdiv(M, splits), row_align) * row_align
+    return triton.cdiv(M, rows), rows
+
+
+def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: bool = True):
+    """dh (B, T, K) contiguous in h's dtype, dW (N, K) in weight's dtype, db (N,) in bias_dtype (None
+    without bias), for y = gelu_linear(h, weight, bias, residual, sample_scale) and its gradient dy
+    (B, T, N, any strides, h's dtype). Deterministic: fixed-order sums, no atomics."""
+    B, T, K = h.shape
+    N = weight.shape[0]
+    M = B * T
+    dev = h.device
+    fp32 = h.dtype == torch.float32
+    scale_t, has_scale = _scale_args(sample_scale, h)
+
+    dh = _empty(B, T, K, dtype=h.dtype, device=dev)
+    dh_args = (dy, *dy.stride(), weight, *weight.stride(), h, *h.stride(), scale_t, dh, M, N, K, T)
+    if autotune:
+        _dh_tuned[lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),)](
+            *dh_args, HAS_SCALE=has_scale, FP32=fp32)
+    else:
+        c = INTERPRETER_DH
+        _bwd_dh_kernel[(triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),)](
+            *dh_args, HAS_SCALE=has_scale, FP32=fp32, **c)
+
+    bn, bk = (DW_BLOCK_N, DW_BLOCK_K) if autotune else INTERPRETER_DW_BLOCKS
+    row_align = max(c.kwargs["BLOCK_M"] for c in DW_CONFIGS) if autotune else INTERPRETER_DW["BLOCK_M"]
+    S, rows = dw_splits(M, N, K, bn, bk, row_align)
+    part_w = _empty(S, N, K, dtype=torch.float32, device=dev)
+    part_b = _empty(S, N, dtype=torch.float32, device=dev) if has_bias else part_w
+    dw_args = (dy, *dy.stride(), h, *h.stride(), scale_t, part_w, part_b, M, N, K, T, rows)
+    dw_meta = dict(HAS_BIAS=has_bias, HAS_SCALE=has_scale, FP32=fp32, BLOCK_N=bn, BLOCK_K=bk)
+    grid = (triton.cdiv(N, bn), triton.cdiv(K, bk), S)
+    if autotune:
+        _dw_tuned[grid](*dw_args, **dw_meta)
+    else:
+        _bwd_dw_kernel[grid](*dw_args, **dw_meta, **INTERPRETER_DW)
+
+    dw = _empty(N, K, dtype=weight.dtype, device=dev)
+    _sum_splits_kernel[(triton.cdiv(N * K, SUM_BLOCK),)](part_w, dw, S, N * K, BLOCK=SUM_BLOCK)
+    db = None
+    if has_bias:
+        db = _empty(N, dtype=bias_dtype, device=dev)
+        _sum_splits_kernel[(triton.cdiv(N, SUM_BLOCK),)](part_b, db, S, N, BLOCK=SUM_BLOCK)
+    return dh, dw, db
