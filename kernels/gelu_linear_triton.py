@@ -254,8 +254,12 @@ DH_CONFIGS = [_cfg(_MKN, c[:3], *c[3:]) for c in (
 DW_BLOCK_N, DW_BLOCK_K = 64, 64
 DW_CONFIGS = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
               for bm, w, s in ((64, 4, 3), (64, 8, 3), (32, 8, 3))]
-# float32 (exact IEEE tl.dot, i.e. FMAs, no tensor cores): only the small tiles.
-FP32_MAX_TILE = 64 * 64
+# float32 (exact IEEE tl.dot, i.e. FMAs, no tensor cores: the operands live in registers) gets its
+# own small tiles; the half configs above spilled 24 to 2200 B in float32 (dh 64x64x64 on sm_90, dW
+# with 64-row steps on both targets).
+FWD_FP32_CONFIGS = [_cfg(_MNK, (64, 64, 32), 4, 3)]
+DH_FP32_CONFIGS = [_cfg(_MKN, (64, 64, 32), 8, 3)]    # 4 warps spilled 56-64 B on sm_80
+DW_FP32_CONFIGS = [triton.Config({"BLOCK_M": 32}, num_warps=8, num_stages=3)]
 
 # Splitting dW's reduction over rows: aim at this many programs (2 waves of 132 SMs on an H100),
 # but give every split at least DW_MIN_ROWS rows, so that the float32 partials (S * N * K * 4 bytes)
@@ -272,25 +276,29 @@ INTERPRETER_DW = {"BLOCK_M": 32}
 INTERPRETER_DW_BLOCKS = (32, 32)     # (DW_BLOCK_N, DW_BLOCK_K) in the interpreter
 
 
-def _prune(out_name, red_name):
-    """early_config_prune: no output tile wider than the padded output dim (N = 96 takes 128 but
-    not more), no reduction step longer than the padded reduction, small tiles for float32."""
+def _prune(fp32_configs, out_name=None, red_name=None):
+    """early_config_prune: float32 runs fp32_configs only, half dtypes the others, with no output
+    tile wider than the padded output dim (N = 96 takes 128 but not more) and no reduction step
+    longer than the padded reduction."""
     def prune(configs, named_args, **kwargs):
-        n_out, n_red = named_args[out_name], named_args[red_name]
-        fp32 = kwargs.get("FP32", False)
-        kept = [c for c in configs
-                if c.kwargs["BLOCK_" + out_name] <= max(32, triton.next_power_of_2(n_out))
-                and c.kwargs["BLOCK_" + red_name] <= max(32, triton.next_power_of_2(n_red))
-                and (not fp32 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_" + out_name] <= FP32_MAX_TILE)]
-        return kept or configs[-1:]
+        if kwargs.get("FP32", False):
+            return [c for c in configs if any(c is f for f in fp32_configs)]
+        kept = [c for c in configs if not any(c is f for f in fp32_configs)]
+        if out_name is not None:
+            fits = [c for c in kept
+                    if c.kwargs["BLOCK_" + out_name] <= max(32, triton.next_power_of_2(named_args[out_name]))
+                    and c.kwargs["BLOCK_" + red_name] <= max(32, triton.next_power_of_2(named_args[red_name]))]
+            kept = fits or kept[:1]
+        return kept
     return prune
 
 
-_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["M", "N", "K"],
-                             prune_configs_by={"early_config_prune": _prune("N", "K")})(_fwd_kernel)
-_dh_tuned = triton.autotune(DH_CONFIGS, key=["M", "N", "K"],
-                            prune_configs_by={"early_config_prune": _prune("K", "N")})(_bwd_dh_kernel)
-_dw_tuned = triton.autotune(DW_CONFIGS, key=["M", "N", "K"])(_bwd_dw_kernel)
+_fwd_tuned = triton.autotune(FWD_CONFIGS + FWD_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
+    "early_config_prune": _prune(FWD_FP32_CONFIGS, "N", "K")})(_fwd_kernel)
+_dh_tuned = triton.autotune(DH_CONFIGS + DH_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
+    "early_config_prune": _prune(DH_FP32_CONFIGS, "K", "N")})(_bwd_dh_kernel)
+_dw_tuned = triton.autotune(DW_CONFIGS + DW_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
+    "early_config_prune": _prune(DW_FP32_CONFIGS)})(_bwd_dw_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,7 +370,8 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
             *dh_args, HAS_SCALE=has_scale, FP32=fp32, **c)
 
     bn, bk = (DW_BLOCK_N, DW_BLOCK_K) if autotune else INTERPRETER_DW_BLOCKS
-    row_align = max(c.kwargs["BLOCK_M"] for c in DW_CONFIGS) if autotune else INTERPRETER_DW["BLOCK_M"]
+    row_align = (max(c.kwargs["BLOCK_M"] for c in DW_CONFIGS + DW_FP32_CONFIGS) if autotune
+                 else INTERPRETER_DW["BLOCK_M"])
     S, rows = dw_splits(M, N, K, bn, bk, row_align)
     part_w = _empty(S, N, K, dtype=torch.float32, device=dev)
     part_b = _empty(S, N, dtype=torch.float32, device=dev) if has_bias else part_w
