@@ -329,6 +329,8 @@ def forward(h, weight, bias, residual, sample_scale, autotune: bool = True) -> t
             res_t, *res_t.stride(), scale_t, y, M, N, K, T)
     meta = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, HAS_SCALE=has_scale,
                 FP32=h.dtype == torch.float32)
+    if M == 0:
+        return y
     if autotune:
         _fwd_tuned[lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),)](*args, **meta)
     else:
@@ -358,6 +360,9 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
     dev = h.device
     fp32 = h.dtype == torch.float32
     scale_t, has_scale = _scale_args(sample_scale, h)
+    if M == 0:                                     # no rows: nothing to launch, zero dW and db
+        db = torch.zeros(N, dtype=bias_dtype, device=dev) if has_bias else None
+        return torch.empty_like(h), torch.zeros(N, K, dtype=weight.dtype, device=dev), db
 
     dh = _empty(B, T, K, dtype=h.dtype, device=dev)
     dh_args = (dy, *dy.stride(), weight, *weight.stride(), h, *h.stride(), scale_t, dh, M, N, K, T)

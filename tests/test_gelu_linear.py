@@ -166,6 +166,18 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+def test_no_rows():
+    """B * T = 0: an empty y, zero dW and db, nothing launched."""
+    h = torch.randn(0, 5, 8, requires_grad=True)
+    w = torch.randn(4, 8, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    with fastmvit.use_backend("triton"):
+        y = gelu_linear(h, w, b)
+    assert y.shape == (0, 5, 4)
+    dh, dw, db = torch.autograd.grad(y, (h, w, b), torch.empty_like(y))
+    assert dh.shape == h.shape and torch.equal(dw, torch.zeros_like(w)) and torch.equal(db, torch.zeros_like(b))
+
+
 def test_torch_backend_float64():
     values = make_inputs(2, 50, 40, 24, True, True, True, torch.float64)
     values[4] = values[4].double()
