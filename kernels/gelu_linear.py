@@ -7,7 +7,8 @@ What it computes: h (B, T, K) is the fc1 output (K = 4 C in MViTv2), gelu the ex
 (``F.gelu``'s default), weight (N, K) and bias (N,) fc2's parameters, residual (B, T, N) the block's
 shortcut and sample_scale (B,) the per-sample stochastic-depth multiplier (the keep mask divided by
 the keep probability; 0 drops a sample). The math is eager's ``F.linear(F.gelu(h), weight, bias)``
-then ``residual + out`` or ``torch.addcmul(residual, out, sample_scale.view(B, 1, 1))``.
+then ``residual + out`` or ``residual + out * sample_scale.view(B, 1, 1)`` (the product in the
+scale's dtype, float32 under autocast, rounded once).
 
 Two implementations, chosen by ``fastmvit.use_backend`` through ``resolve_backend(h.device)``:
 
@@ -54,9 +55,11 @@ bias, residual and sample_scale; residual a leaf, so both sides pay one Accumula
 Saved for backward: h, weight and sample_scale only (not gelu(h), not y). Eager saves gelu(h) as
 well (the addmm input) and h (for gelu_backward): M K E more activation memory per block.
 
-Dtypes: h float32, float16 or bfloat16 (float64 on the torch backend); y in h's dtype, contiguous.
-weight and bias in h's dtype or float32 (cast in registers); their gradients come back in their own
-dtypes. residual in h's dtype. sample_scale any floating dtype, non-differentiable, only with a
+Dtypes: h float32, float16 or bfloat16 (float64 on the torch backend). weight and bias in h's dtype
+or float32 (cast in registers); their gradients come back in their own dtypes. residual in h's dtype
+or float32 (the residual stream under autocast stays float32, as eager's ``x + out`` promotes); y,
+contiguous, in the residual's dtype (h's without one), and dy is read in that dtype (rounded to h's
+in registers before the GEMMs, as eager's add backward casts it). sample_scale any floating dtype, non-differentiable, only with a
 residual (stochastic depth drops the residual branch, never the shortcut).
 """
 from __future__ import annotations
@@ -118,8 +121,9 @@ def _check(h, weight, bias, residual, sample_scale) -> None:
         if name in named and named[name].dtype not in (h.dtype, torch.float32):
             raise TypeError(f"gelu_linear: {name} dtype {named[name].dtype} must be h's ({h.dtype}) "
                             f"or float32")
-    if residual is not None and residual.dtype != h.dtype:
-        raise TypeError(f"gelu_linear: residual dtype {residual.dtype} must be h's ({h.dtype})")
+    if residual is not None and residual.dtype not in (h.dtype, torch.float32):
+        raise TypeError(f"gelu_linear: residual dtype {residual.dtype} must be h's ({h.dtype}) or "
+                        f"float32")
 
 
 def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
@@ -130,10 +134,10 @@ def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     Args:
         h: (B, T, K) float32 / float16 / bfloat16 (float64 on the torch backend), any strides.
         weight: (N, K) in h's dtype or float32. bias: (N,) likewise, or None.
-        residual: (B, T, N) in h's dtype, or None.
+        residual: (B, T, N) in h's dtype or float32, or None.
         sample_scale: (B,) floating, or None; only with residual; gets no gradient.
     Returns:
-        y (B, T, N), contiguous, in h's dtype. Differentiable in h, weight, bias and residual.
+        y (B, T, N), contiguous, in the residual's dtype (h's without one). Differentiable in h, weight, bias and residual.
     """
     _check(h, weight, bias, residual, sample_scale)
     if resolve_backend(h.device) == "torch":
@@ -152,7 +156,11 @@ def gelu_linear_torch(h, weight, bias=None, residual=None, sample_scale=None) ->
         return out
     if sample_scale is None:
         return residual + out
-    return torch.addcmul(residual, out, sample_scale.to(h.dtype).view(-1, 1, 1))
+    if sample_scale.dtype == out.dtype:
+        return torch.addcmul(residual, out, sample_scale.view(-1, 1, 1))
+    # A float32 scale with half h: multiply in float32, round once (1 / 0.9 is not a bf16 number,
+    # so casting the scale first would bias every kept sample by up to 0.4%).
+    return residual + (out * sample_scale.view(-1, 1, 1)).to(out.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +179,7 @@ def _scale(sample_scale):
 @torch.library.custom_op("fastmvit::gelu_linear", mutates_args=())
 def _gelu_linear_op(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     residual: Optional[torch.Tensor], sample_scale: Optional[torch.Tensor]) -> torch.Tensor:
-    """y (B, T, N) contiguous in h's dtype."""
+    """y (B, T, N) contiguous, in the residual's dtype, else h's."""
     from .gelu_linear_triton import forward
     return forward(h, weight, bias, residual, _scale(sample_scale), autotune=_autotune(h.device))
 
@@ -179,7 +187,7 @@ def _gelu_linear_op(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 @_gelu_linear_op.register_fake
 def _(h, weight, bias, residual, sample_scale):
     B, T, _ = h.shape
-    return h.new_empty(B, T, weight.shape[0])
+    return h.new_empty(B, T, weight.shape[0], dtype=h.dtype if residual is None else residual.dtype)
 
 
 @torch.library.custom_op("fastmvit::gelu_linear_backward", mutates_args=())
@@ -189,7 +197,7 @@ def _gelu_linear_backward_op(dy: torch.Tensor, h: torch.Tensor, weight: torch.Te
     """[dh (B, T, K) contiguous in h's dtype, dW (N, K) in weight's dtype] + [db (N,) in bias's
     dtype] when there is a bias (bias is passed for its presence and dtype only)."""
     from .gelu_linear_triton import backward
-    dh, dw, db = backward(dy.to(h.dtype), h, weight, bias is not None,
+    dh, dw, db = backward(dy, h, weight, bias is not None,
                           None if bias is None else bias.dtype, _scale(sample_scale),
                           autotune=_autotune(h.device))
     return [dh, dw] if db is None else [dh, dw, db]

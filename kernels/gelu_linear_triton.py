@@ -4,7 +4,7 @@ The public op, its checks, the design note and the plain torch path live in `gel
 module holds only what runs on the device (importing ``fastmvit.kernels`` does not need triton).
 
 Notation: h is (B, T, K) read as M = B * T flat rows (row m is token m % T of sample m // T, any
-strides), weight is (N, K), y and dy are (B, T, N). ELEM is h's dtype; a = gelu(h) rounded to ELEM.
+strides), weight is (N, K), y and dy are (B, T, N) (float32 with a float32 residual). ELEM is h's dtype; a = gelu(h) rounded to ELEM.
 g = dy * sample_scale[b] (or dy). All accumulation is float32; every value is upcast to float32 right
 after loading (the interpreter cannot do bf16 arithmetic) and cast to ELEM only for tl.dot operands
 and stores.
@@ -119,12 +119,12 @@ def _fwd_kernel(
         r_row, _ = _rows(rows, T, stride_rb, stride_rt)
         res = tl.load(res_ptr + r_row[:, None] + cols[None, :] * stride_rn, mask=mask, other=0.0)
         acc += res.to(tl.float32)
-    tl.store(y_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], acc.to(ELEM), mask=mask)
+    tl.store(y_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["M", "T", "stride_db", "stride_dt", "stride_hb", "stride_ht"])
 def _bwd_dh_kernel(
-    dy_ptr, stride_db, stride_dt, stride_dn,      # (B, T, N), ELEM (any strides: an expanded grad too)
+    dy_ptr, stride_db, stride_dt, stride_dn,      # (B, T, N), y's dtype (any strides: an expanded grad too)
     w_ptr, stride_wn, stride_wk,                  # (N, K), ELEM or float32
     h_ptr, stride_hb, stride_ht, stride_hk,       # (B, T, K), ELEM
     scale_ptr,                                    # (B,) (unused without HAS_SCALE)
@@ -149,7 +149,7 @@ def _bwd_dh_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         n_ok = offs_n < N - n0
-        dy = tl.load(dy_ptrs, mask=row_ok[:, None] & n_ok[None, :], other=0.0)
+        dy = tl.load(dy_ptrs, mask=row_ok[:, None] & n_ok[None, :], other=0.0).to(ELEM)
         w = tl.load(w_ptrs, mask=n_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
         acc = _mma(dy, w, acc, FP32)
         dy_ptrs += BLOCK_N * stride_dn
@@ -166,7 +166,7 @@ def _bwd_dh_kernel(
 
 @triton.jit(do_not_specialize=["M", "T", "rows_per_split", "stride_db", "stride_dt", "stride_hb", "stride_ht"])
 def _bwd_dw_kernel(
-    dy_ptr, stride_db, stride_dt, stride_dn,      # (B, T, N), ELEM
+    dy_ptr, stride_db, stride_dt, stride_dn,      # (B, T, N), y's dtype
     h_ptr, stride_hb, stride_ht, stride_hk,       # (B, T, K), ELEM
     scale_ptr,                                    # (B,) (unused without HAS_SCALE)
     part_w_ptr,                                   # float32 (S, N, K) partial dW
@@ -314,14 +314,15 @@ def _scale_args(sample_scale, like):
 
 
 def forward(h, weight, bias, residual, sample_scale, autotune: bool = True) -> torch.Tensor:
-    """y (B, T, N) contiguous in h's dtype = residual + sample_scale[b] * (gelu(h) @ weight^T + bias).
+    """y (B, T, N) contiguous = residual + sample_scale[b] * (gelu(h) @ weight^T + bias), in the
+    residual's dtype (h's, or float32 under autocast), else h's.
 
     h (B, T, K) and residual (B, T, N): any strides; weight (N, K); bias (N,) or None; sample_scale
     (B,) contiguous or None (only with residual)."""
     B, T, K = h.shape
     N = weight.shape[0]
     M = B * T
-    y = _empty(B, T, N, dtype=h.dtype, device=h.device)
+    y = _empty(B, T, N, dtype=h.dtype if residual is None else residual.dtype, device=h.device)
     bias_t = bias if bias is not None else weight
     res_t = residual if residual is not None else h
     scale_t, has_scale = _scale_args(sample_scale, h)

@@ -39,7 +39,7 @@ def poisoned_buffers(monkeypatch):
     monkeypatch.setattr(glt, "_empty", lambda *shape, **kw: poison_(original(*shape, **kw)))
 
 
-def make_inputs(B, T, K, N, bias, residual, scale, dtype, param_dtype=None, seed=0):
+def make_inputs(B, T, K, N, bias, residual, scale, dtype, param_dtype=None, residual_dtype=None, seed=0):
     """[h, weight, bias, residual, sample_scale] (None where absent), random and never zero, in their
     dtypes; sample_scale has a dropped sample (0) when B > 1."""
     gen = torch.Generator().manual_seed(seed)
@@ -48,7 +48,7 @@ def make_inputs(B, T, K, N, bias, residual, scale, dtype, param_dtype=None, seed
     h = (1.5 * rand(B, T, K)).to(dtype)
     w = (rand(N, K) / math.sqrt(K)).to(param_dtype)
     b = (0.5 * rand(N)).to(param_dtype) if bias else None
-    r = rand(B, T, N).to(dtype) if residual else None
+    r = rand(B, T, N).to(residual_dtype or dtype) if residual else None
     s = None
     if scale:
         s = (1 / 0.8) * (torch.arange(B) % 3 != 1).to(torch.float32)   # keep, drop, keep, ...
@@ -65,23 +65,25 @@ def run(values, backend, dy):
     return y, [None if t is None else next(grads) for t in leaves[:4]]
 
 
-def check_against_float64(B, T, K, N, dtype, *, bias=True, residual=True, scale=True, param_dtype=None):
+def check_against_float64(B, T, K, N, dtype, *, bias=True, residual=True, scale=True, param_dtype=None,
+                          residual_dtype=None):
     """Forward values and every gradient of the Triton path against float64; the eager torch path in
     the same dtype sets how far the fused path may be (at most twice its error). The float64
     reference starts from the same (rounded) values."""
-    values = make_inputs(B, T, K, N, bias, residual, scale, dtype, param_dtype)
+    values = make_inputs(B, T, K, N, bias, residual, scale, dtype, param_dtype, residual_dtype)
+    y_dtype = residual_dtype if residual and residual_dtype else dtype
     exact_leaves = [None if v is None else v.double().requires_grad_(i < 4) for i, v in enumerate(values)]
     exact = reference(*exact_leaves)
     gen = torch.Generator().manual_seed(1)
-    dy = torch.randn(exact.shape, generator=gen, dtype=torch.float64).to(dtype)
+    dy = torch.randn(exact.shape, generator=gen, dtype=torch.float64).to(y_dtype)
     diff = [t for t in exact_leaves[:4] if t is not None]
     grads = iter(torch.autograd.grad(exact, diff, dy.double()))
     exact_grads = [None if t is None else next(grads) for t in exact_leaves[:4]]
 
     y, fused = run(values, "triton", dy)
     y_eager, eager = run(values, "torch", dy)
-    assert y.dtype == dtype and y.shape == (B, T, N) and y.is_contiguous()
-    assert_matches_float64(y, y_eager, exact.detach(), name="y")
+    assert y.dtype == y_dtype and y.shape == (B, T, N) and y.is_contiguous()
+    assert_matches_float64(y, y_eager, exact.detach(), name="y", tolerance=TOLERANCE[dtype])
     for name, g, e, ref, v in zip(("d_h", "d_weight", "d_bias", "d_residual"), fused, eager,
                                   exact_grads, values):
         if v is None:
@@ -118,6 +120,13 @@ def test_without_extras(extras, dtype):
 def test_float32_parameters(dtype):
     """The autocast case: float32 weight and bias, half h; their gradients come back in float32."""
     check_against_float64(2, 50, 40, 24, dtype, param_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_autocast_float32_residual(dtype):
+    """The model under autocast: half h, float32 parameters and a float32 residual stream; y and
+    its gradient dy are float32 (as eager's ``x + out`` promotes), d residual is dy."""
+    check_against_float64(2, 50, 40, 24, dtype, param_dtype=torch.float32, residual_dtype=torch.float32)
 
 
 def test_dw_split_over_rows(monkeypatch):
@@ -257,7 +266,7 @@ def _t(*shape, dtype=torch.float32, device="cpu"):
     ((_t(2, 3, 8), _t(4, 8), None, _t(2, 3, 4, device="meta")), ValueError, "residual is on meta"),
     ((_t(2, 3, 8, dtype=torch.bfloat16), _t(4, 8, dtype=torch.float16)), TypeError, "weight dtype"),
     ((_t(2, 3, 8, dtype=torch.bfloat16), _t(4, 8), _t(4, dtype=torch.float16)), TypeError, "bias dtype"),
-    ((_t(2, 3, 8, dtype=torch.bfloat16), _t(4, 8), None, _t(2, 3, 4)), TypeError, "residual dtype"),
+    ((_t(2, 3, 8, dtype=torch.bfloat16), _t(4, 8), None, _t(2, 3, 4, dtype=torch.float16)), TypeError, "residual dtype"),
     ((torch.ones(2, 3, 8, dtype=torch.int32), _t(4, 8)), TypeError, "not supported"),
 ])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
