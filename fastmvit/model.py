@@ -1,4 +1,4 @@
-"""The optimized MViTv2: the reference model with the fused pooling prologue and attention.
+"""The optimized MViTv2: the reference model on the fused kernels (pooling, attention, MLP tail).
 
     model = fastmvit.MViTv2("tiny")              # or fastmvit.mvitv2_tiny(), or MViTv2(MViTv2Config(...))
     model.load_state_dict(reference.state_dict())  # same keys, same shapes, both ways
@@ -13,18 +13,25 @@ of their own). What changes is the forward of each block:
   softmax, @ v and the residual q in one op; its output is a view of a (B, Nq, heads, hd) buffer,
   so the heads merge for the ``proj`` Linear without a copy). Two ops where the eager model runs
   about 30 (permute copies, class-token split/cat, convs, norms, index gathers, einsums, pad,
-  softmax...).
+  softmax...). Both go through ``pool_qkv_attention``, which keeps only qkv for the backward and
+  rebuilds q, k, v there (one more ``pool_qkv`` launch per block, no q, k, v kept).
+- MLP: ``fc1`` Linear -> ``gelu_linear`` (exact GELU in the GEMM prologue, ``fc2``, stochastic
+  depth as a per-sample scale and the residual add in the epilogue). gelu(h) is never written and
+  only h is kept for backward.
+- residual max-pool shortcut (the blocks where q is strided): ``max_pool_tokens``, one op on the
+  token layout, class token passed through, keeping a uint8 argmax for backward.
+- patch embedding: a channels-last conv weight, so the tokens come out contiguous.
 - relative-position tables: resized only when the input size needs another length, decided from
   Python ints (shapes), so no op and no host-device sync runs at the construction size.
-- residuals and stochastic depth: ``x + drop_path(a)`` is one ``addcmul`` (the per-sample keep
-  mask, scaled by 1 / keep through ``value``); in eval mode or at rate 0 no drop-path op runs.
-- in the width-change blocks (when nothing is dropped), the bias of the Linear after the residual
-  branch (attention ``proj``, or ``mlp.fc2`` for large) is folded into the shortcut ``proj``
-  (``b_proj + b``, a (dim,) add; max pooling commutes with a per-channel constant), and that Linear
-  adds the shortcut as ``addmm``'s input: one launch and one (B, N', dim) read + write less than
-  Linear + add.
+- the attention's residual and stochastic depth: ``x + drop_path(a)`` is one ``addcmul`` (the
+  per-sample keep mask, scaled by 1 / keep through ``value``); in eval mode or at rate 0 no
+  drop-path op runs.
+- in the width-change blocks with ``dim_mul_in_attention`` (when nothing is dropped), the attention
+  ``proj``'s bias is folded into the shortcut ``proj`` (``b_proj + b``, a (dim,) add; max pooling
+  commutes with a per-channel constant), and the attention ``proj`` adds the shortcut as
+  ``addmm``'s input: one launch and one (B, N', dim) read + write less than Linear + add.
 
-Which implementation the two fused ops run is ``fastmvit.use_backend``'s choice: ``auto`` runs the
+Which implementation the fused ops run is ``fastmvit.use_backend``'s choice: ``auto`` runs the
 Triton kernels on CUDA tensors and plain torch elsewhere, so the model works on any device.
 
 Training: autocast (bf16, fp16), ``set_grad_checkpointing()`` (per block, non-reentrant),
@@ -40,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .kernels.gelu_linear import gelu_linear
 from .kernels.max_pool_tokens import max_pool_tokens
 from .kernels.pool_qkv_attention import pool_qkv_attention
 from .reference import mvitv2 as _ref
@@ -128,6 +136,18 @@ class FusedMultiScaleBlock(MultiScaleBlock):
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
         return torch.addcmul(residual, x, mask, value=1.0 / keep)
 
+    @staticmethod
+    def _keep_scale(x: torch.Tensor, p: float):
+        """Stochastic depth as a per-sample multiplier (B,) for ``gelu_linear``: the keep mask
+        (drawn like the reference's DropPath, a (B, 1, 1) bernoulli(1 - p) in x's dtype) over
+        1 - p, in float32 at least (1 / keep is not a half-precision number); None when nothing
+        is dropped."""
+        if p == 0.0:
+            return None
+        keep = 1.0 - p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return mask.view(-1).to(torch.promote_types(mask.dtype, torch.float32)) / keep
+
     def _shortcut_pool(self, x: torch.Tensor, hw_shape: Sequence[int]) -> torch.Tensor:
         """Max-pool the grid tokens of x (B, N, C) where q is strided; the class token bypasses
         the pool. One op on the token layout, keeping a uint8 argmax for backward (not x and
@@ -157,13 +177,11 @@ class FusedMultiScaleBlock(MultiScaleBlock):
             x = self._add_dropped(self._shortcut_pool(x, hw_shape), attn.proj(a), p)
         x_norm = self.norm2(x)
         mlp = self.mlp
-        h = mlp.act(mlp.fc1(x_norm))                                      # (B, N', mlp_hidden)
-        if self.dim_change == "mlp":
-            if p == 0.0:   # the same fold: fc2's bias joins the shortcut proj's, fc2 adds the shortcut
-                shortcut = F.linear(x_norm, self.proj.weight, self.proj.bias + mlp.fc2.bias)
-                return _linear_residual(shortcut, h, mlp.fc2.weight), hw_new
-            x = self.proj(x_norm)
-        return self._add_dropped(x, mlp.fc2(h), p), hw_new
+        h = mlp.fc1(x_norm)                                               # (B, N', mlp_hidden)
+        shortcut = self.proj(x_norm) if self.dim_change == "mlp" else x
+        # GELU, fc2, stochastic depth and the residual add in one op (gelu(h) never stored)
+        return gelu_linear(h, mlp.fc2.weight, mlp.fc2.bias, residual=shortcut,
+                           sample_scale=self._keep_scale(h, p)), hw_new
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import fastmvit
-from fastmvit.costmodel import MODEL_TARGETS, count_traffic
+from fastmvit.costmodel import MODEL_TARGETS, cost_ratios, count_traffic
 from fastmvit.reference import ARCH_SETTINGS, MViTv2Config, get_config
 from fastmvit.reference import MViTv2 as RefMViTv2
 from numerics import assert_matches_float64
@@ -298,7 +298,8 @@ def _meta_tiny(**kw):
 
 def test_inference_launches_per_block_and_no_avoidable_ops():
     """tiny at 224: per block one qkv and one proj GEMM, pool_qkv, pool_attention, two norms, fc1,
-    GELU, fc2 and the residual adds; no table resize, no copy, no drop-path op, no cat."""
+    gelu_linear (GELU + fc2 + residual) and the attention's residual add; no table resize, no copy,
+    no drop-path op, no cat, no separate GELU."""
     model = _meta_tiny()
     x = torch.randn(8, 3, 224, 224, device="meta", dtype=torch.bfloat16)
     with fastmvit.use_backend("triton"):
@@ -306,20 +307,32 @@ def test_inference_launches_per_block_and_no_avoidable_ops():
     ops = {name: op.launches for name, op in traffic.per_op.items()}
     blocks = len(model.blocks)
     assert ops.pop("fastmvit.pool_qkv") == blocks and ops.pop("fastmvit.pool_attention") == blocks
-    assert ops.pop("aten.gelu") == blocks
+    assert ops.pop("fastmvit.gelu_linear") == blocks
     assert ops.pop("aten.native_layer_norm") == 2 * blocks + 1
     dim_change = sum(s.dim_change is not None for s in model.specs)
     assert ops.pop("fastmvit.max_pool_tokens") == dim_change
-    assert ops.pop("aten.addmm") == 4 * blocks + dim_change + 1          # + shortcut proj, + head
-    # residual adds; the width-change blocks fold theirs into the attention proj's addmm and add the
-    # two (dim,) biases instead
-    assert ops.pop("aten.add") == 2 * blocks
+    assert ops.pop("aten.addmm") == 3 * blocks + dim_change + 1          # + shortcut proj, + head
+    # the attention's residual adds; the width-change blocks fold theirs into the attention proj's
+    # addmm and add the two (dim,) biases instead
+    assert ops.pop("aten.add") == blocks
     assert ops.pop("aten.convolution") == 1 and ops.pop("aten.mean") == 1
     assert not ops, ops
     with torch.device("meta"):
         ref = RefMViTv2("tiny").to(torch.bfloat16)
     with fastmvit.use_backend("torch"):
         assert traffic.launches <= MODEL_TARGETS["forward_launches"] * count_traffic(ref, x).launches
+
+
+def test_modeled_costs_meet_the_issue_targets():
+    """Issue 5's four cost-model ratios (tiny at 224, bf16, batch 8, against the eager reference on
+    meta tensors): deterministic counts, not timings, so a regression in what the model launches,
+    moves or keeps shows up here. Measured at the time of writing: forward bytes 0.34, training
+    bytes 0.36, launches 0.19, saved activations 0.47."""
+    with torch.device("meta"):
+        ref = RefMViTv2("tiny").to(torch.bfloat16)
+    x = torch.randn(8, 3, 224, 224, device="meta", dtype=torch.bfloat16)
+    ratios = cost_ratios(_meta_tiny(), ref, x)
+    assert all(r["ok"] for r in ratios.values()), {k: round(r["ratio"], 3) for k, r in ratios.items()}
 
 
 def test_training_forward_draws_masks_and_other_sizes_resize_tables():
@@ -333,7 +346,9 @@ def test_training_forward_draws_masks_and_other_sizes_resize_tables():
             train_ops = count_traffic(lambda: model(x)).per_op
     droppable = sum(s.drop_path > 0 for s in model.specs)
     assert train_ops["aten.bernoulli_"].launches == 2 * droppable
-    assert train_ops["aten.addcmul"].launches == 2 * droppable
+    # the attention branch's residual is an addcmul; the MLP's mask goes into gelu_linear
+    assert train_ops["aten.addcmul"].launches == droppable
+    assert train_ops["fastmvit.gelu_linear"].launches == len(model.blocks)
 
 
 # ------------------------------------------------------------------------------------------------
