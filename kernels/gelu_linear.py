@@ -236,7 +236,7 @@ _gelu_linear_op.register_autograd(_backward, setup_context=_setup_context)
 _WIDTHS = (96, 144, 192, 288, 384, 576, 768, 1152)
 # sample: (C, dtype, residual + sample_scale, weight in float32) - every kernel, fp16 and bf16, K 384
 # and 3072, with and without the epilogue extras, and the autocast weight.
-_SAMPLE = {(96, torch.float16, True, False), (96, torch.bfloat16, False, True),
+_SAMPLE = {(96, torch.float16, True, False), (96, torch.bfloat16, True, True),
            (768, torch.bfloat16, True, False), (768, torch.float16, False, False)}
 
 
@@ -260,7 +260,8 @@ def gpu_compile_cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], 
             pdtype = torch.float32 if fp32_weight else dtype
             w = torch.empty(C, 4 * C, dtype=pdtype)
             b = torch.empty(C, dtype=pdtype)
-            res = torch.empty(B, T, C, dtype=dtype) if extras else None
+            # the autocast case: float32 master weights and a float32 residual stream (y float32)
+            res = torch.empty(B, T, C, dtype=pdtype) if extras else None
             scale = torch.empty(B, dtype=torch.float32) if extras else None
             y = forward(h, w, b, res, scale)
             backward(torch.empty_like(y), h, w, True, pdtype, scale)
@@ -273,5 +274,5 @@ def gpu_compile_cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], 
                     if sample and (C, dtype, extras, fp32_weight) not in _SAMPLE:
                         continue
                     label = (f"gelu_linear K{4 * C} N{C} {str(dtype).removeprefix('torch.')}"
-                             f"{' +residual+scale' if extras else ''}{' fp32-weight' if fp32_weight else ''}")
+                             f"{' +residual+scale' if extras else ''}{' fp32-weight' if fp32_weight else ''}{' fp32-residual' if fp32_weight and extras else ''}")
                     yield label, thunk(C, dtype, extras, fp32_weight)
