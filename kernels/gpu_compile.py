@@ -37,8 +37,8 @@ Labels should be unique within the module. Build tensors once outside the thunks
 
 Tensor cores: when the module sets ``GPU_COMPILE_EXPECTS_TENSOR_CORES = True``, every compiled
 kernel that contains a ``tl.dot`` which can use tensor cores (any ``tl.dot`` except float32 operands
-with ``input_precision="ieee"``; found in the kernel's TTIR, so helpers called from the kernel
-count) must show HMMA in its SASS on sm_80, and HMMA or HGMMA on sm_90. Kernels without such a dot
+with ``input_precision="ieee"``, which the TTIR shows as a dot without an ``inputPrecision``
+attribute; found in the kernel's TTIR, so helpers called from the kernel count) must show HMMA in its SASS on sm_80, and HMMA or HGMMA on sm_90. Kernels without such a dot
 are not checked. So: pool_attention sets it to True, pool_qkv leaves it out.
 
 Use
@@ -466,7 +466,9 @@ def count_sass(sass: str) -> dict[str, int]:
 def _count_dots(ttir: str) -> tuple[int, int]:
     """(tl.dot ops, those that may use tensor cores) in a kernel's TTIR."""
     dots = _DOT.findall(ttir)
-    exact_fp32 = sum(1 for precision, elem in dots if precision == "ieee" and elem == "f32")
+    # IEEE is tt.dot's default inputPrecision, so the TTIR prints the attribute only for tf32 /
+    # tf32x3: a float32 dot without it is an exact one (tl.dot's own default is tf32, printed).
+    exact_fp32 = sum(1 for precision, elem in dots if (precision or "ieee") == "ieee" and elem == "f32")
     return len(dots), len(dots) - exact_fp32
 
 

@@ -80,8 +80,12 @@ def test_count_sass_and_dots():
       %a = tt.dot %x, %y, %z, inputPrecision = tf32 : tensor<64x32xbf16> * tensor<32x64xbf16> -> tensor<64x64xf32> loc(#l)
       %b = tt.dot %x, %y, %z, inputPrecision = ieee : tensor<64x32xf32> * tensor<32x64xf32> -> tensor<64x64xf32> loc(#l)
       %c = tt.dot %x, %y, %z : tensor<64x32xf32> * tensor<32x64xf32> -> tensor<64x64xf32> loc(#l)
+      %d = tt.dot %x, %y, %z, inputPrecision = tf32 : tensor<64x32xf32> * tensor<32x64xf32> -> tensor<64x64xf32> loc(#l)
+      %e = tt.dot %x, %y, %z : tensor<64x32xf16> * tensor<32x64xf16> -> tensor<64x64xf32> loc(#l)
     """
-    assert _count_dots(ttir) == (3, 2)
+    # %c: IEEE is tt.dot's default precision and is not printed (what triton 3.9 emits for
+    # tl.dot(..., input_precision="ieee")); a half dot always may use tensor cores.
+    assert _count_dots(ttir) == (5, 3)
 
 
 def test_compile_only_refuses_the_interpreter():
