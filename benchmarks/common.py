@@ -32,6 +32,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 BASELINE_IMPL = {"op": "eager", "model": "reference"}
+# The op-level suites (fused kernel against eager torch) and the op each one benchmarks.
+OP_SUITES = {"bench_pool_attention": "pool_attention", "bench_pool_qkv": "pool_qkv",
+             "bench_gelu_linear": "gelu_linear", "bench_max_pool_tokens": "max_pool_tokens"}
 MODEL_ARCHS = ("tiny", "small", "base", "large")
 
 
@@ -184,6 +187,109 @@ def attention_shapes(arch: str = "small", img: int = 224, cls: bool = False) -> 
         else:
             out[key] = AttentionShape(arch=arch, cls=cls, **p)
     return list(out.values())
+
+
+@dataclass(frozen=True)
+class MlpShape:
+    """The MLP tail of MViTv2 blocks (``fastmvit.kernels.gelu_linear``): h (B, tokens, K) through
+    GELU and fc2 (N, K) onto the residual (B, tokens, N). K = mlp_hidden (4 C), N = C = dim_out.
+    blocks: {arch: how many blocks of that arch have exactly this shape}."""
+    stage: int
+    tokens: int
+    k: int
+    n: int
+    blocks: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"s{self.stage + 1} t{self.tokens} k{self.k} n{self.n}"
+
+
+@dataclass(frozen=True)
+class ShortcutPoolShape:
+    """The residual max-pool of a block whose q is strided (``fastmvit.kernels.max_pool_tokens``):
+    tokens (B, cls + H * W, C) pooled with a (stride + 1) window, padding window // 2."""
+    arch: str
+    stage: int
+    grid: tuple[int, int]
+    out_grid: tuple[int, int]
+    channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    cls: bool
+
+    @property
+    def label(self) -> str:
+        (h, w), (oh, ow) = self.grid, self.out_grid
+        return f"s{self.stage + 1} {h}x{w}->{oh}x{ow} c{self.channels} {'cls' if self.cls else 'nocls'}"
+
+
+def mlp_shapes(archs=("tiny", "small"), img: int = 224) -> list[MlpShape]:
+    """The distinct MLP-tail shapes of the archs at `img` x `img`, in block order (tiny and small
+    at 224 share theirs: tokens 3136/784/196/49, N = C = 96/192/384/768, K = 4 C)."""
+    from fastmvit.reference.config import block_specs, get_config
+    out: dict[tuple, dict] = {}
+    for arch in archs:
+        for b in block_specs(get_config(arch), img):
+            key = (b.stage, b.q_size[0] * b.q_size[1], b.mlp_hidden, b.dim_out)
+            counts = out.setdefault(key, {})
+            counts[arch] = counts.get(arch, 0) + 1
+    return [MlpShape(*key, blocks=tuple(counts.items())) for key, counts in out.items()]
+
+
+def shortcut_pool_shapes(arch: str = "tiny", img: int = 224) -> list[ShortcutPoolShape]:
+    """The pooled residual shortcuts of an arch at `img` x `img` (the blocks with a strided q), each
+    with and without a class token. The shortcut is pooled after the block's projection when the
+    width changes in the attention (MViTv2's default), so C is the block's output width: tiny at
+    224 has 56x56 C 192, 28x28 C 384, 14x14 C 768."""
+    from fastmvit.reference.config import block_specs, get_config
+    out = []
+    for b in block_specs(get_config(arch), img):
+        if max(b.stride_q) == 1:
+            continue
+        kernel = tuple(s + 1 for s in b.stride_q)     # official kernel_skip: stride + 1 where strided
+        for cls in (True, False):
+            out.append(ShortcutPoolShape(arch=arch, stage=b.stage, grid=tuple(b.input_size),
+                                         out_grid=tuple(b.q_size),
+                                         channels=b.dim_out if b.dim_change == "attention" else b.dim,
+                                         kernel=kernel, stride=tuple(b.stride_q), cls=cls))
+    return out
+
+
+# ----------------------------------------------------------------------------- modeled op costs
+
+class _Call(torch.nn.Module):
+    """``fn()`` as a module owning `params`: costmodel.saved_activation_bytes then leaves them out,
+    as it leaves out a model's weights (they live anyway)."""
+
+    def __init__(self, fn: Callable[[], object], params) -> None:
+        super().__init__()
+        self.fn = fn
+        self.held = torch.nn.ParameterList(params)
+
+    def forward(self, _x):
+        return self.fn()
+
+
+def op_costs(fn: Callable[[], torch.Tensor], leaves, grad_out: torch.Tensor, params=()) -> dict:
+    """Modeled cost of one op call (fastmvit.costmodel; use meta tensors): {"fwd": Traffic of an
+    inference call (no_grad), "forward": Traffic of the training forward (grad enabled),
+    "backward": Traffic of torch.autograd.grad(out, leaves, grad_out) (no AccumulateGrad copies),
+    "fwd+bwd": forward + backward, "saved_bytes": activation bytes saved for backward (each storage
+    once, `params` excluded, inputs included when saved)}. grad_out is made by the caller, outside
+    the counted region."""
+    from fastmvit.costmodel import TrafficCounter, count_traffic, saved_activation_bytes
+    with torch.no_grad():
+        fwd = count_traffic(fn)
+    with torch.enable_grad():
+        with TrafficCounter() as forward:
+            out = fn()
+        with TrafficCounter() as backward:
+            torch.autograd.grad(out, list(leaves), grad_out)
+    del out
+    saved = saved_activation_bytes(_Call(fn, params), grad_out)
+    return {"fwd": fwd, "forward": forward.traffic, "backward": backward.traffic,
+            "fwd+bwd": forward.traffic + backward.traffic, "saved_bytes": saved}
 
 
 # ----------------------------------------------------------------------------- models

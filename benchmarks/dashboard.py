@@ -61,7 +61,8 @@ def timings(run: dict) -> list[dict]:
     for b in run.get("benchmarks", []):
         info, stats = b.get("extra_info", {}), b.get("stats", {})
         out.append({
-            "suite": info.get("suite", "op" if "pool" in b.get("suite_file", "") else "other"),
+            "suite": info.get("suite", "op" if Path(b.get("suite_file", "")).stem in common.OP_SUITES
+                              else "other"),
             "case": info.get("case", b.get("group") or b["name"]),
             "impl": info.get("impl", b.get("param") or b["name"]),
             "pass": info.get("pass", "?"), "dtype": info.get("dtype", "?"),

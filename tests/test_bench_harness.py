@@ -56,6 +56,44 @@ def test_smoke_run_writes_results_and_dashboard(tmp_path):
     assert "MODELED" in html and "MEASURED on CPU" in html
 
 
+
+def test_op_suites_are_run_and_model_fused_against_eager(tmp_path):
+    """Every op suite is found by the runner; the gelu_linear and max_pool_tokens suites record
+    modeled bytes, launches and saved bytes of the fused op and of eager at each shape (meta
+    tensors), skip their CUDA timings with a reason here, and the dashboard draws one figure per op."""
+    assert set(common.OP_SUITES) <= {p.stem for p in run.suite_files(None)}
+    results, dash, png = tmp_path / "results", tmp_path / "dashboard", tmp_path / "latest.png"
+    run.main(["--profile", "smoke", "--suites", "bench_gelu_linear", "bench_max_pool_tokens", "--one-process",
+              "--no-kernel-table", "--results-dir", str(results), "--dashboard-dir", str(dash),
+              "--latest-png", str(png)])
+    (path,) = results.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert [s["status"] for s in doc["fastmvit"]["suites"]] == ["ok"]
+    modeled = {(m["op"], m["case"], m["impl"], m["pass"]): m for m in doc["fastmvit"]["modeled"]}
+    for op, cases in (("gelu_linear", 8), ("max_pool_tokens", 6)):
+        for impl in ("eager", "fastmvit"):
+            for pass_ in ("fwd", "fwd+bwd"):
+                found = [m for (o, _, i, p), m in modeled.items() if (o, i, p) == (op, impl, pass_)]
+                assert len(found) == cases, (op, impl, pass_, len(found))
+                assert all(m["bytes"] > 0 and m["launches"] > 0 and m["dtype"] == "bfloat16" for m in found)
+        for (o, case, impl, p), m in modeled.items():
+            if (o, impl) == (op, "fastmvit"):
+                eager = modeled[(o, case, "eager", p)]
+                assert m["launches"] <= eager["launches"]
+                if p == "fwd+bwd":
+                    assert 0 < m["saved_bytes"] < eager["saved_bytes"]
+    # MViTv2-T stage 1 MLP (B 8, 3136 tokens, K 384, N 96, bf16): fused forward reads h and the
+    # residual and writes y: 8 * 3136 * (384 + 2 * 96) * 2 bytes plus the weight and bias
+    fwd = modeled[("gelu_linear", "s1 t3136 k384 n96 residual", "fastmvit", "fwd")]
+    assert (fwd["launches"], fwd["bytes"]) == (1, 8 * 3136 * (384 + 2 * 96) * 2 + (96 * 384 + 96) * 2)
+    timed = [s for s in doc["fastmvit"]["skipped"] if "::test_speed" in s["test"]]
+    assert len(timed) == 4 * 2 * 2 * 2 + 6 * 2 * 2 and all("CUDA" in s["reason"] for s in timed)
+    html = (dash / "index.html").read_text()
+    for op in ("gelu_linear", "max_pool_tokens"):
+        assert list(dash.glob(f"*modeled_op_{op}_fwd_bwd_bfloat16.png")), op
+        assert f"{op} fwd+bwd bfloat16" in html
+
+
 def _run(commit: str, date: str, medians: dict, iqr: float = 0.0, modeled_bytes: int = 1000) -> dict:
     env = {"device": "cuda", "device_name": "Fake GPU", "gpu": "Fake GPU", "commit_short": commit,
            "date": date, "cpu": "x", "driver": "1", "cuda": "12", "torch": "2", "triton": "3"}
