@@ -66,9 +66,23 @@ def resolve_backend(device: torch.device) -> str:
     return name
 
 
-def require_triton_runnable(device: torch.device, op: str) -> None:
-    """Raise a RuntimeError naming `op` when its Triton kernels cannot run on `device`: CPU tensors
-    need Triton's interpreter. (Meta tensors go through the ops' fake implementations.)"""
+# What the Triton kernels take; float64 runs on the torch backend only.
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def require_triton_runnable(device: torch.device, op: str, dtype: torch.dtype | None = None) -> None:
+    """Raise naming `op` when its Triton kernels cannot run: a TypeError for a `dtype` they do not
+    take (float64: use the torch backend), a RuntimeError on CPU tensors without Triton's
+    interpreter. (Meta tensors go through the ops' fake implementations.)"""
+    if dtype is not None and dtype not in TRITON_DTYPES:
+        raise TypeError(f"{op}: the 'triton' backend takes float32, float16 or bfloat16, "
+                        f"not {dtype} (use the 'torch' backend)")
     if device.type == "cpu" and not triton_interpreting():
         raise RuntimeError(f"{op}: the 'triton' backend on CPU tensors needs Triton's interpreter "
                            "(set TRITON_INTERPRET=1 before triton is imported), or use the 'torch' backend")
+
+
+def autotune_on(device: torch.device) -> bool:
+    """Whether the ops autotune their launch configs: on a GPU yes; in the interpreter they run
+    one fixed config (timing numpy would be pointless)."""
+    return not (device.type == "cpu" and triton_interpreting())

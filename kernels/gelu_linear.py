@@ -33,7 +33,8 @@ N with the gelu' in its epilogue (it reads h; dy @ W is never written). dW = g^T
 g = dy * s[b] is a reduction over the M = B * T rows (up to ~200k) into a small (N, K) matrix (as
 little as 96 x 384): the rows are split into S chunks so that N tiles x K tiles x S ~ 264 programs
 (2 waves of 132 SMs), each writing a float32 partial, summed over S in a fixed order by a tiny
-kernel (no atomics: bitwise repeatable). db = sum of g over rows comes out of the same kernel (its
+kernel (no atomics: bitwise repeatable); when the tiles alone fill the GPU (few rows, e.g. 49 tokens
+at stage 4) S is 1 and the kernel writes dW itself, no partials. db = sum of g over rows comes out of the same kernel (its
 first K tile's programs). gelu(h) is recomputed from h in the dW kernel. d residual is dy itself.
 
 Memory traffic per call (E = element size of h; M = B * T; weight and bias are small and omitted).
@@ -69,13 +70,12 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
-from .backend import require_triton_runnable, resolve_backend, triton_interpreting
+from .backend import TRITON_DTYPES, autotune_on, require_triton_runnable, resolve_backend
 
 __all__ = ["gelu_linear", "gelu_linear_torch", "gpu_compile_cases"]
 
 GPU_COMPILE_EXPECTS_TENSOR_CORES = True   # kernels/gpu_compile.py checks HMMA / HGMMA in every GEMM
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _shape(t) -> str:
@@ -86,7 +86,7 @@ def _check(h, weight, bias, residual, sample_scale) -> None:
     """Raise ValueError / TypeError naming the problem."""
     if not isinstance(h, torch.Tensor) or h.dim() != 3:
         raise ValueError(f"gelu_linear: h must be a 3-D tensor (B, T, K), got {_shape(h)}")
-    if h.dtype not in _DTYPES + (torch.float64,):
+    if h.dtype not in TRITON_DTYPES + (torch.float64,):
         raise TypeError(f"gelu_linear: h dtype {h.dtype} is not supported (float32, float16, bfloat16; "
                         f"float64 on the torch backend)")
     B, T, K = h.shape
@@ -142,10 +142,7 @@ def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     _check(h, weight, bias, residual, sample_scale)
     if resolve_backend(h.device) == "torch":
         return gelu_linear_torch(h, weight, bias, residual, sample_scale)
-    if h.dtype not in _DTYPES:
-        raise TypeError(f"gelu_linear: the 'triton' backend takes float32, float16 or bfloat16, "
-                        f"not {h.dtype} (use the 'torch' backend)")
-    require_triton_runnable(h.device, "gelu_linear")
+    require_triton_runnable(h.device, "gelu_linear", h.dtype)
     return torch.ops.fastmvit.gelu_linear(h, weight, bias, residual, sample_scale)
 
 
@@ -167,11 +164,6 @@ def gelu_linear_torch(h, weight, bias=None, residual=None, sample_scale=None) ->
 # The custom ops of the Triton path
 # --------------------------------------------------------------------------------------------
 
-def _autotune(device: torch.device) -> bool:
-    """Autotune on a GPU; a fixed config in the interpreter (timing numpy would be pointless)."""
-    return not (device.type == "cpu" and triton_interpreting())
-
-
 def _scale(sample_scale):
     return None if sample_scale is None else sample_scale.contiguous()
 
@@ -181,7 +173,7 @@ def _gelu_linear_op(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
                     residual: Optional[torch.Tensor], sample_scale: Optional[torch.Tensor]) -> torch.Tensor:
     """y (B, T, N) contiguous, in the residual's dtype, else h's."""
     from .gelu_linear_triton import forward
-    return forward(h, weight, bias, residual, _scale(sample_scale), autotune=_autotune(h.device))
+    return forward(h, weight, bias, residual, _scale(sample_scale), autotune=autotune_on(h.device))
 
 
 @_gelu_linear_op.register_fake
@@ -199,7 +191,7 @@ def _gelu_linear_backward_op(dy: torch.Tensor, h: torch.Tensor, weight: torch.Te
     from .gelu_linear_triton import backward
     dh, dw, db = backward(dy, h, weight, bias is not None,
                           None if bias is None else bias.dtype, _scale(sample_scale),
-                          autotune=_autotune(h.device))
+                          autotune=autotune_on(h.device))
     return [dh, dw] if db is None else [dh, dw, db]
 
 
@@ -243,8 +235,8 @@ _SAMPLE = {(96, torch.float16, True, False), (96, torch.bfloat16, True, True),
 
 def gpu_compile_cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
     """(label, thunk) pairs for kernels/gpu_compile.py: each thunk calls the autotuned launchers
-    (forward, then backward) with CPU tensors at one MViTv2 MLP shape (B 8, 784 tokens, K = 4 C,
-    N = C), so a stand-in driver compiles every config the op can launch.
+    (forward, then backward) with CPU tensors at one MViTv2 MLP shape (B 8, 784 tokens, or 49 for
+    C >= 768; K = 4 C, N = C), so a stand-in driver compiles every config the op can launch.
 
     sample: the representative subset the test suite compiles (_SAMPLE).
 
@@ -254,7 +246,8 @@ def gpu_compile_cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], 
 
     def thunk(C, dtype, extras, fp32_weight):
         def run():
-            B, T = 8, 784
+            # the stage-4 widths at their 49 tokens: few rows, so dW is one split written directly
+            B, T = 8, (49 if C >= 768 else 784)
             h = torch.empty(B, T, 4 * C, dtype=dtype)
             pdtype = torch.float32 if fp32_weight else dtype
             w = torch.empty(C, 4 * C, dtype=pdtype)

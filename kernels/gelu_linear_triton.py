@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_shared import mma
+
 SQRT1_2 = tl.constexpr(0.7071067811865476)       # 1 / sqrt(2)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
 
@@ -53,15 +55,6 @@ def _gelu_grad(x):
     cdf = 0.5 * (1.0 + tl.math.erf(x * SQRT1_2))
     pdf = tl.exp(-0.5 * x * x) * INV_SQRT_2PI
     return cdf + x * pdf
-
-
-@triton.jit
-def _mma(a, b, acc, FP32: tl.constexpr):
-    """acc + a @ b. float32 operands: exact IEEE products (no TF32); half operands: tensor cores."""
-    if FP32:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -105,7 +98,7 @@ def _fwd_kernel(
         x = tl.load(h_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
         a = _gelu(x).to(ELEM)                  # rounded where eager's gelu output is
         w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
-        acc = _mma(a, w, acc, FP32)
+        acc = mma(a, w, acc, FP32)
         h_ptrs += BLOCK_K * stride_hk
         w_ptrs += BLOCK_K * stride_wk
     if HAS_BIAS:
@@ -151,7 +144,7 @@ def _bwd_dh_kernel(
         n_ok = offs_n < N - n0
         dy = tl.load(dy_ptrs, mask=row_ok[:, None] & n_ok[None, :], other=0.0).to(ELEM)
         w = tl.load(w_ptrs, mask=n_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
-        acc = _mma(dy, w, acc, FP32)
+        acc = mma(dy, w, acc, FP32)
         dy_ptrs += BLOCK_N * stride_dn
         w_ptrs += BLOCK_N * stride_wn
     if HAS_SCALE:   # (s dy) @ W = s (dy @ W): the per-row scale goes in the epilogue, unrounded
@@ -201,12 +194,15 @@ def _bwd_dw_kernel(
         h_row, _ = _rows(rows, T, stride_hb, stride_ht)
         x = tl.load(h_ptr + h_row[:, None] + offs_k[None, :] * stride_hk,
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        acc = _mma(g.to(ELEM), _gelu(x).to(ELEM), acc, FP32)
+        acc = mma(g.to(ELEM), _gelu(x).to(ELEM), acc, FP32)
+    # float32 partials, or with a single split dW and db themselves (in their own dtypes)
     part = part_w_ptr + pid_s.to(tl.int64) * N * K
-    tl.store(part + offs_n[:, None] * K + offs_k[None, :], acc, mask=n_ok[:, None] & k_ok[None, :])
+    tl.store(part + offs_n[:, None] * K + offs_k[None, :], acc.to(part_w_ptr.dtype.element_ty),
+             mask=n_ok[:, None] & k_ok[None, :])
     if HAS_BIAS:
         if pid_k == 0:
-            tl.store(part_b_ptr + pid_s.to(tl.int64) * N + offs_n, acc_b, mask=n_ok)
+            tl.store(part_b_ptr + pid_s.to(tl.int64) * N + offs_n, acc_b.to(part_b_ptr.dtype.element_ty),
+                     mask=n_ok)
 
 
 @triton.jit(do_not_specialize=["S", "L"])
@@ -391,8 +387,12 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
     row_align = (max(c.kwargs["BLOCK_M"] for c in DW_CONFIGS + DW_FP32_CONFIGS) if autotune
                  else INTERPRETER_DW["BLOCK_M"])
     S, rows = dw_splits(M, N, K, bn, bk, row_align)
-    part_w = _empty(S, N, K, dtype=torch.float32, device=dev)
-    part_b = _empty(S, N, dtype=torch.float32, device=dev) if has_bias else part_w
+    if S == 1:   # few rows (stage 4: 49 tokens a sample): the kernel writes dW and db directly
+        part_w = _empty(N, K, dtype=weight.dtype, device=dev)
+        part_b = _empty(N, dtype=bias_dtype, device=dev) if has_bias else part_w
+    else:
+        part_w = _empty(S, N, K, dtype=torch.float32, device=dev)
+        part_b = _empty(S, N, dtype=torch.float32, device=dev) if has_bias else part_w
     dw_args = (dy, *dy.stride(), h, *h.stride(), scale_t, part_w, part_b, M, N, K, T, rows)
     dw_meta = dict(HAS_BIAS=has_bias, HAS_SCALE=has_scale, FP32=fp32, BLOCK_N=bn, BLOCK_K=bk)
     grid = (triton.cdiv(N, bn), triton.cdiv(K, bk), S)
@@ -401,6 +401,8 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
     else:
         _bwd_dw_kernel[grid](*dw_args, **dw_meta, **INTERPRETER_DW)
 
+    if S == 1:
+        return dh, part_w, part_b if has_bias else None
     dw = _empty(N, K, dtype=weight.dtype, device=dev)
     _sum_splits_kernel[(triton.cdiv(N * K, SUM_BLOCK),)](part_w, dw, S, N * K, BLOCK=SUM_BLOCK)
     db = None

@@ -72,14 +72,14 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .backend import require_triton_runnable, resolve_backend
+from .args import positive_pair
+from .backend import TRITON_DTYPES, require_triton_runnable, resolve_backend
 
 __all__ = ["max_pool_tokens", "max_pool_tokens_torch", "pooled_size", "gpu_compile_cases"]
 
 # No tl.dot in these kernels: the GPU-compile harness should find no tensor-core instructions.
 GPU_COMPILE_EXPECTS_TENSOR_CORES = False
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_WINDOW = 256  # the argmax is one uint8 window offset
 
 
@@ -88,27 +88,20 @@ def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int])
     return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(hw, kernel, stride))
 
 
-def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in pair):
-        raise ValueError(f"max_pool_tokens: {name} must be a positive int or a pair of them, got {value!r}")
-    return pair
-
-
 def _check(x, hw_shape, kernel, stride, has_cls_token):
     """Check the arguments; return (H, W), (kh, kw), (sh, sw), sp."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise ValueError(f"max_pool_tokens: x must be (B, N, C) tokens, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if x.dtype not in _DTYPES + (torch.float64,):
+    if x.dtype not in TRITON_DTYPES + (torch.float64,):
         raise TypeError(f"max_pool_tokens: x dtype {x.dtype} is not supported (float32, float16, "
                         f"bfloat16; float64 on the torch backend)")
     if (not isinstance(hw_shape, (tuple, list)) or len(hw_shape) != 2
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in hw_shape)):
         raise ValueError(f"max_pool_tokens: hw_shape must be two positive ints (H, W), got {hw_shape!r}")
     H, W = hw_shape
-    kernel = _pair(kernel, "kernel")
-    stride = _pair(stride, "stride")
+    kernel = positive_pair(kernel, "kernel", "max_pool_tokens")
+    stride = positive_pair(stride, "stride", "max_pool_tokens")
     if kernel[0] * kernel[1] > _MAX_WINDOW:
         raise ValueError(f"max_pool_tokens: the window {kernel[0]}x{kernel[1]} has more than "
                          f"{_MAX_WINDOW} taps (the argmax is one uint8 offset)")
@@ -138,10 +131,7 @@ def max_pool_tokens(x: torch.Tensor, hw_shape: Sequence[int], kernel, stride,
     hw, kernel, stride, sp = _check(x, hw_shape, kernel, stride, has_cls_token)
     if resolve_backend(x.device) == "torch":
         return max_pool_tokens_torch(x, hw, kernel, stride, sp)
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"max_pool_tokens: the 'triton' backend takes float32, float16 or bfloat16, "
-                        f"not {x.dtype} (use the 'torch' backend)")
-    require_triton_runnable(x.device, "max_pool_tokens")
+    require_triton_runnable(x.device, "max_pool_tokens", x.dtype)
     need_argmax = torch.is_grad_enabled() and x.requires_grad
     y, _ = torch.ops.fastmvit.max_pool_tokens(x, list(hw), list(kernel), list(stride), bool(sp),
                                               need_argmax)

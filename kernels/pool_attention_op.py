@@ -11,13 +11,8 @@ from typing import Optional
 
 import torch
 
-from .backend import triton_interpreting
+from .backend import autotune_on
 from . import pool_attention_triton as _tk
-
-
-def _autotune(device: torch.device) -> bool:
-    """Autotune on a GPU; a fixed config in the interpreter (timing numpy would be pointless)."""
-    return not (device.type == "cpu" and triton_interpreting())
 
 
 @torch.library.custom_op("fastmvit::pool_attention", mutates_args=())
@@ -27,7 +22,7 @@ def pool_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        residual_pooling: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns out (B, H, Nq, D), a view of a (B, Nq, H, D) buffer, and lse (B, H, Nq) float32."""
     return _tk.forward(q, k, v, rel_pos_h, rel_pos_w, tuple(q_size), tuple(k_size), int(has_cls_token),
-                       residual_pooling, scale, autotune=_autotune(q.device))
+                       residual_pooling, scale, autotune=autotune_on(q.device))
 
 
 @pool_attention_fwd.register_fake
@@ -44,7 +39,7 @@ def pool_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        has_cls_token: bool, residual_pooling: bool, scale: float) -> list[torch.Tensor]:
     """Returns [dq, dk, dv] + [d_rel_pos_h, d_rel_pos_w] when there are tables."""
     grads = _tk.backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, tuple(q_size), tuple(k_size),
-                         int(has_cls_token), residual_pooling, scale, autotune=_autotune(q.device))
+                         int(has_cls_token), residual_pooling, scale, autotune=autotune_on(q.device))
     return [g for g in grads if g is not None]
 
 

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_shared import mma
+
 # exp(x) = exp2(x * LOG2E): exp2 is the native instruction. A constexpr: jit code reads no other globals.
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -28,15 +30,6 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # ----------------------------------------------------------------------------------------------
 # Shared pieces
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _mma(a, b, acc, FP32: tl.constexpr):
-    """acc + a @ b. float32 inputs use exact IEEE products (no TF32), half inputs tensor cores."""
-    if FP32:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
-
-
 @triton.jit
 def _expand_rel(rel, onehot, acc, FP32: tl.constexpr):
     """acc + rel @ onehot, with rel float32 (M, K) and onehot a 0/1 bool (K, N) matrix.
@@ -176,7 +169,7 @@ def _fwd_kernel(
         mask_n = offs_n < Nk
         kT = tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                      mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
-        s = _mma(q, kT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32) * qk_scale
+        s = mma(q, kT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32) * qk_scale
         if HAS_REL:
             key_sp, j, l = _key_coords(offs_n, Nk, kw, SP)
             onehot_h = (tl.arange(0, KH_PAD)[:, None] == j[None, :]) & key_sp[None, :]   # (KH_PAD, BLOCK_N)
@@ -190,7 +183,7 @@ def _fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)              # (BLOCK_N, BLOCK_D)
-        acc = _mma(p.to(v.dtype), v, acc * alpha[:, None], FP32)
+        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], FP32)
         m_i = m_new
 
     out = acc / l_i[:, None]
@@ -271,7 +264,7 @@ def _bwd_dkdv_kernel(
         mask_m = offs_m < Nq
         qT = tl.load(q_ptr + offs_m[None, :] * stride_qn + offs_d[:, None] * stride_qd,
                      mask=mask_m[None, :] & mask_d[:, None], other=0.0)            # (BLOCK_D, BLOCK_M)
-        sT = _mma(k, qT, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32) * qk_scale
+        sT = mma(k, qT, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32) * qk_scale
         if HAS_REL:
             row = offs_m[None, :]
             relT_h = tl.load(relh_ptr + (bh.to(tl.int64) * Nq + row) * KH_PAD + tl.arange(0, KH_PAD)[:, None],
@@ -284,11 +277,11 @@ def _bwd_dkdv_kernel(
         pT = tl.where(mask_m[None, :], pT, 0.0)
         do = tl.load(do_ptr + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
                      mask=mask_m[:, None] & mask_d[None, :], other=0.0)             # (BLOCK_M, BLOCK_D)
-        dv = _mma(pT.to(do.dtype), do, dv, FP32)
-        dpT = _mma(v, tl.trans(do), tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32)
+        dv = mma(pT.to(do.dtype), do, dv, FP32)
+        dpT = mma(v, tl.trans(do), tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32)
         delta = tl.load(delta_ptr + offs_m, mask=mask_m, other=0.0)
         dsT = pT * (dpT - delta[None, :])
-        dk = _mma(dsT.to(qT.dtype), tl.trans(qT), dk, FP32)
+        dk = mma(dsT.to(qT.dtype), tl.trans(qT), dk, FP32)
 
     dk *= scale
     out_off = bh.to(tl.int64) * Nk * D + offs_n[:, None] * D + offs_d[None, :]
@@ -379,7 +372,7 @@ def _bwd_dq_kernel(
                      mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
         vT = tl.load(v_ptr + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
                      mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-        s = _mma(q, kT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32) * qk_scale
+        s = mma(q, kT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32) * qk_scale
         if HAS_REL:
             key_sp, j, l = _key_coords(offs_n, Nk, kw, SP)
             onehot_h = (cols_h[:, None] == j[None, :]) & key_sp[None, :]             # (KH_PAD, BLOCK_N)
@@ -387,13 +380,13 @@ def _bwd_dq_kernel(
             s = _expand_rel(rel_w, onehot_w, _expand_rel(rel_h, onehot_h, s, FP32), FP32)
         p = tl.exp2(s - lse[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
-        dp = _mma(do, vT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32)
+        dp = mma(do, vT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32)
         ds = p * (dp - delta[:, None])                                              # (BLOCK_M, BLOCK_N)
         if REL_PART:
             drel_h = _expand_rel(ds, tl.trans(onehot_h), drel_h, FP32)
             drel_w = _expand_rel(ds, tl.trans(onehot_w), drel_w, FP32)
         else:
-            dq = _mma(ds.to(kT.dtype), tl.trans(kT), dq, FP32)
+            dq = mma(ds.to(kT.dtype), tl.trans(kT), dq, FP32)
 
     out_off = row[:, None] * D + offs_d[None, :]
     if not REL_PART:

@@ -68,26 +68,19 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .backend import require_triton_runnable, resolve_backend
+from .args import positive_pair
+from .backend import TRITON_DTYPES, require_triton_runnable, resolve_backend
 
 __all__ = ["pool_qkv", "pool_qkv_torch", "pooled_size", "gpu_compile_cases"]
 
 # No tl.dot in these kernels: the GPU-compile harness should find no tensor-core instructions.
 GPU_COMPILE_EXPECTS_TENSOR_CORES = False
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, int]:
     """Output grid of a conv with padding kernel // 2: (H + 2 * pad - kernel) // stride + 1 per axis."""
     return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(hw, kernel, stride))
-
-
-def _pair(stride, name: str) -> tuple[int, int]:
-    pair = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in pair):
-        raise ValueError(f"pool_qkv: {name} must be a positive int or a pair of them, got {stride!r}")
-    return pair
 
 
 def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q, stride_kv,
@@ -96,7 +89,7 @@ def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, st
     if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3:
         raise ValueError(f"pool_qkv: qkv must be (B, N, 3 * num_heads * head_dim), got "
                          f"{tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__}")
-    if qkv.dtype not in _DTYPES + (torch.float64,):
+    if qkv.dtype not in TRITON_DTYPES + (torch.float64,):
         raise TypeError(f"pool_qkv: qkv dtype {qkv.dtype} is not supported (float32, float16, "
                         f"bfloat16; float64 on the torch backend)")
     if not isinstance(num_heads, int) or num_heads < 1:
@@ -142,7 +135,8 @@ def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, st
                         f"({qkv.dtype}) or float32; got {sorted(str(d) for d in pdtypes)}")
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"pool_qkv: eps must be a positive float, got {eps!r}")
-    strides = (_pair(stride_q, "stride_q"), _pair(stride_kv, "stride_kv"))
+    strides = (positive_pair(stride_q, "stride_q", "pool_qkv"),
+               positive_pair(stride_kv, "stride_kv", "pool_qkv"))
     return (H, W), D, strides, kernel, sp
 
 
@@ -154,10 +148,7 @@ def check_and_geometry(qkv, hw_shape, num_heads, pool_weights, norm_weights, nor
     hw, D, strides, kernel, sp = _check(qkv, hw_shape, num_heads, pool_weights, norm_weights,
                                         norm_biases, stride_q, stride_kv, has_cls_token, eps)
     if resolve_backend(qkv.device) != "torch":
-        if qkv.dtype not in _DTYPES:
-            raise TypeError(f"pool_qkv: the 'triton' backend takes float32, float16 or bfloat16, "
-                            f"not {qkv.dtype} (use the 'torch' backend)")
-        require_triton_runnable(qkv.device, "pool_qkv")
+        require_triton_runnable(qkv.device, "pool_qkv", qkv.dtype)
     return hw, strides, pooled_size(hw, kernel, strides[0]), pooled_size(hw, kernel, strides[1]), sp
 
 
