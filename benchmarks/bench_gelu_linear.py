@@ -19,7 +19,8 @@ Uses the suite fixtures of benchmarks/conftest.py (`record`, `measure`, `device`
   given dy), and the activation bytes saved for backward (weight and bias excluded, as parameters).
   The fused backward is one custom op at the op boundary, but inside it launches the dh GEMM, the dW
   GEMM (reading dy and h a second time, writing float32 partials over S row splits) and one or two
-  split-sum kernels (reading the partials back): those hidden bytes and launches are added to the
+  split-sum kernels (reading the partials back; with S = 1 the dW GEMM writes dW itself and there
+  are none): those hidden bytes and launches are added to the
   fused figures (``hidden_bytes``, ``hidden_launches``; S from the kernels' own ``dw_splits`` at the
   GPU block sizes), so the ratios compare kernels with kernels. Eager's cuBLAS internals are not
   modeled (one launch per aten op, as everywhere in the cost model).
@@ -78,6 +79,8 @@ def hidden_backward(shape, batch=BATCH, dtype=DTYPE, has_bias=True) -> tuple[int
     M, K, N = batch * shape.tokens, shape.k, shape.n
     row_align = max(c.kwargs["BLOCK_M"] for c in DW_CONFIGS + DW_FP32_CONFIGS)
     S, _ = dw_splits(M, N, K, DW_BLOCK_N, DW_BLOCK_K, row_align)
+    if S == 1:   # one split: the dW kernel writes dW and db itself (counted as the op's outputs)
+        return M * N * e + M * K * e + batch * e, 0, 1
     partials = 4 * S * (N * K + (N if has_bias else 0))        # float32, written once, read once
     read = M * N * e + M * K * e + batch * e + partials         # dy, h, the scale again; partials
     launches = 1 + 1 + int(has_bias)                            # dW kernel, sum for dW, sum for db
@@ -116,10 +119,9 @@ def test_modeled(shape, variant, record):
                 f[f"{key}_ratio"] = f[key] / e.get(key, e["bytes"])
         line += (f" {pass_} {f['bytes'] / 1e6:.1f}/{e['bytes'] / 1e6:.1f} MB ({f['bytes_ratio']:.2f}x), "
                  f"{f['launches']}/{e['launches']} launches;")
-        # the design's claims: fewer launches, fewer bytes at the op boundary (with the hidden
-        # dW partials, the smallest-M shape moves more than eager: recorded, not asserted)
+        # the design's claims: fewer launches and fewer bytes, the kernels' hidden traffic included
         assert f["launches"] < e["launches"], (pass_, f["launches"], e["launches"])
-        assert f.get("op_boundary_bytes", f["bytes"]) < e["bytes"], (pass_, f["bytes"], e["bytes"])
+        assert f["bytes"] < e["bytes"], (pass_, f["bytes"], e["bytes"])
     f, e = entries["fastmvit", "fwd+bwd"], entries["eager", "fwd+bwd"]
     print(line + f" saved {f['saved_bytes'] / 1e6:.2f}/{e['saved_bytes'] / 1e6:.2f} MB "
           f"({f['saved_bytes_ratio']:.2f}x)")
