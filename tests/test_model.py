@@ -369,10 +369,24 @@ def test_compile_fullgraph_matches_eager():
 
 
 @pytest.mark.slow
+def test_compile_fullgraph_triton_training():
+    """Training with the triton backend under torch.compile(fullgraph=True): the fused ops and
+    pool_qkv_attention's autograd.Function trace into one forward and one backward graph, and the
+    logits and every gradient equal the eager triton run bit for bit (same kernels, same order)."""
+    torch._dynamo.reset()
+    ref, fast = make_pair(TWO_STAGE.replace(with_cls_token=True), (32, 48))
+    x = images(2, (32, 48))
+    weight = torch.randn(2, 10)
+    eager, g_eager = run(fast, x, weight, "triton")
+    out, grads = run(torch.compile(fast, fullgraph=True, backend="aot_eager"), x, weight, "triton")
+    assert torch.equal(out, eager)
+    for name in g_eager:
+        assert torch.equal(grads["_orig_mod." + name], g_eager[name]), name
+
+
+@pytest.mark.slow
 def test_compile_fullgraph_triton_inference():
-    """Inference with the triton backend: the two fused ops are custom ops inside one graph.
-    (Their backward under compile is covered by the ops' own tests; the interpreter makes a
-    model-level compiled backward too slow for the suite.)"""
+    """Inference with the triton backend: the fused ops are custom ops inside one graph."""
     torch._dynamo.reset()
     ref, fast = make_pair(TWO_STAGE.replace(with_cls_token=True), (32, 48))
     fast.eval()
