@@ -282,6 +282,32 @@ def test_triton_backend_float32(cls):
 
 
 @pytest.mark.slow
+def test_triton_backend_stochastic_depth_and_checkpointing():
+    """Training with stochastic depth on the triton backend: the attention branch's addcmul and
+    gelu_linear's per-sample scale draw the reference's masks (same RNG order; bernoulli_ draws the
+    same in every dtype), and a checkpointed run (pool_qkv_attention's Function recomputed inside
+    the checkpoint) gives the same result. float32 against the float64 reference, at most twice as
+    far as the float32 reference."""
+    cfg = TWO_STAGE.replace(with_cls_token=True)
+    ref, fast = make_pair(cfg, (32, 48), drop_path_rate=0.6)
+    ref64 = copy.deepcopy(ref).double()
+    x = images(2, (32, 48))
+    weight = torch.randn(2, 10, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(5)
+    exact, g_exact = run(ref64, x.double(), weight.double())
+    torch.manual_seed(5)
+    eager, g_eager = run(ref, x, weight)
+    for checkpointing in (False, True):
+        fast.set_grad_checkpointing(checkpointing)
+        torch.manual_seed(5)
+        fused, g_fused = run(fast, x, weight, "triton")
+        assert_matches_float64(fused, eager, exact, "logits")
+        for name in g_exact:
+            assert_matches_float64(g_fused[name], g_eager[name], g_exact[name], f"grad {name}")
+    assert not torch.allclose(eager, run(ref.eval(), x, weight)[0])    # masks were drawn
+
+
+@pytest.mark.slow
 def test_triton_backend_bf16_autocast():
     """bf16 under autocast: the Linears give bf16 qkv, the kernels take it with float32 pooling
     and norm parameters, the tables are cast to bf16."""
