@@ -76,7 +76,7 @@ def test_same_as_two_ops_bit_for_bit(hw, strides, sp, dtype):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16])   # float32: bit for bit with the two ops above
 def test_chain_against_float64(dtype):
     hw, strides, sp = (7, 5), ((1, 1), (2, 2)), 1
     leaves = make_leaves(2, hw, sp, dtype)
