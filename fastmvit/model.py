@@ -52,7 +52,7 @@ from .kernels.max_pool_tokens import max_pool_tokens
 from .kernels.pool_qkv_attention import pool_qkv_attention
 from .reference import mvitv2 as _ref
 from .reference.config import rel_pos_length
-from .reference.layers import DropPath, MultiScaleAttention, MultiScaleBlock, resize_rel_pos
+from .reference.layers import DropPath, MultiScaleAttention, MultiScaleBlock, drop_path_mask, resize_rel_pos
 
 __all__ = ["FusedMultiScaleAttention", "FusedMultiScaleBlock", "MViTv2", "mvitv2_base", "mvitv2_base_cls",
            "mvitv2_huge_cls", "mvitv2_large", "mvitv2_large_cls", "mvitv2_small", "mvitv2_small_cls",
@@ -127,25 +127,23 @@ class FusedMultiScaleBlock(MultiScaleBlock):
 
     @staticmethod
     def _add_dropped(residual: torch.Tensor, x: torch.Tensor, p: float) -> torch.Tensor:
-        """``residual + drop_path(x)``: one ``addcmul`` with the per-sample keep mask (drawn like
-        the reference's DropPath: a (B, 1, 1) bernoulli(1 - p) in x's dtype), scaled through
-        ``value``; a plain add when nothing is dropped."""
+        """``residual + drop_path(x)``: one ``addcmul`` with the reference's per-sample keep mask
+        (``drop_path_mask``), scaled through ``value``; a plain add when nothing is dropped."""
         if p == 0.0:
             return residual + x
         keep = 1.0 - p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return torch.addcmul(residual, x, mask, value=1.0 / keep)
+        return torch.addcmul(residual, x, drop_path_mask(x, keep), value=1.0 / keep)
 
     @staticmethod
     def _keep_scale(x: torch.Tensor, p: float):
         """Stochastic depth as a per-sample multiplier (B,) for ``gelu_linear``: the keep mask
-        (drawn like the reference's DropPath, a (B, 1, 1) bernoulli(1 - p) in x's dtype) over
+        (the reference's ``drop_path_mask``: (B, 1, 1) bernoulli(1 - p) in x's dtype) over
         1 - p, in float32 at least (1 / keep is not a half-precision number); None when nothing
         is dropped."""
         if p == 0.0:
             return None
         keep = 1.0 - p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        mask = drop_path_mask(x, keep)
         return mask.view(-1).to(torch.promote_types(mask.dtype, torch.float32)) / keep
 
     def _shortcut_pool(self, x: torch.Tensor, hw_shape: Sequence[int]) -> torch.Tensor:

@@ -6,13 +6,13 @@ architecture configs. It imports neither ``fastmvit``'s model code nor ``fastmvi
 from .config import (ARCH_SETTINGS, ARCHS, BlockSpec, MViTv2Config, block_specs, conv_out_size, get_config,
                      patch_grid, rel_pos_length)
 from .layers import (DropPath, Mlp, MultiScaleAttention, MultiScaleBlock, PatchEmbed, add_decomposed_rel_pos,
-                     drop_path, get_rel_pos, pool_tokens, pooling_attention, rel_pos_index, resize_rel_pos)
+                     drop_path, drop_path_mask, get_rel_pos, pool_tokens, pooling_attention, rel_pos_index, resize_rel_pos)
 from .mvitv2 import (ClassifierHead, MViTv2, mvitv2_base, mvitv2_base_cls, mvitv2_huge_cls, mvitv2_large,
                      mvitv2_large_cls, mvitv2_small, mvitv2_small_cls, mvitv2_tiny)
 
 __all__ = ["ARCHS", "ARCH_SETTINGS", "BlockSpec", "ClassifierHead", "DropPath", "MViTv2", "MViTv2Config", "Mlp",
            "MultiScaleAttention", "MultiScaleBlock", "PatchEmbed", "add_decomposed_rel_pos", "block_specs",
-           "conv_out_size", "drop_path", "get_config", "get_rel_pos", "mvitv2_base", "mvitv2_base_cls",
+           "conv_out_size", "drop_path", "drop_path_mask", "get_config", "get_rel_pos", "mvitv2_base", "mvitv2_base_cls",
            "mvitv2_huge_cls", "mvitv2_large", "mvitv2_large_cls", "mvitv2_small", "mvitv2_small_cls",
            "mvitv2_tiny", "patch_grid", "pool_tokens", "pooling_attention", "rel_pos_index", "rel_pos_length",
            "resize_rel_pos"]

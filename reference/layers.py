@@ -21,7 +21,7 @@ from torch import nn
 from .config import BlockSpec, rel_pos_length
 
 __all__ = ["DropPath", "Mlp", "MultiScaleAttention", "MultiScaleBlock", "PatchEmbed",
-           "add_decomposed_rel_pos", "drop_path", "get_rel_pos", "pool_tokens", "pooling_attention",
+           "add_decomposed_rel_pos", "drop_path", "drop_path_mask", "get_rel_pos", "pool_tokens", "pooling_attention",
            "rel_pos_index", "resize_rel_pos"]
 
 
@@ -156,8 +156,13 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p == 0.0 or not training:
         return x
     keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask / keep
+    return x * drop_path_mask(x, keep) / keep
+
+
+def drop_path_mask(x: torch.Tensor, keep: float) -> torch.Tensor:
+    """The per-sample keep mask of stochastic depth: (B, 1, ..., 1) bernoulli(keep) in x's dtype,
+    broadcastable against x (one RNG draw per sample, in this order and shape)."""
+    return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
 
 
 # ------------------------------------------------------------------------------------------------
