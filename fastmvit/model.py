@@ -20,7 +20,8 @@ of their own). What changes is the forward of each block:
   only h is kept for backward.
 - residual max-pool shortcut (the blocks where q is strided): ``max_pool_tokens``, one op on the
   token layout, class token passed through, keeping a uint8 argmax for backward.
-- patch embedding: a channels-last conv weight, so the tokens come out contiguous.
+- patch embedding (``ChannelsLastPatchEmbed``): a channels-last conv weight, so the tokens come out
+  contiguous.
 - relative-position tables: resized only when the input size needs another length, decided from
   Python ints (shapes), so no op and no host-device sync runs at the construction size.
 - the attention's residual and stochastic depth: ``x + drop_path(a)`` is one ``addcmul`` (the
@@ -52,10 +53,11 @@ from .kernels.max_pool_tokens import max_pool_tokens
 from .kernels.pool_qkv_attention import pool_qkv_attention
 from .reference import mvitv2 as _ref
 from .reference.config import rel_pos_length
-from .reference.layers import DropPath, MultiScaleAttention, MultiScaleBlock, drop_path_mask, resize_rel_pos
+from .reference.layers import (DropPath, MultiScaleAttention, MultiScaleBlock, PatchEmbed, drop_path_mask,
+                               resize_rel_pos)
 
-__all__ = ["FusedMultiScaleAttention", "FusedMultiScaleBlock", "MViTv2", "mvitv2_base", "mvitv2_base_cls",
-           "mvitv2_huge_cls", "mvitv2_large", "mvitv2_large_cls", "mvitv2_small", "mvitv2_small_cls",
+__all__ = ["ChannelsLastPatchEmbed", "FusedMultiScaleAttention", "FusedMultiScaleBlock", "MViTv2", "mvitv2_base",
+           "mvitv2_base_cls", "mvitv2_huge_cls", "mvitv2_large", "mvitv2_large_cls", "mvitv2_small", "mvitv2_small_cls",
            "mvitv2_tiny"]
 
 
@@ -187,6 +189,28 @@ class FusedMultiScaleBlock(MultiScaleBlock):
         return self._forward(x, hw_shape)
 
 
+class ChannelsLastPatchEmbed(PatchEmbed):
+    """The reference's patch embedding (same parameters) with a channels-last conv weight: the conv
+    then writes (B, H, W, C0), so the token view (B, H * W, C0) is contiguous, and the first
+    LayerNorm and GEMMs read it without the copy a (B, C0, H, W) output would cost them. Values,
+    keys and shapes are unchanged; load_state_dict and .to() keep the layout, and a weight replaced
+    by one of another layout (``load_state_dict(..., assign=True)``) is converted in ``forward``.
+
+    (B, C_in, H_img, W_img) -> (B, H * W, C0) contiguous, and the grid (H, W)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.proj.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        conv = self.proj
+        weight = conv.weight
+        if not weight.is_contiguous(memory_format=torch.channels_last):
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        x = F.conv2d(x, weight, conv.bias, conv.stride, conv.padding)       # (B, C0, H, W), channels last
+        return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])     # (B, H * W, C0), contiguous
+
+
 class MViTv2(_ref.MViTv2):
     """MViTv2 for image classification, fused: the reference's constructor, configs, methods
     (``forward``, ``forward_features``, ``forward_head``, ``forward_intermediates``,
@@ -195,30 +219,7 @@ class MViTv2(_ref.MViTv2):
     See ``fastmvit.reference.MViTv2`` for the arguments. Adds ``set_grad_checkpointing(enable)``.
     """
     block_cls = FusedMultiScaleBlock
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # A channels-last patch-embedding weight makes the conv write (B, H, W, C0): the token view
-        # (B, H * W, C0) is then contiguous, and the first LayerNorm and GEMMs read it without the
-        # copy a (B, C0, H, W) output would cost them. Values, keys and shapes are unchanged;
-        # load_state_dict and .to() keep the layout.
-        self.patch_embed.proj.to(memory_format=torch.channels_last)
-
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, C, H_img, W_img) -> tokens (B, N, C0), contiguous, with the class token in front,
-        and the grid. The conv runs with a channels-last weight (converted here only if it was
-        replaced by one of another layout, e.g. ``load_state_dict(..., assign=True)``)."""
-        self.check_input(x)
-        conv = self.patch_embed.proj
-        weight = conv.weight
-        if not weight.is_contiguous(memory_format=torch.channels_last):
-            weight = weight.contiguous(memory_format=torch.channels_last)
-        x = F.conv2d(x, weight, conv.bias, conv.stride, conv.padding)       # (B, C0, H, W), channels last
-        hw = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)                                   # (B, H * W, C0), contiguous
-        if self.cls_token is not None:
-            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        return x, hw
+    patch_embed_cls = ChannelsLastPatchEmbed
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

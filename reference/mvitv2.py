@@ -52,10 +52,11 @@ class MViTv2(nn.Module):
         rel_pos_zero_init: start the relative-position tables at zero (official option).
 
     Attributes: ``config`` (MViTv2Config), ``specs`` (list of BlockSpec), ``img_size`` (H, W),
-    ``num_features`` (the last width). ``block_cls`` / ``_make_block`` are the hooks a subclass
-    overrides to build other blocks from the same plan.
+    ``num_features`` (the last width). ``block_cls`` / ``_make_block`` and ``patch_embed_cls`` are
+    the hooks a subclass overrides to build other blocks (and patch embedding) from the same plan.
     """
     block_cls = MultiScaleBlock
+    patch_embed_cls = PatchEmbed
 
     def __init__(self, arch: str | MViTv2Config = "tiny", img_size: int | Sequence[int] = 224,
                  num_classes: int = 1000, in_channels: int = 3, out_scales: int | Sequence[int] | None = None,
@@ -82,8 +83,8 @@ class MViTv2(nn.Module):
         self.out_scales = self._stage_indices(out_scales)
         self.rel_pos_zero_init = rel_pos_zero_init
 
-        self.patch_embed = PatchEmbed(in_channels, cfg.embed_dims, cfg.patch_kernel, cfg.patch_stride,
-                                      cfg.patch_padding)
+        self.patch_embed = self.patch_embed_cls(in_channels, cfg.embed_dims, cfg.patch_kernel,
+                                                cfg.patch_stride, cfg.patch_padding)
         if cfg.with_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dims))
         else:
