@@ -234,12 +234,7 @@ class MViTv2(_ref.MViTv2):
 
 
 def _named(arch: str):
-    def build(**kwargs) -> MViTv2:
-        return MViTv2(arch, **kwargs)
-
-    build.__name__ = build.__qualname__ = f"mvitv2_{arch}"
-    build.__doc__ = f"Fused MViTv2-{arch} (``fastmvit.MViTv2({arch!r}, **kwargs)``)."
-    return build
+    return _ref.named_constructor(MViTv2, arch, f"Fused MViTv2-{arch} (``fastmvit.MViTv2({arch!r}, **kwargs)``).")
 
 
 mvitv2_tiny = _named("tiny")

@@ -202,13 +202,19 @@ class MViTv2(nn.Module):
         return self.norm(x), maps
 
 
-def _named(arch: str):
-    def build(**kwargs) -> MViTv2:
-        return MViTv2(arch, **kwargs)
+def named_constructor(cls: type, arch: str, doc: str):
+    """``mvitv2_<arch>(**kwargs) -> cls(arch, **kwargs)``, named and documented (``doc`` is its
+    docstring); shared by the reference and the fused model's module-level constructors."""
+    def build(**kwargs):
+        return cls(arch, **kwargs)
 
     build.__name__ = build.__qualname__ = f"mvitv2_{arch}"
-    build.__doc__ = f"MViTv2-{arch} (``MViTv2({arch!r}, **kwargs)``)."
+    build.__doc__ = doc
     return build
+
+
+def _named(arch: str):
+    return named_constructor(MViTv2, arch, f"MViTv2-{arch} (``MViTv2({arch!r}, **kwargs)``).")
 
 
 mvitv2_tiny = _named("tiny")
