@@ -1,7 +1,42 @@
-"""Argument checks shared by the ops (plain Python, no torch ops)."""
+"""Argument checks and geometry shared by the ops (plain Python and tensor metadata, no torch ops)."""
 from __future__ import annotations
 
-__all__ = ["positive_pair"]
+from typing import Sequence
+
+import torch
+
+from .backend import TRITON_DTYPES
+
+__all__ = ["check_3d", "check_token_count", "pooled_size", "positive_pair", "shape_of"]
+
+
+def shape_of(t) -> str:
+    """A tensor's shape for an error message, or the type name of what came instead."""
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_3d(t, name: str, layout: str, op: str) -> None:
+    """`t` must be a 3-D tensor (a ValueError naming `layout`, e.g. "(B, N, C) tokens") in a
+    supported dtype (a TypeError): the Triton dtypes, or float64 for the torch backend."""
+    if not isinstance(t, torch.Tensor) or t.dim() != 3:
+        raise ValueError(f"{op}: {name} must be {layout}, got {shape_of(t)}")
+    if t.dtype not in TRITON_DTYPES + (torch.float64,):
+        raise TypeError(f"{op}: {name} dtype {t.dtype} is not supported (float32, float16, bfloat16; "
+                        f"float64 on the torch backend)")
+
+
+def check_token_count(n_tokens: int, hw: Sequence[int], sp: int, name: str, op: str) -> None:
+    """A ValueError unless the token count is sp + H * W (sp = 1 with a class token in front)."""
+    H, W = hw
+    if n_tokens != sp + H * W:
+        raise ValueError(f"{op}: the grid {H}x{W} {'with' if sp else 'without'} a class token needs "
+                         f"N = {sp + H * W} tokens, but {name} has N = {n_tokens}")
+
+
+def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, int]:
+    """Output grid of a window op (conv or pool) with padding kernel // 2:
+    (H + 2 * pad - kernel) // stride + 1 per axis."""
+    return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(hw, kernel, stride))
 
 
 def positive_pair(value, name: str, op: str) -> tuple[int, int]:

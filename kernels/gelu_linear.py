@@ -70,7 +70,8 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
-from .backend import TRITON_DTYPES, autotune_on, require_triton_runnable, resolve_backend
+from .args import check_3d, shape_of
+from .backend import autotune_on, require_triton_runnable, resolve_backend
 
 __all__ = ["gelu_linear", "gelu_linear_torch", "gpu_compile_cases"]
 
@@ -78,20 +79,12 @@ GPU_COMPILE_EXPECTS_TENSOR_CORES = True   # kernels/gpu_compile.py checks HMMA /
 
 
 
-def _shape(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-
-
 def _check(h, weight, bias, residual, sample_scale) -> None:
     """Raise ValueError / TypeError naming the problem."""
-    if not isinstance(h, torch.Tensor) or h.dim() != 3:
-        raise ValueError(f"gelu_linear: h must be a 3-D tensor (B, T, K), got {_shape(h)}")
-    if h.dtype not in TRITON_DTYPES + (torch.float64,):
-        raise TypeError(f"gelu_linear: h dtype {h.dtype} is not supported (float32, float16, bfloat16; "
-                        f"float64 on the torch backend)")
+    check_3d(h, "h", "a 3-D tensor (B, T, K)", "gelu_linear")
     B, T, K = h.shape
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError(f"gelu_linear: weight must be a 2-D tensor (N, K), got {_shape(weight)}")
+        raise ValueError(f"gelu_linear: weight must be a 2-D tensor (N, K), got {shape_of(weight)}")
     N = weight.shape[0]
     if weight.shape[1] != K:
         raise ValueError(f"gelu_linear: weight is {tuple(weight.shape)} = (N, K) but h has K = {K} "
@@ -99,18 +92,18 @@ def _check(h, weight, bias, residual, sample_scale) -> None:
     named = {"weight": weight}
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (N,):
-            raise ValueError(f"gelu_linear: bias must be (N,) = ({N},), got {_shape(bias)}")
+            raise ValueError(f"gelu_linear: bias must be (N,) = ({N},), got {shape_of(bias)}")
         named["bias"] = bias
     if residual is not None:
         if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != (B, T, N):
-            raise ValueError(f"gelu_linear: residual must be (B, T, N) = {(B, T, N)}, got {_shape(residual)}")
+            raise ValueError(f"gelu_linear: residual must be (B, T, N) = {(B, T, N)}, got {shape_of(residual)}")
         named["residual"] = residual
     if sample_scale is not None:
         if residual is None:
             raise ValueError("gelu_linear: sample_scale needs a residual (stochastic depth scales the "
                              "branch added to the shortcut)")
         if not isinstance(sample_scale, torch.Tensor) or tuple(sample_scale.shape) != (B,):
-            raise ValueError(f"gelu_linear: sample_scale must be (B,) = ({B},), got {_shape(sample_scale)}")
+            raise ValueError(f"gelu_linear: sample_scale must be (B,) = ({B},), got {shape_of(sample_scale)}")
         if not sample_scale.is_floating_point():
             raise TypeError(f"gelu_linear: sample_scale must be floating point, got {sample_scale.dtype}")
         named["sample_scale"] = sample_scale

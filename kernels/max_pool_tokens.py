@@ -72,8 +72,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .args import positive_pair
-from .backend import TRITON_DTYPES, require_triton_runnable, resolve_backend
+from .args import check_3d, check_token_count, pooled_size, positive_pair
+from .backend import require_triton_runnable, resolve_backend
 
 __all__ = ["max_pool_tokens", "max_pool_tokens_torch", "pooled_size", "gpu_compile_cases"]
 
@@ -83,19 +83,9 @@ GPU_COMPILE_EXPECTS_TENSOR_CORES = False
 _MAX_WINDOW = 256  # the argmax is one uint8 window offset
 
 
-def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, int]:
-    """Output grid of a max-pool with padding kernel // 2: (H + 2 * pad - kernel) // stride + 1 per axis."""
-    return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(hw, kernel, stride))
-
-
 def _check(x, hw_shape, kernel, stride, has_cls_token):
     """Check the arguments; return (H, W), (kh, kw), (sh, sw), sp."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"max_pool_tokens: x must be (B, N, C) tokens, got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if x.dtype not in TRITON_DTYPES + (torch.float64,):
-        raise TypeError(f"max_pool_tokens: x dtype {x.dtype} is not supported (float32, float16, "
-                        f"bfloat16; float64 on the torch backend)")
+    check_3d(x, "x", "(B, N, C) tokens", "max_pool_tokens")
     if (not isinstance(hw_shape, (tuple, list)) or len(hw_shape) != 2
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in hw_shape)):
         raise ValueError(f"max_pool_tokens: hw_shape must be two positive ints (H, W), got {hw_shape!r}")
@@ -107,9 +97,7 @@ def _check(x, hw_shape, kernel, stride, has_cls_token):
                          f"{_MAX_WINDOW} taps (the argmax is one uint8 offset)")
     sp = 1 if has_cls_token else 0
     B, N, C = x.shape
-    if N != sp + H * W:
-        raise ValueError(f"max_pool_tokens: the grid {H}x{W} {'with' if sp else 'without'} a class "
-                         f"token needs N = {sp + H * W} tokens, but x has N = {N}")
+    check_token_count(N, (H, W), sp, "x", "max_pool_tokens")
     if C < 1 or B < 1:
         raise ValueError(f"max_pool_tokens: x must have B >= 1 and C >= 1, got {tuple(x.shape)}")
     return (H, W), kernel, stride, sp

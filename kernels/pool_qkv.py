@@ -68,8 +68,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .args import positive_pair
-from .backend import TRITON_DTYPES, require_triton_runnable, resolve_backend
+from .args import check_3d, check_token_count, pooled_size, positive_pair
+from .backend import require_triton_runnable, resolve_backend
 
 __all__ = ["pool_qkv", "pool_qkv_torch", "pooled_size", "gpu_compile_cases"]
 
@@ -78,20 +78,10 @@ GPU_COMPILE_EXPECTS_TENSOR_CORES = False
 
 
 
-def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, int]:
-    """Output grid of a conv with padding kernel // 2: (H + 2 * pad - kernel) // stride + 1 per axis."""
-    return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(hw, kernel, stride))
-
-
 def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q, stride_kv,
            has_cls_token, eps):
     """Check the arguments; return (H, W), D, ((sqh, sqw), (skh, skw)), (kh, kw), sp."""
-    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3:
-        raise ValueError(f"pool_qkv: qkv must be (B, N, 3 * num_heads * head_dim), got "
-                         f"{tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__}")
-    if qkv.dtype not in TRITON_DTYPES + (torch.float64,):
-        raise TypeError(f"pool_qkv: qkv dtype {qkv.dtype} is not supported (float32, float16, "
-                        f"bfloat16; float64 on the torch backend)")
+    check_3d(qkv, "qkv", "(B, N, 3 * num_heads * head_dim)", "pool_qkv")
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"pool_qkv: num_heads must be a positive int, got {num_heads!r}")
     B, N, C = qkv.shape
@@ -102,9 +92,7 @@ def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, st
         raise ValueError(f"pool_qkv: hw_shape must be two positive ints (H, W), got {hw_shape!r}")
     H, W = hw_shape
     sp = 1 if has_cls_token else 0
-    if N != sp + H * W:
-        raise ValueError(f"pool_qkv: the grid {H}x{W} {'with' if sp else 'without'} a class token "
-                         f"needs N = {sp + H * W} tokens, but qkv has N = {N}")
+    check_token_count(N, (H, W), sp, "qkv", "pool_qkv")
     params = {}
     for kind, group in (("pool_weights", pool_weights), ("norm_weights", norm_weights),
                         ("norm_biases", norm_biases)):
