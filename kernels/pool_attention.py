@@ -72,7 +72,7 @@ import torch
 from .backend import require_triton_runnable, resolve_backend
 from .pool_attention_torch import check_inputs, pool_attention_torch, rel_pos_index
 
-__all__ = ["pool_attention", "pool_attention_torch", "rel_pos_index", "gpu_compile_cases"]
+__all__ = ["pool_attention", "pool_attention_torch", "rel_pos_index", "require_triton_attention", "gpu_compile_cases"]
 
 MAX_HEAD_DIM = 256
 GPU_COMPILE_EXPECTS_TENSOR_CORES = True   # kernels/gpu_compile.py checks HMMA / HGMMA in every kernel
@@ -103,19 +103,26 @@ def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if _resolve_backend(q.device.type) == "torch":
         return pool_attention_torch(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size,
                                     has_cls_token, residual_pooling, scale)
-    if q.dtype == torch.float64:
-        raise ValueError("pool_attention: the Triton kernels take float32, float16 or bfloat16, not float64; "
-                         "use the torch backend")
-    if D > MAX_HEAD_DIM:
-        raise ValueError(f"pool_attention: the Triton kernels take head dims up to {MAX_HEAD_DIM}, got {D}; "
-                         "use the torch backend")
-    require_triton_runnable(q.device, "pool_attention")
-    if q.device.type not in ("cuda", "cpu", "meta"):
-        raise ValueError(f"pool_attention: the triton backend does not run on {q.device.type} tensors")
-    from . import pool_attention_op  # registers the custom ops on first use (imports triton)
+    require_triton_attention(q.dtype, D, q.device)
     out, _ = torch.ops.fastmvit.pool_attention(q, k, v, rel_pos_h, rel_pos_w, list(q_size), list(k_size),
                                                bool(has_cls_token), bool(residual_pooling), scale)
     return out
+
+
+def require_triton_attention(dtype: torch.dtype, head_dim: int, device: torch.device) -> None:
+    """Raise naming the problem when the Triton kernels cannot take these inputs (float64, a head
+    dim over MAX_HEAD_DIM, CPU without the interpreter, another device type); then register the
+    custom ops (first use imports triton)."""
+    if dtype == torch.float64:
+        raise ValueError("pool_attention: the Triton kernels take float32, float16 or bfloat16, not float64; "
+                         "use the torch backend")
+    if head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"pool_attention: the Triton kernels take head dims up to {MAX_HEAD_DIM}, got {head_dim}; "
+                         "use the torch backend")
+    require_triton_runnable(device, "pool_attention")
+    if device.type not in ("cuda", "cpu", "meta"):
+        raise ValueError(f"pool_attention: the triton backend does not run on {device.type} tensors")
+    from . import pool_attention_op  # noqa: F401  (registers the custom ops)
 
 
 _SAMPLE = {(96, torch.float16, 0, (56, 56), (14, 14)), (96, torch.bfloat16, 1, (28, 28), (28, 28)),

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from .backend import resolve_backend
-from .pool_attention import MAX_HEAD_DIM, pool_attention
+from .pool_attention import pool_attention, require_triton_attention
 from .pool_attention_torch import check_tables
 from .pool_qkv import check_and_geometry, param_grads, pool_qkv
 
@@ -99,10 +99,7 @@ def pool_qkv_attention(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: in
     th, tw = rel_pos_tables(q_size, k_size, qkv.dtype)
     D = qkv.shape[-1] // (3 * num_heads)
     check_tables(th, tw, q_size, k_size, D, qkv.dtype, qkv.device)
-    if D > MAX_HEAD_DIM:
-        raise ValueError(f"pool_attention: the Triton kernels take head dims up to {MAX_HEAD_DIM}, got {D}; "
-                         "use the torch backend")
-    from . import pool_attention_op  # noqa: F401  (registers the attention custom ops)
+    require_triton_attention(qkv.dtype, D, qkv.device)
     scale = float(D ** -0.5 if scale is None else scale)
     qkv_args = (list(hw), num_heads, [*strides[0], *strides[1]], bool(sp), float(eps))
     attn_args = (list(q_size), list(k_size), bool(sp), bool(residual_pooling), scale)
