@@ -380,18 +380,25 @@ def test_training_forward_draws_masks_and_other_sizes_resize_tables():
 # ------------------------------------------------------------------------------------------------
 # torch.compile
 # ------------------------------------------------------------------------------------------------
-def test_compile_fullgraph_matches_eager():
-    """Training: one graph (fullgraph=True: a graph break is an error) for the forward and one for
-    the backward, the same logits and gradients as eager (the auto backend: the torch path here)."""
+def compiled_and_eager_training(backend):
+    """(logits, grads) of a compiled (fullgraph=True: a graph break is an error, aot_eager) and
+    an eager training step of the same model on `backend`; the compiled grads keyed like eager's."""
     torch._dynamo.reset()
     ref, fast = make_pair(TWO_STAGE.replace(with_cls_token=True), (32, 48))
     x = images(2, (32, 48))
     weight = torch.randn(2, 10)
-    eager, g_eager = run(fast, x, weight, "auto")
-    out, grads = run(torch.compile(fast, fullgraph=True, backend="aot_eager"), x, weight, "auto")
+    eager, g_eager = run(fast, x, weight, backend)
+    out, grads = run(torch.compile(fast, fullgraph=True, backend="aot_eager"), x, weight, backend)
+    return (out, {name: grads["_orig_mod." + name] for name in g_eager}), (eager, g_eager)
+
+
+def test_compile_fullgraph_matches_eager():
+    """Training: one graph for the forward and one for the backward, the same logits and gradients
+    as eager (the auto backend: the torch path here)."""
+    (out, grads), (eager, g_eager) = compiled_and_eager_training("auto")
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     for name in g_eager:
-        torch.testing.assert_close(grads["_orig_mod." + name], g_eager[name], rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(grads[name], g_eager[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
@@ -399,15 +406,10 @@ def test_compile_fullgraph_triton_training():
     """Training with the triton backend under torch.compile(fullgraph=True): the fused ops and
     pool_qkv_attention's autograd.Function trace into one forward and one backward graph, and the
     logits and every gradient equal the eager triton run bit for bit (same kernels, same order)."""
-    torch._dynamo.reset()
-    ref, fast = make_pair(TWO_STAGE.replace(with_cls_token=True), (32, 48))
-    x = images(2, (32, 48))
-    weight = torch.randn(2, 10)
-    eager, g_eager = run(fast, x, weight, "triton")
-    out, grads = run(torch.compile(fast, fullgraph=True, backend="aot_eager"), x, weight, "triton")
+    (out, grads), (eager, g_eager) = compiled_and_eager_training("triton")
     assert torch.equal(out, eager)
     for name in g_eager:
-        assert torch.equal(grads["_orig_mod." + name], g_eager[name]), name
+        assert torch.equal(grads[name], g_eager[name]), name
 
 
 @pytest.mark.slow
