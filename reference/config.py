@@ -20,8 +20,7 @@ The plan follows the official code (facebookresearch/mvit, ``mvit_model.py``,
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 __all__ = ["ARCHS", "ARCH_SETTINGS", "BlockSpec", "MViTv2Config", "block_specs", "conv_out_size",

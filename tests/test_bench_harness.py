@@ -8,7 +8,6 @@ results.
 """
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path

@@ -13,7 +13,6 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastmvit
 from numerics import assert_matches_float64

@@ -16,7 +16,7 @@ import importlib
 
 import fastmvit
 from fastmvit.kernels import pool_qkv
-from numerics import DTYPES, assert_matches_float64, poison_
+from numerics import assert_matches_float64, poison_
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
