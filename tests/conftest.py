@@ -86,7 +86,33 @@ def _mend_interpreter_bf16_rounding() -> None:
     builder.create_fp_to_fp = mended_fp_to_fp
 
 
+def _mend_interpreter_index() -> None:
+    """Let the interpreter use a runtime int as a Python index (``range(0, K, BLOCK_K)`` over a kernel
+    argument K), on every supported triton (test-only patch).
+
+    The interpreter holds scalars as 1-element 1-D numpy arrays. Triton 3.6's ``tensor.__index__`` is
+    ``int(handle.data)``, which NumPy 2.4 refuses ("only 0-dimensional arrays can be converted to Python
+    scalars"); triton 3.9 squeezes first. Wrap the function that installs it, so the index always reads
+    the one element (and still fails on a real block, as it should).
+    """
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_fastmvit_index", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(())))
+
+    patch_lang_tensor._fastmvit_index = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
+    _mend_interpreter_index()
     _mend_interpreter_bf16_dot()
     _mend_interpreter_bf16_rounding()
 
