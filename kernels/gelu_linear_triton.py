@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_shared import mma
+from .triton_shared import TRITON_VERSION, mma
 
 SQRT1_2 = tl.constexpr(0.7071067811865476)       # 1 / sqrt(2)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
@@ -289,18 +289,37 @@ def _prune(fp32_configs, out_name=None, red_name=None):
     return prune
 
 
+# Per compiler version: triton 3.6 (the floor of the supported range) spilled two configs on sm_80 that
+# 3.9 compiles clean (the full compile table, FASTMVIT_GPU_COMPILE=all, under each version):
+# - forward 64x128x64, 8 warps, with float32 weights (autocast): STACK 8 B;
+# - dW 64-row step with 4 warps and a sample scale (fp16 and bf16): STACK 104-136 B.
+# They are not launched under triton < 3.9.
+OLDER_COMPILER = TRITON_VERSION < (3, 9)
+_FWD_SPILLS_ON_OLDER = FWD_CONFIGS[4]                        # 64x128x64, 8 warps
+_prune_fwd_by_dtype = _prune(FWD_FP32_CONFIGS, "N", "K")
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    kept = _prune_fwd_by_dtype(configs, named_args, **kwargs)
+    if OLDER_COMPILER and named_args["w_ptr"].dtype == torch.float32 and not kwargs.get("FP32", False):
+        kept = [c for c in kept if c is not _FWD_SPILLS_ON_OLDER] or kept
+    return kept
+
+
 _fwd_tuned = triton.autotune(FWD_CONFIGS + FWD_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
-    "early_config_prune": _prune(FWD_FP32_CONFIGS, "N", "K")})(_fwd_kernel)
+    "early_config_prune": _prune_fwd})(_fwd_kernel)
 _dh_tuned = triton.autotune(DH_CONFIGS + DH_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
     "early_config_prune": _prune(DH_FP32_CONFIGS, "K", "N")})(_bwd_dh_kernel)
 _prune_dw_by_dtype = _prune(DW_FP32_CONFIGS)
 
 
 def _prune_dw(configs, named_args, **kwargs):
-    """dW's prune, and with a float32 dy (half h, float32 residual: autocast) no 64-row step with 4
-    warps: it spilled 104 B on sm_80 (the float32 dy tiles of 3 stages)."""
+    """dW's prune, and no 64-row step with 4 warps where it spilled on sm_80: with a float32 dy (half
+    h, float32 residual: autocast; 104 B, the float32 dy tiles of 3 stages), and under an older
+    compiler with a sample scale (see OLDER_COMPILER)."""
     kept = _prune_dw_by_dtype(configs, named_args, **kwargs)
-    if not kwargs.get("FP32", False) and named_args["dy_ptr"].dtype == torch.float32:
+    half = not kwargs.get("FP32", False)
+    if half and (named_args["dy_ptr"].dtype == torch.float32 or (OLDER_COMPILER and kwargs.get("HAS_SCALE", False))):
         kept = [c for c in kept if not (c.kwargs["BLOCK_M"] == 64 and c.num_warps == 4)] or kept
     return kept
 

@@ -3,6 +3,10 @@ import this)."""
 import triton
 import triton.language as tl
 
+# (major, minor) of the triton in use. Its compiler decides what spills, so a launch config that is
+# clean under one version may spill under another: the ops prune per version (see gelu_linear_triton).
+TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
+
 
 @triton.jit
 def mma(a, b, acc, FP32: tl.constexpr):
