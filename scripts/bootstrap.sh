@@ -7,6 +7,8 @@
 set -euo pipefail
 EXTRAS="${1:-test}"
 VENV="${VENV:-.venv}"
+# The top of the supported range; `make test-floor` passes the floor (see the README).
+TRITON_VERSION="${TRITON_VERSION:-3.9.0}"
 PY="$VENV/bin/python"
 
 if [ ! -x "$PY" ]; then
@@ -26,8 +28,12 @@ fi
 
 if [ "$(uname -s)" = "Linux" ] && ! "$PY" -c "import triton" 2>/dev/null; then
     # CUDA builds of torch bring their own triton; the CPU build does not.
-    echo "[bootstrap] installing triton==3.9.0"
-    "$PY" -m pip install -q triton==3.9.0
+    echo "[bootstrap] installing triton==$TRITON_VERSION"
+    "$PY" -m pip install -q "triton==$TRITON_VERSION"
+fi
+# A venv made for one triton must not silently test another (e.g. .venv-floor after an upgrade).
+if [ -n "${REQUIRE_TRITON:-}" ]; then
+    "$PY" -c "import sys, triton; v = triton.__version__; sys.exit(0 if v == '$TRITON_VERSION' else f'[bootstrap] $VENV has triton {v}, expected $TRITON_VERSION: make clean or remove $VENV')"
 fi
 
 STAMP="$VENV/.installed-$EXTRAS"
