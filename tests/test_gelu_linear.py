@@ -66,16 +66,17 @@ def run(values, backend, dy):
 
 
 def check_against_float64(B, T, K, N, dtype, *, bias=True, residual=True, scale=True, param_dtype=None,
-                          residual_dtype=None):
+                          residual_dtype=None, device="cpu"):
     """Forward values and every gradient of the Triton path against float64; the eager torch path in
     the same dtype sets how far the fused path may be (at most twice its error). The float64
     reference starts from the same (rounded) values."""
     values = make_inputs(B, T, K, N, bias, residual, scale, dtype, param_dtype, residual_dtype)
+    values = [None if v is None else v.to(device) for v in values]   # tests/test_cuda.py: "cuda"
     y_dtype = residual_dtype if residual and residual_dtype else dtype
     exact_leaves = [None if v is None else v.double().requires_grad_(i < 4) for i, v in enumerate(values)]
     exact = reference(*exact_leaves)
     gen = torch.Generator().manual_seed(1)
-    dy = torch.randn(exact.shape, generator=gen, dtype=torch.float64).to(y_dtype)
+    dy = torch.randn(exact.shape, generator=gen, dtype=torch.float64).to(y_dtype).to(device)
     diff = [t for t in exact_leaves[:4] if t is not None]
     grads = iter(torch.autograd.grad(exact, diff, dy.double()))
     exact_grads = [None if t is None else next(grads) for t in exact_leaves[:4]]

@@ -48,7 +48,7 @@ def offsets_to_indices(argmax, hw, kernel, stride):
     (H, W), (kh, kw), (sh, sw) = hw, kernel, stride
     oh, ow = pooled_size(hw, kernel, stride)
     a = argmax.long()
-    p = torch.arange(oh * ow)[None, :, None]
+    p = torch.arange(oh * ow, device=a.device)[None, :, None]
     iy = (p // ow) * sh - kh // 2 + a // kw
     ix = (p % ow) * sw - kw // 2 + a % kw
     return iy * W + ix
@@ -87,7 +87,7 @@ def check_exact(x, hw, kernel, stride, sp, backend="triton"):
     stride = (stride, stride) if isinstance(stride, int) else stride
     exact_x = x.detach().double().requires_grad_()
     exact = reference(exact_x, hw, kernel, stride, sp)
-    dy = quantised_grad(exact.shape, x.dtype)
+    dy = quantised_grad(exact.shape, x.dtype).to(x.device)
     (exact_dx,) = torch.autograd.grad(exact, exact_x, dy.double())
 
     leaf = x.detach().clone().requires_grad_()

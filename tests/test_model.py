@@ -70,9 +70,9 @@ def make_pair(cfg, img, dtype=torch.float32, seed=0, **kw):
 
 
 def run(model, x, weight, backend="torch", autocast=False):
-    """Logits and {name: grad} of (logits * weight).sum()."""
+    """Logits and {name: grad} of (logits * weight).sum(), on x's device."""
     model.zero_grad(set_to_none=True)
-    with fastmvit.use_backend(backend), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+    with fastmvit.use_backend(backend), torch.autocast(x.device.type, torch.bfloat16, enabled=autocast):
         out = model(x)
         (out.float() * weight).sum().backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -85,11 +85,13 @@ def images(batch, img, dtype=torch.float32, seed=1):
     return torch.randn(batch, 3, *img, generator=g).to(dtype)
 
 
-def check_against_float64(fast, ref, img, batch=1, backend="torch", seed=1):
-    """fused float32 vs the float64 reference, at most twice as far as the float32 reference."""
+def check_against_float64(fast, ref, img, batch=1, backend="torch", seed=1, device="cpu"):
+    """fused float32 vs the float64 reference, at most twice as far as the float32 reference; all
+    three on `device` (tests/test_cuda.py passes "cuda")."""
+    ref, fast = ref.to(device), fast.to(device)
     ref64 = copy.deepcopy(ref).double()
-    x = images(batch, img, seed=seed)
-    weight = torch.randn(batch, 10, generator=torch.Generator().manual_seed(seed + 1))
+    x = images(batch, img, seed=seed).to(device)
+    weight = torch.randn(batch, 10, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     exact, g_exact = run(ref64, x.double(), weight.double())
     eager, g_eager = run(ref, x, weight)
     fused, g_fused = run(fast, x, weight, backend)
@@ -200,14 +202,14 @@ def test_non_square_float32_tables_resized_at_run_time(cls):
     check_against_float64(fast, ref, (80, 48), batch=2)
 
 
-def check_bf16_autocast(cfg, img, backend):
+def check_bf16_autocast(cfg, img, backend, device="cpu"):
     """Under bf16 autocast, the fused model's logits and gradients are no further from the float64
     reference than twice the eager reference's own bf16 error."""
     torch.manual_seed(0)
-    ref, fast = make_pair(cfg, img)
+    ref, fast = (m.to(device) for m in make_pair(cfg, img))
     ref64 = copy.deepcopy(ref).double()
-    x = images(2, img)
-    weight = torch.randn(2, 10)
+    x = images(2, img).to(device)
+    weight = torch.randn(2, 10).to(device)
     exact, g_exact = run(ref64, x.double(), weight.double())
     eager, g_eager = run(ref, x, weight, autocast=True)
     fused, g_fused = run(fast, x, weight, backend, autocast=True)

@@ -46,10 +46,11 @@ def reference_float64(q, k, v, th, tw, q_size, k_size, sp, residual, scale):
     (qh, qw), (kh, kw) = q_size, k_size
     attn = scale * q @ k.transpose(-2, -1)
     if th is not None:
-        Rh = th.double()[table_index(qh, kh)]                                  # (qh, kh, D)
-        Rw = tw.double()[table_index(qw, kw)]                                  # (qw, kw, D)
-        ys, xs = torch.meshgrid(torch.arange(qh), torch.arange(qw), indexing="ij")
-        js, ls = torch.meshgrid(torch.arange(kh), torch.arange(kw), indexing="ij")
+        Rh = th.double()[table_index(qh, kh).to(th.device)]                    # (qh, kh, D)
+        Rw = tw.double()[table_index(qw, kw).to(tw.device)]                    # (qw, kw, D)
+        ar = lambda n: torch.arange(n, device=q.device)
+        ys, xs = torch.meshgrid(ar(qh), ar(qw), indexing="ij")
+        js, ls = torch.meshgrid(ar(kh), ar(kw), indexing="ij")
         ys, xs, js, ls = ys.reshape(-1), xs.reshape(-1), js.reshape(-1), ls.reshape(-1)
         qs = q[:, :, sp:]                                                       # (B, H, qh*qw, D)
         # bias[n, m] = q[n] . Rh[y_n, j_m] + q[n] . Rw[x_n, l_m]
@@ -90,14 +91,17 @@ def run_op(backend, inputs, q_size, k_size, sp, residual, dout, scale=None):
 GRAD_NAMES = ("dq", "dk", "dv", "d_rel_pos_h", "d_rel_pos_w")
 
 
-def check_case(B, H, q_size, k_size, D, sp, dtype, rel=True, residual=True, scale=None, seed=0, **kw):
+def check_case(B, H, q_size, k_size, D, sp, dtype, rel=True, residual=True, scale=None, seed=0,
+               device="cpu", **kw):
+    """Forward and every gradient on `device` (tests/test_cuda.py passes "cuda") against float64."""
     inputs64 = make_inputs(B, H, q_size, k_size, D, sp, rel=rel, seed=seed, **kw)
     scale_val = D ** -0.5 if scale is None else scale
     # Exact: float64 math on the inputs rounded to the tested dtype (the rounding is not an error).
-    inputs = [t.to(dtype) if t is not None else None for t in inputs64]
+    inputs = [t.to(dtype).to(device) if t is not None else None for t in inputs64]
     exact_leaves = [t.double().requires_grad_(True) if t is not None else None for t in inputs]
     exact = reference_float64(*exact_leaves, q_size, k_size, sp, residual, scale_val)
-    dout = torch.randn(exact.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    dout = torch.randn(exact.shape, generator=torch.Generator().manual_seed(seed + 1),
+                       dtype=torch.float64).to(device)
     exact_grads = torch.autograd.grad(exact, [t for t in exact_leaves if t is not None], dout)
 
     eager, eager_grads = run_op("torch", inputs, q_size, k_size, sp, residual, dout.to(dtype), scale)

@@ -61,7 +61,7 @@ def run(leaves, hw, heads, strides, sp, backend):
         return pool_qkv(qkv, hw, heads, w, g, b, strides[0], strides[1], has_cls_token=bool(sp))
 
 
-def check_against_float64(B, hw, heads, D, strides, sp, dtype, param_dtype=None, kernel=(3, 3)):
+def check_against_float64(B, hw, heads, D, strides, sp, dtype, param_dtype=None, kernel=(3, 3), device="cpu"):
     """Forward values and every gradient of the Triton path against float64; the eager torch path in
     the same dtype sets how far the fused path may be (at most twice its error).
 
@@ -71,12 +71,13 @@ def check_against_float64(B, hw, heads, D, strides, sp, dtype, param_dtype=None,
     param_dtype = param_dtype or dtype
     values = make_inputs(B, hw, heads, D, sp, kernel)
     values = [values[0].to(dtype)] + [t.to(param_dtype) for t in values[1:]]
+    values = [t.to(device) for t in values]   # tests/test_cuda.py passes "cuda"
     exact_leaves = [t.double().requires_grad_() for t in values]
     ss = [strides[0], strides[1], strides[1]]
     exact = reference(exact_leaves[0], hw, heads, exact_leaves[1:4], exact_leaves[4:7],
                       exact_leaves[7:10], ss, sp)
     gen = torch.Generator().manual_seed(1)
-    douts = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype) for o in exact]
+    douts = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype).to(device) for o in exact]
     exact_grads = torch.autograd.grad(exact, exact_leaves, [d.double() for d in douts])
 
     results = {}
