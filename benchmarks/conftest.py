@@ -60,6 +60,12 @@ PROFILES = {
                 model_dtypes=("float32",), compile=False, cpu_rounds=3, cpu_budget_s=2.0,
                 op_archs=("tiny",), op_dtypes=("float32",), op_batch=1,
                 modeled_archs=common.MODEL_ARCHS, modeled_img=224, modeled_batch=8),
+    # `make gpu-check`: a few minutes on a GPU box. Each op at MViTv2-T's shapes in bf16; tiny and
+    # base, inference and a training step, against the reference and torch.compile of it.
+    "gpu-check": dict(archs=("tiny", "base"), img=224, infer_batches=(32,), train_batches=(16,),
+                      model_dtypes=("bfloat16",), compile=True, cpu_rounds=None, cpu_budget_s=None,
+                      op_archs=("tiny",), op_dtypes=("bfloat16",), op_batch=8,
+                      modeled_archs=("tiny", "base"), modeled_img=224, modeled_batch=8),
     # The harness test: the smallest end-to-end run (no training timing: it is the slow one).
     "smoke": dict(archs=("tiny",), img=32, infer_batches=(1,), train_batches=(),
                   model_dtypes=("float32",), compile=False, cpu_rounds=2, cpu_budget_s=0.2,
