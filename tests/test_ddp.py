@@ -4,6 +4,8 @@ whole batch (the loss is a mean over the samples, DDP averages the gradients ove
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -43,6 +45,11 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
         _step(ddp, x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share])
         if rank == 0:
             torch.save(model.state_dict(), out_file)
+        # Free DDP's reducer (it holds the process group) while both ranks are still in the group:
+        # freed after destroy_process_group, the gloo group's destructor joined its threads forever
+        # once in a while (a hang seen under pytest-xdist, not a failure).
+        del ddp
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -51,8 +58,14 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
 def test_ddp_two_processes_match_one_process_on_the_full_batch(tmp_path):
     out_file = str(tmp_path / "ddp.pt")
     # fork: the children inherit the imported modules (spawn would re-import torch in each)
-    mp.start_processes(_worker, args=(str(tmp_path / "init"), out_file), nprocs=WORLD, join=True,
-                       start_method="fork")
+    context = mp.start_processes(_worker, args=(str(tmp_path / "init"), out_file), nprocs=WORLD, join=False,
+                                 start_method="fork")
+    deadline = time.monotonic() + 120          # a hung rank fails the test instead of stalling the suite
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                p.kill()
+            pytest.fail("the DDP ranks did not finish within 120 s")
 
     model, x, y = _model_and_data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
