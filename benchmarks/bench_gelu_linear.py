@@ -73,7 +73,7 @@ def hidden_backward(shape, batch=BATCH, dtype=DTYPE, has_bias=True) -> tuple[int
     "read each input, write each output once": the dW kernel reads dy and h again (a launch apart
     from dh's), and writes the float32 dW (and db) partials of its S row splits, which the split-sum
     kernels read back. S is what the launcher computes at the autotuned (GPU) block sizes."""
-    from fastmvit.kernels.gelu_linear_triton import (DW_BLOCK_K, DW_BLOCK_N, DW_CONFIGS,
+    from fastmvit.kernels.ops.gelu_linear.triton_impl import (DW_BLOCK_K, DW_BLOCK_N, DW_CONFIGS,
                                                      DW_FP32_CONFIGS, dw_splits)
     e = torch.finfo(dtype).bits // 8
     M, K, N = batch * shape.tokens, shape.k, shape.n

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fastmvit.kernels import use_backend
-from fastmvit.kernels.pool_attention import pool_attention
+from fastmvit.kernels import pool_attention
 
 BATCH = 8
 
@@ -74,7 +74,7 @@ def _fused(q, k, v, th, tw, shape):
 
 def _sdpa(q, k, v, th, tw, shape):
     """SDPA with the rel-pos bias materialised as an (B, H, Nq, Nk) additive mask."""
-    from fastmvit.kernels.pool_attention_torch import rel_terms
+    from fastmvit.kernels.ops.pool_attention.torch_impl import rel_terms
     B, H, Nq, D = q.shape
     sp = int(shape.cls)
     (qh, qw), (kh, kw) = shape.q_grid, shape.kv_grid
@@ -91,7 +91,7 @@ def _flex_fn(shape):
         from torch.nn.attention.flex_attention import flex_attention
     except ImportError:
         return None
-    from fastmvit.kernels.pool_attention_torch import rel_terms
+    from fastmvit.kernels.ops.pool_attention.torch_impl import rel_terms
     flex = torch.compile(flex_attention)
     sp = int(shape.cls)
     (qh, qw), (kh, kw) = shape.q_grid, shape.kv_grid

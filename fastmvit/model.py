@@ -48,9 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .kernels.gelu_linear import gelu_linear
-from .kernels.max_pool_tokens import max_pool_tokens
-from .kernels.pool_qkv_attention import pool_qkv_attention
+from .kernels import gelu_linear, max_pool_tokens, pool_qkv_attention
 from .reference import mvitv2 as _ref
 from .reference.config import rel_pos_length
 from .reference.layers import (DropPath, MultiScaleAttention, MultiScaleBlock, PatchEmbed, drop_path_mask,

@@ -7,7 +7,10 @@ import torch
 
 from .backend import TRITON_DTYPES
 
-__all__ = ["check_3d", "check_token_count", "pooled_size", "positive_pair", "shape_of"]
+__all__ = ["MAX_HEAD_DIM", "check_3d", "check_token_count", "pooled_size", "positive_pair", "shape_of"]
+
+# The widest head the attention kernels take (a power of two: the tiles pad D up to one).
+MAX_HEAD_DIM = 256
 
 
 def shape_of(t) -> str:

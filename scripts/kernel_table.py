@@ -1,14 +1,14 @@
 """Print the compiled-kernel table (registers, shared memory, spills, tensor cores) for the README.
 
     .venv/bin/python scripts/kernel_table.py                       # every kernel module, sm_80 and sm_90
-    .venv/bin/python scripts/kernel_table.py --arch 90 --module fastmvit.kernels.pool_qkv
+    .venv/bin/python scripts/kernel_table.py --arch 90 --module fastmvit.kernels.ops.pool_qkv.compile_cases
     .venv/bin/python scripts/kernel_table.py --json kernels.json   # also write the reports (dashboard)
     .venv/bin/python scripts/kernel_table.py --unique              # one row per distinct compile
     .venv/bin/python scripts/kernel_table.py --sass-all            # SASS counts for every kernel
 
 No GPU needed: each (module, target) compiles in its own subprocess through
-fastmvit.kernels.gpu_compile (two at a time by default). A module that does not exist yet, or has
-no gpu_compile_cases(), is left out with a note on stderr. Exit status 1 when any kernel has a
+tools/gpu_compile.py (two at a time by default). A module that does not exist yet, or has
+no cases(), is left out with a note on stderr. Exit status 1 when any kernel has a
 problem (spills, shared memory over the limit, failed compile, missing tensor cores).
 """
 from __future__ import annotations
@@ -19,9 +19,11 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from fastmvit.kernels.gpu_compile import (ARCHS, KERNEL_MODULES, KernelReport, NoCompileCases, compile_cases,
-                                          format_table)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the repository root: tools/
+from tools.gpu_compile import (ARCHS, KERNEL_MODULES, KernelReport, NoCompileCases,  # noqa: E402
+                               compile_cases, format_table)
 
 
 def unique(reports: list[KernelReport]) -> list[KernelReport]:

@@ -1,6 +1,6 @@
 """Toy Triton kernels that prove the GPU-compile harness (kernels/gpu_compile.py) finds what it should.
 
-Not part of the library. It follows the `gpu_compile_cases()` contract of the real kernel modules:
+Not part of the library. It follows the `cases()` contract of the ops' compile_cases modules:
 
 - `_toy_matmul_kernel`: C = A @ B with `tl.dot`, autotuned over five configs:
   * two sound tiles (SOUND_CONFIGS);
@@ -18,7 +18,7 @@ Not part of the library. It follows the `gpu_compile_cases()` contract of the re
   spills them to the stack (a spill the harness must report). A matmul tile that spills takes
   20+ s to compile; this takes well under one.
 
-The module says it expects tensor cores (GPU_COMPILE_EXPECTS_TENSOR_CORES), so the harness checks
+The module says it expects tensor cores (EXPECTS_TENSOR_CORES), so the harness checks
 HMMA / HGMMA in the dot kernel and nothing in the elementwise one.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-GPU_COMPILE_EXPECTS_TENSOR_CORES = True
+EXPECTS_TENSOR_CORES = True
 
 SOUND_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
@@ -110,7 +110,7 @@ def toy_normalize(x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def gpu_compile_cases():
+def cases():
     """(label, thunk) pairs for the harness: odd sizes, CPU tensors (never read or written)."""
     a = torch.empty(200, 96, dtype=torch.float16)
     b = torch.empty(96, 136, dtype=torch.float16)

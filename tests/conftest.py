@@ -129,6 +129,17 @@ def _one_torch_thread():
 
 
 @pytest.fixture
+def poisoned_buffers(monkeypatch):
+    """Every buffer the Triton launchers allocate (outputs, scratch, partial sums) starts as NaN
+    (integers: their max), so an element a kernel fails to write shows up. The launchers all
+    allocate through ``fastmvit.kernels.triton_helpers.empty``."""
+    from fastmvit.kernels import triton_helpers
+    from numerics import poison_
+    original = triton_helpers.empty
+    monkeypatch.setattr(triton_helpers, "empty", lambda *shape, **kw: poison_(original(*shape, **kw)))
+
+
+@pytest.fixture
 def device() -> torch.device:
     """Where tensors live: CUDA when present, else the CPU (kernels in the interpreter)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,8 +16,6 @@ take ``device=``.
 """
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
@@ -28,25 +26,16 @@ import test_pool_attention as t_attn
 import test_pool_qkv as t_qkv
 import test_pool_qkv_attention as t_qkv_attn
 import fastmvit
-from numerics import DTYPES, poison_
+from numerics import DTYPES
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.usefixtures("poisoned_buffers"),   # every buffer a launcher allocates starts as NaN
 ]
 CUDA = "cuda"
 ids = lambda d: str(d).removeprefix("torch.")
-TRITON_MODULES = ("pool_attention_triton", "pool_qkv_triton", "max_pool_tokens_triton", "gelu_linear_triton")
-
-
-@pytest.fixture(autouse=True)
-def poisoned_buffers(monkeypatch):
-    """Every buffer any Triton launcher allocates starts as NaN (uint8: 255)."""
-    for name in TRITON_MODULES:
-        mod = importlib.import_module(f"fastmvit.kernels.{name}")
-        original = mod._empty
-        monkeypatch.setattr(mod, "_empty", lambda *shape, _o=original, **kw: poison_(_o(*shape, **kw)))
 
 
 def assert_bitwise_equal(first, second, what):

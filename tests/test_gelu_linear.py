@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import fastmvit
-from fastmvit.kernels import gelu_linear_triton as glt
-from fastmvit.kernels.gelu_linear import gelu_linear
-from numerics import DTYPES, TOLERANCE, assert_matches_float64, poison_
+from fastmvit.kernels import gelu_linear
+from fastmvit.kernels.ops.gelu_linear import triton_impl as glt
+from numerics import DTYPES, TOLERANCE, assert_matches_float64
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# Every buffer the launchers allocate (outputs and dW partials) starts as NaN.
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("poisoned_buffers")]
 
 
 def reference(h, w, b, r, s):
@@ -30,13 +31,6 @@ def reference(h, w, b, r, s):
     if s is not None:
         y = y * s.view(-1, 1, 1)
     return y if r is None else r + y
-
-
-@pytest.fixture(autouse=True)
-def poisoned_buffers(monkeypatch):
-    """Every buffer the Triton launchers allocate starts as NaN (outputs and dW partials)."""
-    original = glt._empty
-    monkeypatch.setattr(glt, "_empty", lambda *shape, **kw: poison_(original(*shape, **kw)))
 
 
 def make_inputs(B, T, K, N, bias, residual, scale, dtype, param_dtype=None, residual_dtype=None, seed=0):
@@ -133,17 +127,16 @@ def test_autocast_float32_residual(dtype):
 def test_dw_split_over_rows(monkeypatch):
     """dW and db summed over several row splits (the last one ragged) in the fixed-order kernel."""
     monkeypatch.setattr(glt, "DW_MIN_ROWS", 32)
-    assert glt.dw_splits(2 * 197, 24, 40, *glt.INTERPRETER_DW_BLOCKS, 32) == (7, 64)   # last: 10 rows
+    assert glt.dw_splits(2 * 197, 24, 40, glt.INTERPRETER_CONFIGS["dw"]["BLOCK_N"], glt.INTERPRETER_CONFIGS["dw"]["BLOCK_K"], 32) == (7, 64)   # last: 10 rows
     check_against_float64(2, 197, 40, 24, torch.float32)
     check_against_float64(2, 197, 40, 24, torch.bfloat16)
 
 
 def test_other_tiling(monkeypatch):
     """Blocks wider than the dims (64 > N = 24 and K = 40) and a 16-wide reduction step."""
-    monkeypatch.setattr(glt, "INTERPRETER_FWD", {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16})
-    monkeypatch.setattr(glt, "INTERPRETER_DH", {"BLOCK_M": 16, "BLOCK_K": 64, "BLOCK_N": 16})
-    monkeypatch.setattr(glt, "INTERPRETER_DW", {"BLOCK_M": 16})
-    monkeypatch.setattr(glt, "INTERPRETER_DW_BLOCKS", (16, 64))
+    monkeypatch.setattr(glt, "INTERPRETER_CONFIGS", {"fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16},
+                                                     "dh": {"BLOCK_M": 16, "BLOCK_K": 64, "BLOCK_N": 16},
+                                                     "dw": {"BLOCK_N": 16, "BLOCK_K": 64, "BLOCK_M": 16}})
     check_against_float64(2, 50, 40, 24, torch.float32)
 
 

@@ -1,5 +1,5 @@
 """The GPU-compile harness: our kernels compile for sm_80 and sm_90 without spills, within shared
-memory, and on tensor cores where they do a matmul (fastmvit.kernels.gpu_compile).
+memory, and on tensor cores where they do a matmul (tools/gpu_compile.py).
 
 The toy module (tests/_toy_kernels.py) proves the harness finds what it should; then every real
 kernel module is compiled for both targets and must have no problems. Compiles run in a subprocess
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmvit.kernels.gpu_compile import (ARCHS, KERNEL_MODULES, SHARED_LIMIT, KernelReport, _count_dots,
+from tools.gpu_compile import (ARCHS, KERNEL_MODULES, SHARED_LIMIT, KernelReport, _count_dots,
                                           compile_cases, compile_only, count_sass, format_table)
 
 pytestmark = pytest.mark.gpu_compile
@@ -166,9 +166,9 @@ FULL = os.environ.get("FASTMVIT_GPU_COMPILE", "sample").strip().lower() == "all"
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: f"sm_{a}")
 @pytest.mark.parametrize("module", KERNEL_MODULES)
 def test_kernels_compile_clean(module, arch):
-    assert hasattr(importlib.import_module(module), "gpu_compile_cases"), f"{module} has no gpu_compile_cases()"
+    assert hasattr(importlib.import_module(module), "cases"), f"{module} has no cases()"
     reports = compile_cases(module, arch, sample=not FULL)
     table = format_table(reports)
-    assert reports, f"{module}: gpu_compile_cases() compiled nothing for sm_{arch}"
+    assert reports, f"{module}: cases() compiled nothing for sm_{arch}"
     problems = [f"{r.kernel} [{r.case}] {r.constexprs}: {p}" for r in reports for p in r.problems()]
     assert not problems, f"{module} on sm_{arch}:\n" + "\n".join(problems) + "\n\n" + table

@@ -13,15 +13,15 @@ buffer the launchers allocate is poisoned first (NaN, and 255 for the uint8 argm
 """
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastmvit
-from fastmvit.kernels.max_pool_tokens import max_pool_tokens, pooled_size
-from numerics import DTYPES, assert_matches_float64, poison_
+from fastmvit.kernels import max_pool_tokens
+from fastmvit.kernels.args import pooled_size
+from numerics import DTYPES, assert_matches_float64
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -65,14 +65,6 @@ def tie_inputs(B, hw, C, sp, dtype, seed=0, levels=4):
 def quantised_grad(shape, dtype, seed=1):
     gen = torch.Generator().manual_seed(seed)
     return (torch.randint(-8, 9, shape, generator=gen).double() / 4).to(dtype)
-
-
-@pytest.fixture
-def poisoned_buffers(monkeypatch):
-    """Every buffer the Triton launchers allocate starts as NaN (uint8: 255)."""
-    from fastmvit.kernels import max_pool_tokens_triton
-    original = max_pool_tokens_triton._empty
-    monkeypatch.setattr(max_pool_tokens_triton, "_empty", lambda *shape, **kw: poison_(original(*shape, **kw)))
 
 
 def run(x, hw, kernel, stride, sp, backend="triton"):
@@ -300,7 +292,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
 
 
 def test_auto_backend_on_cpu_is_torch(monkeypatch):
-    module = importlib.import_module("fastmvit.kernels.max_pool_tokens")
+    module = fastmvit.kernels.ops.max_pool_tokens
     monkeypatch.setattr(module, "max_pool_tokens_torch", lambda *args: "torch path")
     assert run(torch.randn(1, 35, 8), (7, 5), 3, 2, 0, "auto") == "torch path"
 

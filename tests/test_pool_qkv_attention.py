@@ -12,9 +12,7 @@ import pytest
 import torch
 
 import fastmvit
-from fastmvit.kernels.pool_attention import pool_attention
-from fastmvit.kernels.pool_qkv import pool_qkv
-from fastmvit.kernels.pool_qkv_attention import pool_qkv_attention
+from fastmvit.kernels import pool_attention, pool_qkv, pool_qkv_attention
 from numerics import DTYPES, assert_matches_float64
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

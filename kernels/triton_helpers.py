@@ -1,5 +1,9 @@
-"""@triton.jit helpers shared by the kernel modules (imports triton: only the *_triton modules
-import this)."""
+"""What the ops' Triton code shares: @triton.jit helpers, the triton version, the one allocator.
+
+Imports triton: only the ops' ``triton_impl`` modules import this (importing ``fastmvit.kernels``
+does not need triton).
+"""
+import torch
 import triton
 import triton.language as tl
 
@@ -16,3 +20,9 @@ def mma(a, b, acc, FP32: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+def empty(*shape, dtype, device) -> torch.Tensor:
+    """Every buffer a launcher allocates, outputs and scratch alike, comes from here (the launchers
+    call it as ``helpers.empty``), so a test can poison them all with one patch."""
+    return torch.empty(*shape, dtype=dtype, device=device)

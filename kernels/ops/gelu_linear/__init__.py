@@ -63,20 +63,19 @@ contiguous, in the residual's dtype (h's without one), and dy is read in that dt
 in registers before the GEMMs, as eager's add backward casts it). sample_scale any floating dtype, non-differentiable, only with a
 residual (stochastic depth drops the residual branch, never the shortcut).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from .args import check_3d, shape_of
-from .backend import autotune_on, require_triton_runnable, resolve_backend
+from ...args import check_3d, shape_of
+from ...backend import require_triton_runnable, resolve_backend
+from . import op as _op  # noqa: F401  (registers the custom ops)
+from .torch_impl import gelu_linear_torch
 
-__all__ = ["gelu_linear", "gelu_linear_torch", "gpu_compile_cases"]
-
-GPU_COMPILE_EXPECTS_TENSOR_CORES = True   # kernels/gpu_compile.py checks HMMA / HGMMA in every GEMM
-
+__all__ = ["gelu_linear", "gelu_linear_torch"]
 
 
 def _check(h, weight, bias, residual, sample_scale) -> None:
@@ -137,127 +136,3 @@ def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         return gelu_linear_torch(h, weight, bias, residual, sample_scale)
     require_triton_runnable(h.device, "gelu_linear", h.dtype)
     return torch.ops.fastmvit.gelu_linear(h, weight, bias, residual, sample_scale)
-
-
-def gelu_linear_torch(h, weight, bias=None, residual=None, sample_scale=None) -> torch.Tensor:
-    """The plain torch path (the eager model's ops), on checked arguments: the readable math."""
-    out = F.linear(F.gelu(h), weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
-    if residual is None:
-        return out
-    if sample_scale is None:
-        return residual + out
-    if sample_scale.dtype == out.dtype:
-        return torch.addcmul(residual, out, sample_scale.view(-1, 1, 1))
-    # A float32 scale with half h: multiply in float32, round once (1 / 0.9 is not a bf16 number,
-    # so casting the scale first would bias every kept sample by up to 0.4%).
-    return residual + (out * sample_scale.view(-1, 1, 1)).to(out.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# The custom ops of the Triton path
-# --------------------------------------------------------------------------------------------
-
-def _scale(sample_scale):
-    return None if sample_scale is None else sample_scale.contiguous()
-
-
-@torch.library.custom_op("fastmvit::gelu_linear", mutates_args=())
-def _gelu_linear_op(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    residual: Optional[torch.Tensor], sample_scale: Optional[torch.Tensor]) -> torch.Tensor:
-    """y (B, T, N) contiguous, in the residual's dtype, else h's."""
-    from .gelu_linear_triton import forward
-    return forward(h, weight, bias, residual, _scale(sample_scale), autotune=autotune_on(h.device))
-
-
-@_gelu_linear_op.register_fake
-def _(h, weight, bias, residual, sample_scale):
-    B, T, _ = h.shape
-    return h.new_empty(B, T, weight.shape[0], dtype=h.dtype if residual is None else residual.dtype)
-
-
-@torch.library.custom_op("fastmvit::gelu_linear_backward", mutates_args=())
-def _gelu_linear_backward_op(dy: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
-                             bias: Optional[torch.Tensor], sample_scale: Optional[torch.Tensor]
-                             ) -> list[torch.Tensor]:
-    """[dh (B, T, K) contiguous in h's dtype, dW (N, K) in weight's dtype] + [db (N,) in bias's
-    dtype] when there is a bias (bias is passed for its presence and dtype only)."""
-    from .gelu_linear_triton import backward
-    dh, dw, db = backward(dy, h, weight, bias is not None,
-                          None if bias is None else bias.dtype, _scale(sample_scale),
-                          autotune=autotune_on(h.device))
-    return [dh, dw] if db is None else [dh, dw, db]
-
-
-@_gelu_linear_backward_op.register_fake
-def _(dy, h, weight, bias, sample_scale):
-    grads = [h.new_empty(h.shape), weight.new_empty(weight.shape)]
-    if bias is not None:
-        grads.append(bias.new_empty(bias.shape))
-    return grads
-
-
-def _setup_context(ctx, inputs, output):
-    h, weight, bias, residual, sample_scale = inputs
-    ctx.save_for_backward(h, weight, bias, sample_scale)   # not gelu(h), not y; bias for its dtype
-    ctx.has_residual = residual is not None
-
-
-def _backward(ctx, dy):
-    h, weight, bias, sample_scale = ctx.saved_tensors
-    grads = _gelu_linear_backward_op(dy, h, weight, bias, sample_scale)
-    db = grads[2] if bias is not None else None
-    return grads[0], grads[1], db, (dy if ctx.has_residual else None), None
-
-
-_gelu_linear_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------------------------
-# GPU-compile harness contract (kernels/gpu_compile.py): every launch config of the op
-# --------------------------------------------------------------------------------------------
-
-# MViTv2 stage widths C (tiny ... huge); the MLP tail has K = 4 C and N = C. Tokens and batch are
-# runtime values (not specialised), so M only picks a grid: one per case.
-_WIDTHS = (96, 144, 192, 288, 384, 576, 768, 1152)
-# sample: (C, dtype, residual + sample_scale, weight in float32) - every kernel and config, fp16 and
-# bf16, K 384 (dW over row splits + the sum kernel) and 3072 (49 tokens: one split, dW written
-# directly), with and without the epilogue extras, the autocast case, and float32's configs.
-_SAMPLE = {(96, torch.float16, True, False), (96, torch.bfloat16, True, True),
-           (768, torch.bfloat16, False, False), (96, torch.float32, True, False)}
-
-
-def gpu_compile_cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
-    """(label, thunk) pairs for kernels/gpu_compile.py: each thunk calls the autotuned launchers
-    (forward, then backward) with CPU tensors at one MViTv2 MLP shape (B 8, 784 tokens, or 49 for
-    C >= 768; K = 4 C, N = C), so a stand-in driver compiles every config the op can launch.
-
-    sample: the representative subset the test suite compiles (_SAMPLE).
-
-    float32 has its own small configs (exact IEEE tl.dot: FMAs, no tensor cores); its h is already
-    float32, so there is no separate autocast case for it."""
-    from .gelu_linear_triton import backward, forward
-
-    def thunk(C, dtype, extras, fp32_weight):
-        def run():
-            # the stage-4 widths at their 49 tokens: few rows, so dW is one split written directly
-            B, T = 8, (49 if C >= 768 else 784)
-            h = torch.empty(B, T, 4 * C, dtype=dtype)
-            pdtype = torch.float32 if fp32_weight else dtype
-            w = torch.empty(C, 4 * C, dtype=pdtype)
-            b = torch.empty(C, dtype=pdtype)
-            # the autocast case: float32 master weights and a float32 residual stream (y float32)
-            res = torch.empty(B, T, C, dtype=pdtype) if extras else None
-            scale = torch.empty(B, dtype=torch.float32) if extras else None
-            y = forward(h, w, b, res, scale)
-            backward(torch.empty_like(y), h, w, True, pdtype, scale)
-        return run
-
-    for C in _WIDTHS:
-        for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            for extras in (False, True):
-                for fp32_weight in ((False, True) if dtype != torch.float32 else (False,)):
-                    if sample and (C, dtype, extras, fp32_weight) not in _SAMPLE:
-                        continue
-                    label = (f"gelu_linear K{4 * C} N{C} {str(dtype).removeprefix('torch.')}"
-                             f"{' +residual+scale' if extras else ''}{' fp32-weight' if fp32_weight else ''}{' fp32-residual' if fp32_weight and extras else ''}")
-                    yield label, thunk(C, dtype, extras, fp32_weight)

@@ -1,6 +1,6 @@
 """The torch custom ops around the Triton kernels: `fastmvit::pool_attention` (forward: out, lse)
 and `fastmvit::pool_attention_backward`, with fake implementations (meta tensors, torch.compile)
-and autograd. Imported by `pool_attention` on first use of the triton backend.
+and autograd. Registered on import; the kernels (triton) are imported on first call.
 
 custom_op (not triton_op + wrap_triton): it works under torch.compile on CPU in the interpreter
 (shared/TRITON-ON-CPU.md), and the op stays one node in the graph (no graph break).
@@ -11,8 +11,7 @@ from typing import Optional
 
 import torch
 
-from .backend import autotune_on
-from . import pool_attention_triton as _tk
+from ...backend import autotune_on
 
 
 @torch.library.custom_op("fastmvit::pool_attention", mutates_args=())
@@ -21,7 +20,8 @@ def pool_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        q_size: list[int], k_size: list[int], has_cls_token: bool,
                        residual_pooling: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns out (B, H, Nq, D), a view of a (B, Nq, H, D) buffer, and lse (B, H, Nq) float32."""
-    return _tk.forward(q, k, v, rel_pos_h, rel_pos_w, tuple(q_size), tuple(k_size), int(has_cls_token),
+    from .triton_impl import forward
+    return forward(q, k, v, rel_pos_h, rel_pos_w, tuple(q_size), tuple(k_size), int(has_cls_token),
                        residual_pooling, scale, autotune=autotune_on(q.device))
 
 
@@ -38,7 +38,8 @@ def pool_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
                        lse: torch.Tensor, q_size: list[int], k_size: list[int],
                        has_cls_token: bool, residual_pooling: bool, scale: float) -> list[torch.Tensor]:
     """Returns [dq, dk, dv] + [d_rel_pos_h, d_rel_pos_w] when there are tables."""
-    grads = _tk.backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, tuple(q_size), tuple(k_size),
+    from .triton_impl import backward
+    grads = backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, tuple(q_size), tuple(k_size),
                          int(has_cls_token), residual_pooling, scale, autotune=autotune_on(q.device))
     return [g for g in grads if g is not None]
 
@@ -57,7 +58,7 @@ def _(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, has_cls_token, r
 def _setup_context(ctx, inputs, output):
     q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_pooling, scale = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, rel_pos_h, rel_pos_w, lse)   # not out: see _fwd_kernel's BWD_PRE
+    ctx.save_for_backward(q, k, v, rel_pos_h, rel_pos_w, lse)   # not out: see pool_attention_fwd_kernel's BWD_PRE
     ctx.args = (q_size, k_size, has_cls_token, residual_pooling, scale)
     ctx.mark_non_differentiable(lse)
 

@@ -22,47 +22,19 @@ their ``_backward`` ops): the Function only chooses what to save, so torch.compi
 ops and the cost model counts each launch. On the "torch" backend, or when no gradient is
 needed, this is exactly ``pool_qkv`` then ``pool_attention``.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
 
-from .backend import resolve_backend
-from .pool_attention import pool_attention, require_triton_attention
-from .pool_attention_torch import check_tables
-from .pool_qkv import check_and_geometry, param_grads, pool_qkv
+from ...backend import resolve_backend
+from ..pool_attention import check_tables, pool_attention, require_triton_attention
+from ..pool_qkv import check_and_geometry, pool_qkv
+from .op import PoolQKVAttention
 
 __all__ = ["pool_qkv_attention"]
-
-
-class _PoolQKVAttention(torch.autograd.Function):
-    """Forward: the two custom ops. Saved: qkv, the parameters, the tables, lse. Backward:
-    pool_qkv (recompute q, k, v) -> pool_attention_backward -> pool_qkv_backward."""
-
-    @staticmethod
-    def forward(ctx, qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w,
-                qkv_args, attn_args):
-        ops = torch.ops.fastmvit
-        q, k, v = ops.pool_qkv(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, *qkv_args)
-        out, lse = ops.pool_attention(q, k, v, rel_pos_h, rel_pos_w, *attn_args)
-        ctx.save_for_backward(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w, lse)
-        ctx.qkv_args, ctx.attn_args = qkv_args, attn_args
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w, lse = ctx.saved_tensors
-        ops = torch.ops.fastmvit
-        q, k, v = ops.pool_qkv(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, *ctx.qkv_args)
-        grads = ops.pool_attention_backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, *ctx.attn_args)
-        del q, k, v
-        dqkv, sums = ops.pool_qkv_backward(grads[0], grads[1], grads[2], qkv, wq, wk, wv, gq, gk, gv,
-                                           *ctx.qkv_args)
-        dw, dg, db = param_grads(sums, wq, gq)
-        d_th, d_tw = (grads[3], grads[4]) if rel_pos_h is not None else (None, None)
-        return (dqkv, dw[0], dw[1], dw[2], dg[0], dg[1], dg[2], db[0], db[1], db[2], d_th, d_tw,
-                None, None)
 
 
 def pool_qkv_attention(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: int,
@@ -103,5 +75,5 @@ def pool_qkv_attention(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: in
     scale = float(D ** -0.5 if scale is None else scale)
     qkv_args = (list(hw), num_heads, [*strides[0], *strides[1]], bool(sp), float(eps))
     attn_args = (list(q_size), list(k_size), bool(sp), bool(residual_pooling), scale)
-    out = _PoolQKVAttention.apply(qkv, *params, th, tw, qkv_args, attn_args)
+    out = PoolQKVAttention.apply(qkv, *params, th, tw, qkv_args, attn_args)
     return out, q_size

@@ -6,7 +6,8 @@ same autotune configs, same constexprs) for Ampere (sm_80) or Hopper (sm_90), re
 with the tools shipped in the triton wheel, and reports registers, shared memory, spills and
 tensor-core instructions per kernel.
 
-How it works (triton 3.9; see shared/TRITON-ON-CPU.md):
+How it works (checked on triton 3.6 and 3.9; the interpreter-free compile path of docs/design.md,
+"Checking the GPU path without a GPU"):
 
 - a stand-in CUDA driver (device 0, stream 0, target ``GPUTarget("cuda", arch, 32)``) becomes the
   active driver, so every ``@triton.jit`` launch specialises and compiles for that target;
@@ -22,20 +23,20 @@ How it works (triton 3.9; see shared/TRITON-ON-CPU.md):
 - triton caches the target per device on first launch, so one target per process:
   `compile_cases` runs each (module, arch) in a fresh subprocess with the interpreter off.
 
-The contract with a kernel module (e.g. ``fastmvit.kernels.pool_attention``)
------------------------------------------------------------------------------
+The contract with a compile-cases module (e.g. ``fastmvit.kernels.ops.pool_attention.compile_cases``)
+-----------------------------------------------------------------------------------------------------
 The module defines::
 
-    def gpu_compile_cases() -> Iterable[tuple[str, Callable[[], None]]]:
+    def cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
         '''(label, thunk) pairs; each thunk calls the module's internal Triton launchers directly,
         with CPU tensors (torch.empty is enough: nothing is read or written), at the real MViTv2
         shapes (e.g. "fwd bf16 hd96 3136x196").'''
 
-    GPU_COMPILE_EXPECTS_TENSOR_CORES = True   # optional, default False
+    EXPECTS_TENSOR_CORES = True   # optional, default False
 
 Labels should be unique within the module. Build tensors once outside the thunks where convenient.
 
-Tensor cores: when the module sets ``GPU_COMPILE_EXPECTS_TENSOR_CORES = True``, every compiled
+Tensor cores: when the module sets ``EXPECTS_TENSOR_CORES = True``, every compiled
 kernel that contains a ``tl.dot`` which can use tensor cores (any ``tl.dot`` except float32 operands
 with ``input_precision="ieee"``, which the TTIR shows as a dot without an ``inputPrecision``
 attribute; found in the kernel's TTIR, so helpers called from the kernel count) must show HMMA in its SASS on sm_80, and HMMA or HGMMA on sm_90. Kernels without such a dot
@@ -43,12 +44,13 @@ are not checked. So: pool_attention sets it to True, pool_qkv leaves it out.
 
 Use
 ---
-    from fastmvit.kernels.gpu_compile import compile_cases, format_table
-    reports = compile_cases("fastmvit.kernels.pool_attention", 90)
+    from tools.gpu_compile import compile_cases, format_table
+    reports = compile_cases("fastmvit.kernels.ops.pool_attention.compile_cases", 90)
     print(format_table(reports))
     assert not [p for r in reports for p in r.problems()]
 
-By hand: ``python -m fastmvit.kernels.gpu_compile fastmvit.kernels.pool_qkv --arch 80 [--json [OUT]]``
+By hand, from the repository root: ``python -m tools.gpu_compile fastmvit.kernels.ops.pool_qkv.compile_cases --arch 80
+[--json [OUT]]``
 (prints the markdown table, or the reports as JSON to stdout / OUT). MODULE may also be a path to a
 .py file. In-process use of `compile_only` needs ``TRITON_INTERPRET`` unset before triton is
 imported, and allows a single target per process.
@@ -90,10 +92,10 @@ REGISTERS_PER_BLOCK = 65536  # a block's threads share one SM's register file
 # spill traffic).
 SASS_OPCODES = ("HMMA", "HGMMA", "LDGSTS", "UTMALDG", "UTMASTG", "LDSM", "LDL", "STL")
 # The kernel modules that must compile clean (tests/test_gpu_compile.py, scripts/kernel_table.py).
-KERNEL_MODULES = ("fastmvit.kernels.pool_attention", "fastmvit.kernels.pool_qkv", "fastmvit.kernels.max_pool_tokens",
-                  "fastmvit.kernels.gelu_linear")
-CASES_FUNCTION = "gpu_compile_cases"
-EXPECTS_TENSOR_CORES_FLAG = "GPU_COMPILE_EXPECTS_TENSOR_CORES"
+KERNEL_MODULES = tuple(f"fastmvit.kernels.ops.{op}.compile_cases"
+                       for op in ("pool_attention", "pool_qkv", "max_pool_tokens", "gelu_linear"))
+CASES_FUNCTION = "cases"
+EXPECTS_TENSOR_CORES_FLAG = "EXPECTS_TENSOR_CORES"
 
 
 def target_name(arch: int) -> str:
@@ -507,7 +509,7 @@ def import_kernel_module(module: str):
 
 
 class NoCompileCases(RuntimeError):
-    """The module has no gpu_compile_cases() (yet)."""
+    """The module has no cases() (yet)."""
 
 
 _EXIT_NO_CASES = 3
@@ -516,14 +518,14 @@ _EXIT_NO_CASES = 3
 def run_cases_here(module: str, arch: int, sass: str = "auto", sample: bool = False) -> list[KernelReport]:
     """Compile every case of `module` for sm_`arch` in this process (needs the interpreter off).
 
-    sample: ask the module for its representative subset (``gpu_compile_cases(sample=True)``, where
+    sample: ask the module for its representative subset (``cases(sample=True)``, where
     the function takes that argument): every kernel and config, fp16 and bf16, each head dim, but
     one grid per combination instead of every MViTv2 shape. The test suite uses it to stay within
     its time budget on a cold triton cache; the full set is for scripts/kernel_table.py."""
     mod = import_kernel_module(module)
     cases = getattr(mod, CASES_FUNCTION, None)
     if cases is None:
-        raise NoCompileCases(f"{module} has no {CASES_FUNCTION}() (see fastmvit.kernels.gpu_compile)")
+        raise NoCompileCases(f"{module} has no {CASES_FUNCTION}() (see tools/gpu_compile.py)")
     expects = bool(getattr(mod, EXPECTS_TENSOR_CORES_FLAG, False))
     takes_sample = "sample" in inspect.signature(cases).parameters
     with compile_only(arch, sass) as recorder:
@@ -540,16 +542,17 @@ def compile_cases(module: str, arch: int, sass: str = "auto", timeout: float = 9
 
     The subprocess runs with the interpreter off and TRITON_DEFAULT_FP_FUSION=1; the triton cache is
     kept, so re-runs are fast. Raises RuntimeError (with the subprocess's stderr) if it fails as a
-    whole (NoCompileCases when the module has no gpu_compile_cases); per-case failures come back as
+    whole (NoCompileCases when the module has no cases()); per-case failures come back as
     reports with `error` set.
     """
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    # The subprocess must import the same fastmvit (and, for a path, the same file) as we do.
+    # The subprocess must import the same fastmvit and tools (and, for a path, the same file) as we
+    # do: the repository root on its path (an uninstalled checkout maps kernels/ itself).
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="gpu_compile_") as tmp:
         out = os.path.join(tmp, "reports.json")
-        cmd = [sys.executable, "-m", "fastmvit.kernels.gpu_compile", module, "--arch", str(arch), "--sass", sass, "--json", out]
+        cmd = [sys.executable, "-m", "tools.gpu_compile", module, "--arch", str(arch), "--sass", sass, "--json", out]
         if sample:
             cmd.append("--sample")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -600,9 +603,9 @@ def _cell(value: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fastmvit.kernels.gpu_compile",
-        description="Compile a kernel module's gpu_compile_cases() for sm_80/sm_90 without a GPU.")
-    parser.add_argument("module", help="dotted module name (fastmvit.kernels.pool_qkv) or a .py path")
+        prog="python -m tools.gpu_compile",
+        description="Compile an op's compile_cases.cases() for sm_80/sm_90 without a GPU.")
+    parser.add_argument("module", help="dotted module name (fastmvit.kernels.ops.pool_qkv.compile_cases) or a .py path")
     parser.add_argument("--arch", type=int, choices=ARCHS, default=90)
     parser.add_argument("--sass", choices=("auto", "all"), default="auto",
                         help="dump the SASS of kernels with a tensor-core tl.dot (auto) or of all")

@@ -12,7 +12,7 @@ the offset ky * KW + kx of the winning tap inside its window, uint8, (B, OH * OW
 
 Kernels (comparisons in float32, which preserves the order of fp16/bf16 values exactly):
 
-- ``_max_pool_tokens_fwd_kernel``: grid (tiles of BLOCK_P flat output rows (b, r), channel blocks
+- ``max_pool_tokens_fwd_kernel``: grid (tiles of BLOCK_P flat output rows (b, r), channel blocks
   of BLOCK_C). A program scans the KH * KW taps of its rows' windows in row-major order (ky outer,
   kx inner), each tap one masked (BLOCK_P, BLOCK_C) load (channels contiguous: coalesced), keeping
   the running max and the winning tap: a tap wins when ``val > max or isnan(val)``, which is
@@ -20,7 +20,7 @@ Kernels (comparisons in float32, which preserves the order of fp16/bf16 values e
   max starts at -inf with the first in-grid tap as the winner (torch's start too: a window of -inf
   points at its first valid element). Padding taps load -inf, so they never win. The class-token
   row (r == 0 when SP) copies its token. Stores y and, when WRITE_ARGMAX, the uint8 argmax.
-- ``_max_pool_tokens_bwd_kernel``: grid (tiles of BLOCK_P flat input rows (b, n), channel blocks).
+- ``max_pool_tokens_bwd_kernel``: grid (tiles of BLOCK_P flat input rows (b, n), channel blocks).
   The input gradient as a gather, no atomics: input position (iy, ix) lies in the windows
   oy = (iy + PAD_H) // SH - j, j < cdiv(KH, SH), at tap ky = iy + PAD_H - oy * SH when ky < KH and
   0 <= oy < OH (same along x): at most cdiv(KH, SH) * cdiv(KW, SW) windows, visited in a fixed
@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ... import triton_helpers as helpers
+
 # A program's tile: BLOCK_P rows x BLOCK_C channels, TILE_ELEMS values. BLOCK_C is the power of two
 # in CHANNEL_BLOCKS that pads C least (ties: the larger): 64 at C 192/768, 32 at C 96, 16 at C 72
 # or 144, so that a row's channels are one to a few full 32-byte sectors. 8 warps: 8 values per
@@ -50,7 +52,7 @@ BWD_WARPS = 8
 
 
 @triton.jit(do_not_specialize=["H", "W", "OH", "OW", "n_rows", "stride_xb"])
-def _max_pool_tokens_fwd_kernel(
+def max_pool_tokens_fwd_kernel(
     x_ptr, stride_xb, stride_xn,          # (B, N, C), channel dim contiguous
     y_ptr,                                # (B, SP + OH * OW, C) contiguous, x's dtype
     arg_ptr,                              # (B, OH * OW, C) contiguous uint8 (unused unless WRITE_ARGMAX)
@@ -103,7 +105,7 @@ def _max_pool_tokens_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["H", "W", "OH", "OW", "n_rows", "stride_db"])
-def _max_pool_tokens_bwd_kernel(
+def max_pool_tokens_bwd_kernel(
     dy_ptr, stride_db, stride_dn,         # (B, SP + OH * OW, C), channel dim contiguous
     arg_ptr,                              # (B, OH * OW, C) contiguous uint8 window offsets
     dx_ptr,                               # (B, SP + H * W, C) contiguous, written whole
@@ -156,11 +158,6 @@ def _max_pool_tokens_bwd_kernel(
 # never look at the device or at TRITON_INTERPRET, so that the GPU-compile harness can call them.
 # --------------------------------------------------------------------------------------------
 
-def _empty(*shape, device, dtype):
-    """Every buffer the launchers allocate (tests poison them to catch unwritten values)."""
-    return torch.empty(*shape, device=device, dtype=dtype)
-
-
 def block_sizes(C: int) -> tuple[int, int]:
     """(BLOCK_P, BLOCK_C) for C channels: BLOCK_C from CHANNEL_BLOCKS padding C least (ties: the
     larger block), BLOCK_P = TILE_ELEMS // BLOCK_C."""
@@ -168,38 +165,38 @@ def block_sizes(C: int) -> tuple[int, int]:
     return TILE_ELEMS // block_c, block_c
 
 
-def launch_forward(x, hw, out_hw, kernel, stride, sp, write_argmax):
+def forward(x, hw, out_hw, kernel, stride, sp, write_argmax):
     """y (B, sp + OH * OW, C) contiguous in x's dtype, and the argmax: uint8 (B, OH * OW, C)
     contiguous when `write_argmax`, else an empty (0,) uint8 tensor (nothing written).
 
     x: (B, sp + H * W, C) with x.stride(2) == 1 (any batch and token strides); hw = (H, W),
     out_hw = (OH, OW), kernel = (KH, KW), stride = (SH, SW); sp: 1 with a class token, else 0."""
-    assert x.stride(2) == 1, "launch_forward: x's channel dim must be contiguous"
+    assert x.stride(2) == 1, "forward: x's channel dim must be contiguous"
     B, N, C = x.shape
     (H, W), (OH, OW) = hw, out_hw
-    y = _empty(B, sp + OH * OW, C, device=x.device, dtype=x.dtype)
-    arg = _empty(*((B, OH * OW, C) if write_argmax else (0,)), device=x.device, dtype=torch.uint8)
+    y = helpers.empty(B, sp + OH * OW, C, device=x.device, dtype=x.dtype)
+    arg = helpers.empty(*((B, OH * OW, C) if write_argmax else (0,)), device=x.device, dtype=torch.uint8)
     n_rows = B * (sp + OH * OW)
     block_p, block_c = block_sizes(C)
     grid = (triton.cdiv(n_rows, block_p), triton.cdiv(C, block_c))
-    _max_pool_tokens_fwd_kernel[grid](
+    max_pool_tokens_fwd_kernel[grid](
         x, x.stride(0), x.stride(1), y, arg if write_argmax else y, H, W, OH, OW, C, n_rows,
         SP=sp, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], WRITE_ARGMAX=bool(write_argmax),
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=FWD_WARPS, num_stages=1)
     return y, arg
 
 
-def launch_backward(dy, arg, hw, out_hw, kernel, stride, sp):
+def backward(dy, arg, hw, out_hw, kernel, stride, sp):
     """dx (B, sp + H * W, C) contiguous in dy's dtype from dy (B, sp + OH * OW, C) (channel dim
     contiguous, any batch and token strides) and the uint8 argmax (B, OH * OW, C) contiguous."""
-    assert dy.stride(2) == 1 and arg.is_contiguous(), "launch_backward: layout"
+    assert dy.stride(2) == 1 and arg.is_contiguous(), "backward: layout"
     B, _, C = dy.shape
     (H, W), (OH, OW) = hw, out_hw
-    dx = _empty(B, sp + H * W, C, device=dy.device, dtype=dy.dtype)
+    dx = helpers.empty(B, sp + H * W, C, device=dy.device, dtype=dy.dtype)
     n_rows = B * (sp + H * W)
     block_p, block_c = block_sizes(C)
     grid = (triton.cdiv(n_rows, block_p), triton.cdiv(C, block_c))
-    _max_pool_tokens_bwd_kernel[grid](
+    max_pool_tokens_bwd_kernel[grid](
         dy, dy.stride(0), dy.stride(1), arg, dx, H, W, OH, OW, C, n_rows,
         SP=sp, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=BWD_WARPS, num_stages=1)

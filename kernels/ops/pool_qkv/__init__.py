@@ -61,21 +61,20 @@ permuted copy of the input, the conv outputs and the LayerNorm statistics.
 Dtypes: qkv float32, float16 or bfloat16; outputs in qkv's dtype. The nine parameters share one
 dtype, qkv's or float32 (the autocast case); their gradients come back in it. Arithmetic is float32.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .args import check_3d, check_token_count, pooled_size, positive_pair
-from .backend import require_triton_runnable, resolve_backend
+from ...args import check_3d, check_token_count, pooled_size, positive_pair, shape_of
+from ...backend import require_triton_runnable, resolve_backend
+from . import op as _op  # noqa: F401  (registers the custom ops)
+from .op import param_grads
+from .torch_impl import pool_qkv_torch
 
-__all__ = ["pool_qkv", "pool_qkv_torch", "pooled_size", "gpu_compile_cases"]
-
-# No tl.dot in these kernels: the GPU-compile harness should find no tensor-core instructions.
-GPU_COMPILE_EXPECTS_TENSOR_CORES = False
-
+__all__ = ["check_and_geometry", "param_grads", "pool_qkv", "pool_qkv_torch"]
 
 
 def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q, stride_kv,
@@ -128,7 +127,6 @@ def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, st
     return (H, W), D, strides, kernel, sp
 
 
-
 def check_and_geometry(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q,
                        stride_kv, has_cls_token, eps):
     """Check pool_qkv's arguments (for the backend in force); return (H, W), the stride pairs
@@ -168,153 +166,3 @@ def pool_qkv(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: int,
             qkv, *pool_weights, *norm_weights, *norm_biases, list(hw), num_heads,
             [*strides[0], *strides[1]], bool(sp), float(eps))
     return q, k, v, q_size, k_size
-
-
-def pool_qkv_torch(qkv, hw, num_heads, pool_weights, norm_weights, norm_biases, strides, sp, eps):
-    """The plain torch path (conv2d + layer_norm per t), on checked arguments: the readable math."""
-    B, N, C = qkv.shape
-    H, W = hw
-    D = C // (3 * num_heads)
-    qkv = qkv.reshape(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4)      # (3, B, heads, N, D)
-    outs = []
-    for x, w, g, b, stride in zip(qkv, pool_weights, norm_weights, norm_biases, strides[:1] + strides[1:] * 2):
-        cls, grid = x[:, :, :sp], x[:, :, sp:]
-        grid = grid.reshape(B * num_heads, H, W, D).permute(0, 3, 1, 2)     # (B * heads, D, H, W)
-        kh, kw = w.shape[-2:]
-        grid = F.conv2d(grid, w.to(x.dtype), stride=stride, padding=(kh // 2, kw // 2), groups=D)
-        grid = grid.flatten(2).transpose(1, 2).reshape(B, num_heads, -1, D)  # (B, heads, oh * ow, D)
-        x = torch.cat([cls, grid], dim=2)
-        outs.append(F.layer_norm(x, (D,), g.to(x.dtype), b.to(x.dtype), eps))
-    return tuple(outs)
-
-
-# --------------------------------------------------------------------------------------------
-# The custom ops of the Triton path
-# --------------------------------------------------------------------------------------------
-
-def _geometry(qkv, hw, num_heads, w, strides):
-    sq, skv = (strides[0], strides[1]), (strides[2], strides[3])
-    kernel = tuple(w.shape[-2:])
-    return (sq, skv), pooled_size(hw, kernel, sq), pooled_size(hw, kernel, skv)
-
-
-@torch.library.custom_op("fastmvit::pool_qkv", mutates_args=())
-def _pool_qkv_op(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
-                 gq: torch.Tensor, gk: torch.Tensor, gv: torch.Tensor,
-                 bq: torch.Tensor, bk: torch.Tensor, bv: torch.Tensor, hw: list[int], num_heads: int,
-                 strides: list[int], has_cls_token: bool, eps: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from .pool_qkv_triton import launch_forward
-    if qkv.stride(-1) != 1:
-        qkv = qkv.contiguous()
-    ss, q_size, k_size = _geometry(qkv, hw, num_heads, wq, strides)
-    c = [p.contiguous() for p in (wq, wk, wv, gq, gk, gv, bq, bk, bv)]
-    return launch_forward(qkv, c[0:3], c[3:6], c[6:9], hw, num_heads, ss, q_size, k_size,
-                          int(has_cls_token), eps)
-
-
-@_pool_qkv_op.register_fake
-def _(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, hw, num_heads, strides, has_cls_token, eps):
-    B, N, C = qkv.shape
-    D = C // (3 * num_heads)
-    _, q_size, k_size = _geometry(qkv, hw, num_heads, wq, strides)
-    sp = int(has_cls_token)
-    q = qkv.new_empty(B, num_heads, sp + q_size[0] * q_size[1], D)
-    nk = sp + k_size[0] * k_size[1]
-    return q, qkv.new_empty(B, num_heads, nk, D), qkv.new_empty(B, num_heads, nk, D)
-
-
-@torch.library.custom_op("fastmvit::pool_qkv_backward", mutates_args=())
-def _pool_qkv_backward_op(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, qkv: torch.Tensor,
-                          wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
-                          gq: torch.Tensor, gk: torch.Tensor, gv: torch.Tensor, hw: list[int],
-                          num_heads: int, strides: list[int], has_cls_token: bool, eps: float
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d(qkv) like qkv, contiguous; float32 (3, kh * kw + 2, D): d(conv weight) per tap, then
-    d(norm weight), d(norm bias), for q, k, v)."""
-    from .pool_qkv_triton import launch_backward
-    if qkv.stride(-1) != 1:
-        qkv = qkv.contiguous()
-    ss, q_size, k_size = _geometry(qkv, hw, num_heads, wq, strides)
-    c = [p.contiguous() for p in (wq, wk, wv, gq, gk, gv)]
-    grads = [g.contiguous() for g in (dq, dk, dv)]
-    return launch_backward(grads, qkv, c[0:3], c[3:6], hw, num_heads, ss, q_size, k_size,
-                           int(has_cls_token), eps)
-
-
-@_pool_qkv_backward_op.register_fake
-def _(dq, dk, dv, qkv, wq, wk, wv, gq, gk, gv, hw, num_heads, strides, has_cls_token, eps):
-    D = wq.shape[0]
-    taps = wq.shape[-2] * wq.shape[-1]
-    return (torch.empty(qkv.shape, device=qkv.device, dtype=qkv.dtype),
-            qkv.new_empty(3, taps + 2, D, dtype=torch.float32))
-
-
-def param_grads(sums: torch.Tensor, wq: torch.Tensor, gq: torch.Tensor):
-    """The parameter gradients out of ``pool_qkv_backward``'s float32 sums (3, kh * kw + 2, D):
-    conv weights (3, D, 1, kh, kw) in wq's dtype, norm weights and biases (3, D) in gq's."""
-    taps = wq.shape[-2] * wq.shape[-1]
-    dw = sums[:, :taps].transpose(1, 2).reshape(3, *wq.shape).to(wq.dtype)
-    return dw, sums[:, taps].to(gq.dtype), sums[:, taps + 1].to(gq.dtype)
-
-
-def _setup_context(ctx, inputs, output):
-    qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, hw, num_heads, strides, has_cls_token, eps = inputs
-    ctx.save_for_backward(qkv, wq, wk, wv, gq, gk, gv)
-    ctx.args = (hw, num_heads, strides, has_cls_token, eps)
-
-
-def _backward(ctx, dq, dk, dv):
-    qkv, wq, wk, wv, gq, gk, gv = ctx.saved_tensors
-    dqkv, sums = _pool_qkv_backward_op(dq, dk, dv, qkv, wq, wk, wv, gq, gk, gv, *ctx.args)
-    dw, dg, db = param_grads(sums, wq, gq)
-    return (dqkv, dw[0], dw[1], dw[2], dg[0], dg[1], dg[2], db[0], db[1], db[2],
-            None, None, None, None, None)
-
-
-_pool_qkv_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------------------------
-# GPU-compile harness contract (kernels/gpu_compile.py): every launch config of the op
-# --------------------------------------------------------------------------------------------
-
-# One representative launch per distinct compiled variant (a cold compile takes seconds). What is
-# specialised: dtype, head dim D (a constexpr), class token (SP), the qkv row stride's divisibility
-# by 16 (3 * heads * D: always with D 96; with D 72 for heads >= 2, which MViTv2-L always has) and,
-# in the backward rows kernel, TILES_PER_PROG (1 up to batch x rows ~ 8k, then powers of two: a
-# training batch at 56x56 needs 16 to 32). Grid sizes, strides and batch are runtime values.
-# (label, batch, grid side, stride_q, stride_kv, heads, D, class token)
-_COMPILE_SHAPES = (
-    ("MViTv2-T/S/B stage 1", 1, 56, 1, 4, 1, 96, 1),
-    ("MViTv2-L stage 1", 1, 56, 1, 4, 2, 72, 0),
-    ("MViTv2-T stage 1, training batch 64", 64, 56, 1, 4, 1, 96, 1),
-)
-
-
-def gpu_compile_cases() -> Iterable[tuple[str, Callable[[], None]]]:
-    """(label, thunk) pairs; each thunk calls the Triton launchers (forward and backward) directly
-    with CPU tensors at one MViTv2 shape (head dims 96 and 72, fp16 and bf16, with and without a
-    class token, batch 1 and a training batch), so that under the stand-in driver of
-    ``kernels/gpu_compile.py`` every kernel variant the op launches for MViTv2 gets compiled."""
-    from .pool_qkv_triton import launch_backward, launch_forward
-
-    def thunk(B, side, sq, skv, heads, D, dtype, sp):
-        def run():
-            hw = (side, side)
-            strides = ((sq, sq), (skv, skv))
-            q_size, k_size = pooled_size(hw, (3, 3), strides[0]), pooled_size(hw, (3, 3), strides[1])
-            qkv = torch.empty(B, sp + side * side, 3 * heads * D, dtype=dtype)
-            w = [torch.empty(D, 1, 3, 3, dtype=dtype) for _ in range(3)]
-            g = [torch.empty(D, dtype=dtype) for _ in range(3)]
-            b = [torch.empty(D, dtype=dtype) for _ in range(3)]
-            q, k, v = launch_forward(qkv, w, g, b, hw, heads, strides, q_size, k_size, sp, 1e-6)
-            launch_backward([torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)], qkv, w,
-                            g, hw, heads, strides, q_size, k_size, sp, 1e-6)
-        return run
-
-    for label, B, side, sq, skv, heads, D, sp in _COMPILE_SHAPES:
-        for dtype in (torch.float16, torch.bfloat16):
-            yield (f"pool_qkv {label}: B{B} {side}x{side} sq{sq} skv{skv} heads{heads} D{D} "
-                   f"{str(dtype).removeprefix('torch.')} cls{sp}",
-                   thunk(B, side, sq, skv, heads, D, dtype, sp))

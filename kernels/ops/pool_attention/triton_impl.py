@@ -8,11 +8,11 @@ query row s = n - sp sits at (y, x) = (s // qw, s % qw); spatial key s = m - sp 
 idx_w (qw, kw) (the official dist formula, computed once on the host).
 
 Kernels (all float32 accumulation; inputs upcast right after loading; no atomics):
-    _fwd_kernel        grid (cdiv(Nq, BLOCK_M), B*H): out (B, Nq, H, D) buffer, lse (B*H, Nq) float32
-    _fwd_kernel again  (BWD_PRE, the backward's first pass): delta = rowsum(dout * o) from the
+    pool_attention_fwd_kernel        grid (cdiv(Nq, BLOCK_M), B*H): out (B, Nq, H, D) buffer, lse (B*H, Nq) float32
+    pool_attention_fwd_kernel again  (BWD_PRE, the backward's first pass): delta = rowsum(dout * o) from the
                        float32 attention output o, rel_h (B*H, Nq, KH_PAD), rel_w float32
-    _bwd_dkdv_kernel   grid (cdiv(Nk, BLOCK_N), B*H): dk, dv, looping over all query tiles
-    _bwd_dq_kernel     grid (cdiv(Nq, BLOCK_M), B*H): dq, looping over all key tiles; with rel-pos a
+    pool_attention_bwd_dkdv_kernel   grid (cdiv(Nk, BLOCK_N), B*H): dk, dv, looping over all query tiles
+    pool_attention_bwd_dq_kernel     grid (cdiv(Nq, BLOCK_M), B*H): dq, looping over all key tiles; with rel-pos a
                        second launch (REL_PART) for drel_h, drel_w and their share of dq
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_shared import mma
+from ... import triton_helpers as helpers
+from ...triton_helpers import mma
 
 # exp(x) = exp2(x * LOG2E): exp2 is the native instruction. A constexpr: jit code reads no other globals.
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -105,7 +106,7 @@ _SHAPE_ARGS = ["H", "Nq", "Nk", "qw", "kh", "kw"] + _ROW_STRIDES
 # Forward
 # ----------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_ob", "stride_oh", "stride_on"])
-def _fwd_kernel(
+def pool_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, out_ptr, lse_ptr,
     do_ptr, delta_ptr, relh_ptr, relw_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -212,7 +213,7 @@ def _fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["H", "Nq", "Nk", "kw", "stride_dob", "stride_doh", "stride_don"]
             + _ROW_STRIDES)
-def _bwd_dkdv_kernel(
+def pool_attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -302,7 +303,7 @@ def _expand_rel_T(onehotT, relT, acc, FP32: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_dob", "stride_doh", "stride_don"])
-def _bwd_dq_kernel(
+def pool_attention_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr,
     th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, dq_ptr, dq32_ptr, drelh_ptr, drelw_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -439,24 +440,19 @@ DQ_CONFIGS = [_config(64, 32, 8, 1)]
 
 # The interpreter (CPU tests) runs one fixed small config: autotuning there would time every
 # config in numpy for nothing. Tests may change it to exercise other tilings.
-INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
+INTERPRETER_CONFIGS = {kernel: {"BLOCK_M": 32, "BLOCK_N": 32} for kernel in ("fwd", "dkdv", "dq")}
 
-_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "BWD_PRE"])(_fwd_kernel)
-_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "REL_PART"])(_bwd_dq_kernel)
-_dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"])(_bwd_dkdv_kernel)
+_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "BWD_PRE"])(pool_attention_fwd_kernel)
+_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "REL_PART"])(pool_attention_bwd_dq_kernel)
+_dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"])(pool_attention_bwd_dkdv_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
 # Launchers (no checks here: `pool_attention` validates; the GPU-compile harness calls these)
 # ----------------------------------------------------------------------------------------------
-def _empty(*shape, dtype, device) -> torch.Tensor:
-    """Every buffer a kernel writes is allocated here (tests swap in a NaN-poisoning allocator)."""
-    return torch.empty(*shape, dtype=dtype, device=device)
-
-
 def _align(*tensors) -> int:
     """The largest ALIGN in (16, 8, 4, 2, 1) dividing every batch / head / row stride of the
-    (B, H, N, D) tensors: the kernels take those strides divided by ALIGN (see _fwd_kernel)."""
+    (B, H, N, D) tensors: the kernels take those strides divided by ALIGN (see pool_attention_fwd_kernel)."""
     strides = [st for t in tensors for st in t.stride()[:3]]
     for align in (16, 8, 4, 2):
         if all(st % align == 0 for st in strides):
@@ -483,7 +479,7 @@ def _index_map(q_side: int, k_side: int, device) -> torch.Tensor:
     key = (q_side, k_side, str(device))
     idx = _INDEX_CACHE.get(key)
     if idx is None:
-        from .pool_attention_torch import rel_pos_index
+        from .torch_impl import rel_pos_index
         idx = rel_pos_index(q_side, k_side).to(device=device, dtype=torch.int32)
         _INDEX_CACHE[key] = idx
     return idx
@@ -508,8 +504,8 @@ def forward(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, sp: int, residual: bo
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     (qh, qw), (kh, kw) = q_size, k_size
-    out = _empty(B, Nq, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
-    lse = _empty(B, H, Nq, dtype=torch.float32, device=q.device)
+    out = helpers.empty(B, Nq, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    lse = helpers.empty(B, H, Nq, dtype=torch.float32, device=q.device)
     r = _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size)
     _launch_fwd(q, k, v, r, out, lse, (lse, lse, lse, lse), q_size, k_size, sp, residual, scale,
                 bwd_pre=False, autotune=autotune)
@@ -518,7 +514,7 @@ def forward(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, sp: int, residual: bo
 
 def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, scale, bwd_pre, autotune):
     """The forward kernel; with bwd_pre, `out` is dout and pre_bufs = (dout, delta, rel_h, rel_w)
-    receive the backward's first pass (see `_fwd_kernel`)."""
+    receive the backward's first pass (see `pool_attention_fwd_kernel`)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     (qh, qw), (kh, kw) = q_size, k_size
@@ -532,8 +528,9 @@ def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, sc
     if autotune:
         _fwd_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](*args, **meta)
     else:
-        grid = (triton.cdiv(Nq, INTERPRETER_BLOCKS["BLOCK_M"]), B * H)
-        _fwd_kernel[grid](*args, **meta, **INTERPRETER_BLOCKS)
+        c = INTERPRETER_CONFIGS["fwd"]
+        grid = (triton.cdiv(Nq, c["BLOCK_M"]), B * H)
+        pool_attention_fwd_kernel[grid](*args, **meta, **c)
 
 
 def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
@@ -550,27 +547,27 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
     KH_PAD, KW_PAD, HAS_REL = r["KH_PAD"], r["KW_PAD"], r["HAS_REL"]
     fp32 = q.dtype == torch.float32
     dev = q.device
-    delta = _empty(B * H, Nq, dtype=torch.float32, device=dev)
+    delta = helpers.empty(B * H, Nq, dtype=torch.float32, device=dev)
     if HAS_REL:
-        rel_h = _empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
-        rel_w = _empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
-        drel_h = _empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
-        drel_w = _empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
+        rel_h = helpers.empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
+        rel_w = helpers.empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
+        drel_h = helpers.empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
+        drel_w = helpers.empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
     else:
         rel_h = rel_w = drel_h = drel_w = delta   # never read or written
-    dq = _empty(B, H, Nq, D, dtype=q.dtype, device=dev)
-    dk = _empty(B, H, Nk, D, dtype=k.dtype, device=dev)
-    dv = _empty(B, H, Nk, D, dtype=v.dtype, device=dev)
+    dq = helpers.empty(B, H, Nq, D, dtype=q.dtype, device=dev)
+    dk = helpers.empty(B, H, Nk, D, dtype=k.dtype, device=dev)
+    dv = helpers.empty(B, H, Nk, D, dtype=v.dtype, device=dev)
     BLOCK_D = _pad16(D)
 
-    # Pass 1: the forward again, writing delta and the rel terms (see _fwd_kernel, BWD_PRE).
+    # Pass 1: the forward again, writing delta and the rel terms (see pool_attention_fwd_kernel, BWD_PRE).
     _launch_fwd(q, k, v, r, dout, lse, (dout, delta, rel_h, rel_w), q_size, k_size, sp, residual, scale,
                 bwd_pre=True, autotune=autotune)
 
     a = _align(q, k, v, dout)
     st = (*_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(dout, a))
     dkdv_args = (q, k, v, dout, lse, delta, rel_h, rel_w, dk, dv, *st, H, Nq, Nk, D, kw, scale)
-    dq32 = _empty(B, H, Nq, D, dtype=torch.float32, device=dev) if HAS_REL else dq
+    dq32 = helpers.empty(B, H, Nq, D, dtype=torch.float32, device=dev) if HAS_REL else dq
     dq_args = (q, k, v, dout, lse, delta, rel_h, rel_w, r["th"], r["tw"], r["idx_h"], r["idx_w"],
                dq, dq32, drel_h, drel_w, *st, *r["st"],
                H, Nq, Nk, D, qw, kh, kw, scale)
@@ -582,11 +579,11 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
             _dq_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](
                 *dq_args, RESIDUAL=residual, REL_PART=part, **meta)
     else:
-        bm, bn = INTERPRETER_BLOCKS["BLOCK_M"], INTERPRETER_BLOCKS["BLOCK_N"]
-        _bwd_dkdv_kernel[(triton.cdiv(Nk, bn), B * H)](*dkdv_args, **meta, **INTERPRETER_BLOCKS)
+        c_kv, c_q = INTERPRETER_CONFIGS["dkdv"], INTERPRETER_CONFIGS["dq"]
+        pool_attention_bwd_dkdv_kernel[(triton.cdiv(Nk, c_kv["BLOCK_N"]), B * H)](*dkdv_args, **meta, **c_kv)
         for part in dq_parts:
-            _bwd_dq_kernel[(triton.cdiv(Nq, bm), B * H)](*dq_args, RESIDUAL=residual, REL_PART=part,
-                                                         **meta, **INTERPRETER_BLOCKS)
+            pool_attention_bwd_dq_kernel[(triton.cdiv(Nq, c_q["BLOCK_M"]), B * H)](
+                *dq_args, RESIDUAL=residual, REL_PART=part, **meta, **c_q)
 
     if not HAS_REL:
         return dq, dk, dv, None, None

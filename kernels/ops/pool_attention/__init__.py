@@ -63,19 +63,96 @@ L2), and the result is bitwise repeatable.
 Precision: the bias is expanded as bf16 hi + lo parts (16-bit mantissa) so half-precision inputs
 lose nothing to it; float32 inputs use IEEE float32 matmuls (no TF32) throughout.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
+from torch import Tensor
 
-from .backend import require_triton_runnable, resolve_backend
-from .pool_attention_torch import check_inputs, pool_attention_torch, rel_pos_index
+from ...args import MAX_HEAD_DIM
+from ...backend import require_triton_runnable, resolve_backend
+from . import op as _op  # noqa: F401  (registers the custom ops)
+from .torch_impl import pool_attention_torch, rel_pos_index
 
-__all__ = ["pool_attention", "pool_attention_torch", "rel_pos_index", "require_triton_attention", "gpu_compile_cases"]
+__all__ = ["check_inputs", "check_tables", "pool_attention", "pool_attention_torch", "rel_pos_index",
+           "require_triton_attention"]
 
-MAX_HEAD_DIM = 256
-GPU_COMPILE_EXPECTS_TENSOR_CORES = True   # kernels/gpu_compile.py checks HMMA / HGMMA in every kernel
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: torch backend only
+
+
+def _pair(size: Sequence[int], name: str) -> tuple[int, int]:
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"pool_attention: {name} must be a pair (height, width), got {size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"pool_attention: {name} must be positive, got {(h, w)}")
+    return h, w
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, rel_pos_h: Optional[Tensor], rel_pos_w: Optional[Tensor],
+                 q_size: Sequence[int], k_size: Sequence[int], has_cls_token: bool
+                 ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Validate the op's arguments; return (q_size, k_size) as int pairs. Raises a TypeError for a
+    dtype fault and a ValueError for any other (rank, B/heads/D mismatch, token count vs grid,
+    table length, device), naming the problem, as every op does."""
+    qh, qw = _pair(q_size, "q_size")
+    kh, kw = _pair(k_size, "k_size")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"pool_attention: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"pool_attention: {name} must have rank 4 (B, heads, N, D), got shape {tuple(t.shape)}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"pool_attention: {name} has dtype {t.dtype}; expected float32, float16 or bfloat16 (float64 on the torch backend)")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"pool_attention: mixed dtypes q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"pool_attention: mixed devices q {q.device}, k {k.device}, v {v.device}")
+    B, H, Nq, D = q.shape
+    if k.shape[:2] != (B, H) or v.shape[:2] != (B, H):
+        raise ValueError(f"pool_attention: batch/heads differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[3] != D or v.shape[3] != D:
+        raise ValueError(f"pool_attention: head dim differs: q {D}, k {k.shape[3]}, v {v.shape[3]}")
+    if v.shape[2] != k.shape[2]:
+        raise ValueError(f"pool_attention: k has {k.shape[2]} tokens but v has {v.shape[2]}")
+    sp = int(bool(has_cls_token))
+    if Nq != sp + qh * qw:
+        raise ValueError(f"pool_attention: q has {Nq} tokens but q_size {(qh, qw)} with "
+                         f"has_cls_token={bool(has_cls_token)} needs {sp + qh * qw}")
+    if k.shape[2] != sp + kh * kw:
+        raise ValueError(f"pool_attention: k/v have {k.shape[2]} tokens but k_size {(kh, kw)} with "
+                         f"has_cls_token={bool(has_cls_token)} needs {sp + kh * kw}")
+    check_tables(rel_pos_h, rel_pos_w, (qh, qw), (kh, kw), D, q.dtype, q.device)
+    return (qh, qw), (kh, kw)
+
+
+def check_tables(rel_pos_h: Optional[Tensor], rel_pos_w: Optional[Tensor], q_size: Sequence[int],
+                 k_size: Sequence[int], D: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Validate the rel-pos tables for q and k grids (int pairs), head dim D and q's dtype and
+    device: both or neither, 2-D, exactly 2 * max(q, k) - 1 rows per axis, D columns."""
+    if (rel_pos_h is None) != (rel_pos_w is None):
+        raise ValueError("pool_attention: give both rel_pos_h and rel_pos_w, or neither")
+    if rel_pos_h is not None:
+        axes = (("rel_pos_h", rel_pos_h, q_size[0], k_size[0]), ("rel_pos_w", rel_pos_w, q_size[1], k_size[1]))
+        for name, t, qs, ks in axes:
+            if not isinstance(t, Tensor) or t.dim() != 2:
+                raise ValueError(f"pool_attention: {name} must be a 2-D tensor (length, D), got "
+                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+            length = 2 * max(qs, ks) - 1
+            if t.shape[0] != length:
+                raise ValueError(f"pool_attention: {name} has {t.shape[0]} rows but grids q {qs} / k {ks} "
+                                 f"need exactly 2*max({qs}, {ks})-1 = {length} (resize the table with "
+                                 f"linear interpolation first)")
+            if t.shape[1] != D:
+                raise ValueError(f"pool_attention: {name} has width {t.shape[1]}, expected the head dim {D}")
+            if t.dtype != dtype:
+                raise TypeError(f"pool_attention: {name} has dtype {t.dtype} but q has {dtype}")
+            if t.device != device:
+                raise ValueError(f"pool_attention: {name} is on {t.device} but q is on {device}")
+
 
 
 @torch.compiler.assume_constant_result
@@ -110,53 +187,12 @@ def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def require_triton_attention(dtype: torch.dtype, head_dim: int, device: torch.device) -> None:
-    """Raise naming the problem when the Triton kernels cannot take these inputs (float64, a head
-    dim over MAX_HEAD_DIM, CPU without the interpreter, another device type); then register the
-    custom ops (first use imports triton)."""
-    if dtype == torch.float64:
-        raise ValueError("pool_attention: the Triton kernels take float32, float16 or bfloat16, not float64; "
-                         "use the torch backend")
+    """Raise naming the problem when the Triton kernels cannot take these inputs: a dtype they do not
+    take (float64: a TypeError, as in every op), a head dim over MAX_HEAD_DIM, CPU without the
+    interpreter, another device type."""
+    require_triton_runnable(device, "pool_attention", dtype)
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"pool_attention: the Triton kernels take head dims up to {MAX_HEAD_DIM}, got {head_dim}; "
                          "use the torch backend")
-    require_triton_runnable(device, "pool_attention")
     if device.type not in ("cuda", "cpu", "meta"):
         raise ValueError(f"pool_attention: the triton backend does not run on {device.type} tensors")
-    from . import pool_attention_op  # noqa: F401  (registers the custom ops)
-
-
-_SAMPLE = {(96, torch.float16, 0, (56, 56), (14, 14)), (96, torch.bfloat16, 1, (28, 28), (28, 28)),
-           (72, torch.float16, 1, (14, 14), (28, 28)), (72, torch.bfloat16, 0, (7, 7), (7, 7))}
-
-
-def gpu_compile_cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
-    """(label, thunk) pairs for kernels/gpu_compile.py: each thunk calls the autotuned launchers
-    (forward, then the three backward kernels) at one MViTv2 attention shape with CPU tensors, so
-    a stand-in driver compiles every config the op can launch. B = 1, the real heads / N / D.
-
-    sample: the representative subset the test suite compiles: each (D, dtype) once, class token
-    or not alternating, over four grids whose padded sides cover 8 to 64."""
-    from .pool_attention_triton import backward, forward
-    # SPEC section 3 (tiny/small at 224): (q grid, k grid, heads); head dim 96 (and 72 for large).
-    shapes = [((56, 56), (14, 14), 1), ((28, 28), (28, 28), 2), ((28, 28), (14, 14), 2),
-              ((14, 14), (28, 28), 4), ((14, 14), (14, 14), 4), ((7, 7), (14, 14), 8), ((7, 7), (7, 7), 8)]
-    for D in (96, 72):
-        for dtype in (torch.float16, torch.bfloat16):
-            for sp in (0, 1):
-                for (qh, qw), (kh, kw), heads in shapes:
-                    Nq, Nk = qh * qw + sp, kh * kw + sp
-                    label = (f"pool_attention D{D} {str(dtype).split('.')[-1]} {'cls' if sp else 'nocls'} "
-                             f"q{qh}x{qw} k{kh}x{kw} h{heads}")
-
-                    def thunk(qs=(qh, qw), ks=(kh, kw), heads=heads, Nq=Nq, Nk=Nk, D=D, dtype=dtype, sp=sp):
-                        q = torch.empty(1, heads, Nq, D, dtype=dtype)
-                        k = torch.empty(1, heads, Nk, D, dtype=dtype)
-                        v = torch.empty(1, heads, Nk, D, dtype=dtype)
-                        th = torch.empty(2 * max(qs[0], ks[0]) - 1, D, dtype=dtype)
-                        tw = torch.empty(2 * max(qs[1], ks[1]) - 1, D, dtype=dtype)
-                        scale = D ** -0.5
-                        out, lse = forward(q, k, v, th, tw, qs, ks, sp, True, scale)
-                        backward(torch.empty_like(out), q, k, v, th, tw, lse, qs, ks, sp, True, scale)
-
-                    if not sample or (D, dtype, sp, (qh, qw), (kh, kw)) in _SAMPLE:
-                        yield label, thunk

@@ -12,18 +12,18 @@ Kernels (all float32 inside: loads are upcast at once, accumulators are float32)
 
 Rows are flat over (batch, head, row): row i of t is (b * heads + head) * N_t + r.
 
-- ``_pool_qkv_fwd_kernel``: grid (the tiles of BLOCK_M flat output rows of q, then k, then v). A program computes
+- ``pool_qkv_fwd_kernel``: grid (the tiles of BLOCK_M flat output rows of q, then k, then v). A program computes
   BLOCK_M rows x the whole head dim (BLOCK_D >= D, LayerNorm needs the full row) of t:
   KH * KW masked tap loads of (BLOCK_M, BLOCK_D) straight from ``qkv`` (the class-token row loads its
   token instead), times the depthwise weight, then LayerNorm over D, one store into q, k or v.
-- ``_pool_qkv_bwd_rows_kernel``: grid (chunks of TILES_PER_PROG row tiles, 3). Per tile it
+- ``pool_qkv_bwd_rows_kernel``: grid (chunks of TILES_PER_PROG row tiles, 3). Per tile it
   recomputes the pooled rows and their LayerNorm statistics exactly as the forward does, takes the
   LayerNorm backward to the pre-norm gradient ``g`` (float32), stores ``g`` of the grid rows into a
   scratch buffer and ``g`` of the class-token row straight into d(qkv) (the token bypasses the
   conv). It accumulates, in registers over its tiles, the partial sums of d(norm weight) = sum dy *
   xhat, d(norm bias) = sum dy and d(conv weight)[tap] = sum g * input shifted by tap, and writes them
   once per program to a partials buffer.
-- ``_pool_qkv_bwd_input_kernel``: grid (tiles of BLOCK_M flat input positions, 3). The input
+- ``pool_qkv_bwd_input_kernel``: grid (tiles of BLOCK_M flat input positions, 3). The input
   gradient of the strided conv written as a gather (a transposed conv): input (iy, ix) sums
   g[oy, ox] * w[tap] over the taps with oy * sh - pad + dy = iy (same on x), a fixed order, no atomics.
   Every grid input row is written (zero where no output reads it, e.g. stride 4 with a 3x3 kernel).
@@ -36,6 +36,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ... import triton_helpers as helpers
 
 # Register tile of a program: BLOCK_M rows x BLOCK_D (head dim, next power of two) float32 values.
 # The compiler issues the KH * KW tap loads of a tile together (memory-level parallelism), so the
@@ -140,7 +142,7 @@ _GEOMETRY = ["H", "W", "heads", "q_sh", "q_sw", "q_oh", "q_ow", "kv_sh", "kv_sw"
 
 
 @triton.jit(do_not_specialize=_GEOMETRY + ["stride_qkv_b"])
-def _pool_qkv_fwd_kernel(
+def pool_qkv_fwd_kernel(
     qkv_ptr, stride_qkv_b, stride_qkv_n,          # (B, N, 3 * heads * D), last dim contiguous
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
     gq_ptr, gk_ptr, gv_ptr,                       # LayerNorm weights, (D,)
@@ -185,7 +187,7 @@ def _pool_qkv_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=_GEOMETRY + ["stride_qkv_b", "stride_dqkv_b"])
-def _pool_qkv_bwd_rows_kernel(
+def pool_qkv_bwd_rows_kernel(
     qkv_ptr, stride_qkv_b, stride_qkv_n,          # (B, N, 3 * heads * D), last dim contiguous
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
     gq_ptr, gk_ptr, gv_ptr,                       # LayerNorm weights, (D,)
@@ -275,7 +277,7 @@ def _pool_qkv_bwd_rows_kernel(
 
 
 @triton.jit(do_not_specialize=_GEOMETRY + ["stride_b"])
-def _pool_qkv_bwd_input_kernel(
+def pool_qkv_bwd_input_kernel(
     g_ptr,                                        # float32 pre-norm gradients (see the rows kernel)
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
     dqkv_ptr, stride_b, stride_n,                 # (B, N, 3 * heads * D): grid rows written here
@@ -328,11 +330,6 @@ def _pool_qkv_bwd_input_kernel(
 # look at the device or at TRITON_INTERPRET, so that the GPU-compile harness can call them.
 # --------------------------------------------------------------------------------------------
 
-def _empty(*shape, device, dtype):
-    """Every buffer the launchers allocate (tests poison them with NaN to catch unwritten values)."""
-    return torch.empty(*shape, device=device, dtype=dtype)
-
-
 def _block_sizes(D: int, tile_elems: int) -> tuple[int, int]:
     block_d = max(16, triton.next_power_of_2(D))
     return max(8, tile_elems // block_d), block_d
@@ -343,7 +340,7 @@ def _geometry_args(hw, q_size, k_size, strides) -> list[int]:
     return [sqh, sqw, q_size[0], q_size[1], skh, skw, k_size[0], k_size[1]]
 
 
-def launch_forward(qkv, weights, norm_weights, norm_biases, hw, num_heads, strides, q_size, k_size,
+def forward(qkv, weights, norm_weights, norm_biases, hw, num_heads, strides, q_size, k_size,
                    sp, eps):
     """q, k, v (B, heads, N_t, D) in qkv's dtype from qkv (B, N, 3 * heads * D), last dim contiguous.
 
@@ -354,20 +351,20 @@ def launch_forward(qkv, weights, norm_weights, norm_biases, hw, num_heads, strid
     KH, KW = weights[0].shape[-2:]
     nq = sp + q_size[0] * q_size[1]
     nk = sp + k_size[0] * k_size[1]
-    q = _empty(B, num_heads, nq, D, device=qkv.device, dtype=qkv.dtype)
-    k = _empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
-    v = _empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
+    q = helpers.empty(B, num_heads, nq, D, device=qkv.device, dtype=qkv.dtype)
+    k = helpers.empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
+    v = helpers.empty(B, num_heads, nk, D, device=qkv.device, dtype=qkv.dtype)
     bh = B * num_heads
     block_m, block_d = _block_sizes(D, TILE_ELEMS)
     grid = (triton.cdiv(bh * nq, block_m) + 2 * triton.cdiv(bh * nk, block_m),)
-    _pool_qkv_fwd_kernel[grid](
+    pool_qkv_fwd_kernel[grid](
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *norm_biases, q, k, v,
         hw[0], hw[1], num_heads, D, *_geometry_args(hw, q_size, k_size, strides), bh, eps,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)
     return q, k, v
 
 
-def launch_backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q_size, k_size, sp,
+def backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q_size, k_size, sp,
                     eps):
     """d(qkv) (B, N, 3 * heads * D) contiguous in qkv's dtype, and the float32 sums (3, KH*KW + 2, D):
     rows 0..KH*KW-1 d(conv weight) per tap, then d(norm weight), d(norm bias), for q, k, v.
@@ -379,16 +376,16 @@ def launch_backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q
     nq_grid = q_size[0] * q_size[1]
     nk_grid = k_size[0] * k_size[1]
     bh = B * num_heads
-    dqkv = _empty(B, N, C, device=qkv.device, dtype=qkv.dtype)
-    scratch = _empty(bh * (nq_grid + 2 * nk_grid) * D, device=qkv.device, dtype=torch.float32)
+    dqkv = helpers.empty(B, N, C, device=qkv.device, dtype=qkv.dtype)
+    scratch = helpers.empty(bh * (nq_grid + 2 * nk_grid) * D, device=qkv.device, dtype=torch.float32)
     geometry = _geometry_args(hw, q_size, k_size, strides)
 
     block_m, block_d = _block_sizes(D, ROWS_TILE_ELEMS)
     max_tiles = triton.cdiv(bh * (sp + max(nq_grid, nk_grid)), block_m)
     tiles_per_prog = triton.next_power_of_2(triton.cdiv(max_tiles, BWD_TARGET_PROGRAMS))
     n_progs = triton.cdiv(max_tiles, tiles_per_prog)
-    partials = _empty(3, n_progs, KH * KW + 2, D, device=qkv.device, dtype=torch.float32)
-    _pool_qkv_bwd_rows_kernel[(n_progs, 3)](
+    partials = helpers.empty(3, n_progs, KH * KW + 2, D, device=qkv.device, dtype=torch.float32)
+    pool_qkv_bwd_rows_kernel[(n_progs, 3)](
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *grads, dqkv, dqkv.stride(0),
         scratch, partials, hw[0], hw[1], num_heads, D, *geometry, bh, eps,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d,
@@ -396,7 +393,7 @@ def launch_backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q
         num_warps=BWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)
 
     block_m, block_d = _block_sizes(D, TILE_ELEMS)
-    _pool_qkv_bwd_input_kernel[(triton.cdiv(bh * hw[0] * hw[1], block_m), 3)](
+    pool_qkv_bwd_input_kernel[(triton.cdiv(bh * hw[0] * hw[1], block_m), 3)](
         scratch, *weights, dqkv, dqkv.stride(0), dqkv.stride(1),
         hw[0], hw[1], num_heads, D, *geometry, bh,
         SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=BWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)

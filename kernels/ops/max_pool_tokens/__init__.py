@@ -65,20 +65,19 @@ comparison and the gradient accumulation are float32 (exact for the max; dx sums
 cdiv(kh, sh) * cdiv(kw, sw) gradients). Layout: any batch and token strides are read in place
 (e.g. a (B, N, C) view of a wider buffer); a channel dim that is not contiguous is copied first.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .args import check_3d, check_token_count, pooled_size, positive_pair
-from .backend import require_triton_runnable, resolve_backend
+from ...args import check_3d, check_token_count, pooled_size, positive_pair
+from ...backend import require_triton_runnable, resolve_backend
+from . import op as _op  # noqa: F401  (registers the custom ops)
+from .torch_impl import max_pool_tokens_torch
 
-__all__ = ["max_pool_tokens", "max_pool_tokens_torch", "pooled_size", "gpu_compile_cases"]
-
-# No tl.dot in these kernels: the GPU-compile harness should find no tensor-core instructions.
-GPU_COMPILE_EXPECTS_TENSOR_CORES = False
+__all__ = ["max_pool_tokens", "max_pool_tokens_torch", "pooled_size"]
 
 _MAX_WINDOW = 256  # the argmax is one uint8 window offset
 
@@ -124,133 +123,3 @@ def max_pool_tokens(x: torch.Tensor, hw_shape: Sequence[int], kernel, stride,
     y, _ = torch.ops.fastmvit.max_pool_tokens(x, list(hw), list(kernel), list(stride), bool(sp),
                                               need_argmax)
     return y
-
-
-def max_pool_tokens_torch(x, hw, kernel, stride, sp):
-    """The plain torch path on checked arguments: F.max_pool2d on the channels-last grid view, and
-    ``cat`` for the class token (the readable math, and the eager baseline)."""
-    B, N, C = x.shape
-    H, W = hw
-    grid = x[:, sp:].reshape(B, H, W, C).permute(0, 3, 1, 2)               # (B, C, H, W), channels last
-    grid = F.max_pool2d(grid, kernel, stride, padding=(kernel[0] // 2, kernel[1] // 2))
-    grid = grid.flatten(2).transpose(1, 2)                                  # (B, H' * W', C)
-    return torch.cat((x[:, :sp], grid), dim=1) if sp else grid.contiguous()
-
-
-# --------------------------------------------------------------------------------------------
-# The custom ops of the Triton path
-# --------------------------------------------------------------------------------------------
-
-@torch.library.custom_op("fastmvit::max_pool_tokens", mutates_args=())
-def _max_pool_tokens_op(x: torch.Tensor, hw: list[int], kernel: list[int], stride: list[int],
-                        has_cls_token: bool, need_argmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y (B, sp + H' * W', C) contiguous in x's dtype; argmax uint8 (B, H' * W', C) contiguous, or
-    an empty (0,) uint8 tensor when not `need_argmax`)."""
-    from .max_pool_tokens_triton import launch_forward
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    out_hw = pooled_size(hw, kernel, stride)
-    return launch_forward(x, tuple(hw), out_hw, tuple(kernel), tuple(stride), int(has_cls_token),
-                          need_argmax)
-
-
-@_max_pool_tokens_op.register_fake
-def _(x, hw, kernel, stride, has_cls_token, need_argmax):
-    B, N, C = x.shape
-    oh, ow = pooled_size(hw, kernel, stride)
-    y = x.new_empty(B, int(has_cls_token) + oh * ow, C)
-    arg = x.new_empty(*((B, oh * ow, C) if need_argmax else (0,)), dtype=torch.uint8)
-    return y, arg
-
-
-@torch.library.custom_op("fastmvit::max_pool_tokens_backward", mutates_args=())
-def _max_pool_tokens_backward_op(dy: torch.Tensor, argmax: torch.Tensor, hw: list[int],
-                                 kernel: list[int], stride: list[int],
-                                 has_cls_token: bool) -> torch.Tensor:
-    """dx (B, sp + H * W, C) contiguous in dy's dtype."""
-    from .max_pool_tokens_triton import launch_backward
-    if dy.stride(-1) != 1:
-        dy = dy.contiguous()
-    out_hw = pooled_size(hw, kernel, stride)
-    return launch_backward(dy, argmax.contiguous(), tuple(hw), out_hw, tuple(kernel), tuple(stride),
-                           int(has_cls_token))
-
-
-@_max_pool_tokens_backward_op.register_fake
-def _(dy, argmax, hw, kernel, stride, has_cls_token):
-    B, _, C = dy.shape
-    return dy.new_empty(B, int(has_cls_token) + hw[0] * hw[1], C)
-
-
-def _setup_context(ctx, inputs, output):
-    x, hw, kernel, stride, has_cls_token, need_argmax = inputs
-    _, argmax = output
-    ctx.mark_non_differentiable(argmax)
-    ctx.set_materialize_grads(False)               # no zero-filled gradient for the argmax
-    ctx.save_for_backward(argmax)                  # never x: the argmax is all the backward needs
-    ctx.args = (hw, kernel, stride, has_cls_token)
-    ctx.had_argmax = need_argmax
-
-
-def _backward(ctx, dy, _dargmax):
-    if not ctx.had_argmax:
-        raise RuntimeError("max_pool_tokens: backward through a call made without the argmax "
-                           "(need_argmax=False: x did not require grad, or grad mode was off)")
-    if dy is None:
-        return None, None, None, None, None, None
-    (argmax,) = ctx.saved_tensors
-    dx = torch.ops.fastmvit.max_pool_tokens_backward(dy, argmax, *ctx.args)
-    return dx, None, None, None, None, None
-
-
-_max_pool_tokens_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# --------------------------------------------------------------------------------------------
-# GPU-compile harness contract (kernels/gpu_compile.py): every launch config of the op
-# --------------------------------------------------------------------------------------------
-
-# What is specialised: dtype, class token (SP), window and strides, BLOCK_C (from C), whether the
-# argmax is written, and the divisibility by 16 of C and of the row strides. Grid sizes and batch
-# are runtime values. MViTv2 pools its shortcut 3x3 with stride 2 (kernel = stride + 1).
-# (label, batch, grid side, C, class token)
-_COMPILE_SHAPES = (
-    ("MViTv2-T stage 1->2", 1, 56, 96, 1),
-    ("MViTv2-T stage 3->4", 1, 14, 768, 1),
-    ("MViTv2-T stage 1->2 no cls", 1, 56, 96, 0),
-    ("MViTv2-T stage 3->4 no cls", 1, 14, 768, 0),
-    ("MViTv2-T stage 1->2 training batch 64", 64, 56, 96, 1),
-    ("MViTv2-L stage 1->2", 1, 56, 144, 1),
-    ("MViTv2-L stage 1->2 (C 72)", 1, 56, 72, 0),
-    ("MViTv2-S stage 2->3", 8, 28, 192, 1),
-)
-_SAMPLE = {"MViTv2-T stage 1->2", "MViTv2-T stage 3->4", "MViTv2-T stage 1->2 no cls",
-           "MViTv2-T stage 3->4 no cls"}
-
-
-def gpu_compile_cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
-    """(label, thunk) pairs; each thunk calls the Triton launchers (forward with and without the
-    argmax, backward) directly with CPU tensors at one MViTv2 shape (3x3 window, stride 2), so that
-    under the stand-in driver of ``kernels/gpu_compile.py`` every kernel variant the op launches
-    for MViTv2 gets compiled.
-
-    sample: the representative subset the test suite compiles: fp16 and bf16, with and without a
-    class token, C 96 and 768."""
-    from .max_pool_tokens_triton import launch_backward, launch_forward
-
-    def thunk(B, side, C, dtype, sp):
-        def run():
-            hw, kernel, stride = (side, side), (3, 3), (2, 2)
-            out_hw = pooled_size(hw, kernel, stride)
-            x = torch.empty(B, sp + side * side, C, dtype=dtype)
-            y, arg = launch_forward(x, hw, out_hw, kernel, stride, sp, True)
-            launch_forward(x, hw, out_hw, kernel, stride, sp, False)
-            launch_backward(torch.empty_like(y), arg, hw, out_hw, kernel, stride, sp)
-        return run
-
-    for label, B, side, C, sp in _COMPILE_SHAPES:
-        if sample and label not in _SAMPLE:
-            continue
-        for dtype in (torch.float16, torch.bfloat16):
-            yield (f"max_pool_tokens {label}: B{B} {side}x{side} C{C} "
-                   f"{str(dtype).removeprefix('torch.')} cls{sp}", thunk(B, side, C, dtype, sp))

@@ -11,21 +11,21 @@ and stores.
 
 Kernels (no atomics anywhere: every output element is summed by one program in a fixed order):
 
-- ``_fwd_kernel``: grid (M tiles x N tiles, N tiles fastest). Tile (BLOCK_M, BLOCK_N) of
+- ``gelu_linear_fwd_kernel``: grid (M tiles x N tiles, N tiles fastest). Tile (BLOCK_M, BLOCK_N) of
   y = residual + s[b] * (a @ weight^T + bias); loop over K in BLOCK_K steps: load the h tile, gelu in
   float32, round to ELEM (the GEMM prologue: gelu(h) never reaches memory), load weight^T's tile and
   cast it to ELEM in registers (float32 master weights under autocast), tl.dot into float32.
   The epilogue adds bias, scales by the row's sample, adds the residual and stores y once.
   No grouped tile order: the weight (at most 1152 x 4608 in MViTv2, ~10 MB in bf16) stays in L2, and
   the N tiles of one row block (1 to 18) run side by side, so h is read from HBM about once.
-- ``_bwd_dh_kernel``: grid (M tiles x K tiles). dh tile (BLOCK_M, BLOCK_K) = (dy @ weight) over N in
+- ``gelu_linear_bwd_dh_kernel``: grid (M tiles x K tiles). dh tile (BLOCK_M, BLOCK_K) = (dy @ weight) over N in
   BLOCK_N steps, then the epilogue scales by s[b], reads the h tile and multiplies by gelu'(h):
   the intermediate dy @ weight is never written.
-- ``_bwd_dw_kernel``: grid (N tiles, K tiles, S splits of the rows). Tile (DW_BLOCK_N, DW_BLOCK_K)
+- ``gelu_linear_bwd_dw_kernel``: grid (N tiles, K tiles, S splits of the rows). Tile (DW_BLOCK_N, DW_BLOCK_K)
   of dW = g^T @ a summed over the split's rows in BLOCK_M steps (a recomputed from h), stored as a
   float32 partial (S, N, K). Programs of the first K tile also sum g over their rows: the partial
   db (S, N). S is chosen so that N tiles x K tiles x S fills the GPU (``dw_splits``).
-- ``_sum_splits_kernel``: dW = sum over S of the partials in a fixed order (s = 0, 1, ...), cast to
+- ``gelu_linear_sum_splits_kernel``: dW = sum over S of the partials in a fixed order (s = 0, 1, ...), cast to
   the weight's dtype; launched again for db.
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_shared import TRITON_VERSION, mma
+from ... import triton_helpers as helpers
+from ...triton_helpers import TRITON_VERSION, mma
 
 SQRT1_2 = tl.constexpr(0.7071067811865476)       # 1 / sqrt(2)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
@@ -68,7 +69,7 @@ def _rows(rows, T, stride_b, stride_t):
 # Batch-dependent sizes (M, T, batch and token strides) are not specialised: one compiled kernel
 # serves every batch size and token count of a block.
 @triton.jit(do_not_specialize=["M", "T", "stride_hb", "stride_ht", "stride_rb", "stride_rt"])
-def _fwd_kernel(
+def gelu_linear_fwd_kernel(
     h_ptr, stride_hb, stride_ht, stride_hk,       # (B, T, K), ELEM
     w_ptr, stride_wn, stride_wk,                  # (N, K), ELEM or float32
     bias_ptr, stride_bias,                        # (N,), ELEM or float32 (unused without HAS_BIAS)
@@ -116,7 +117,7 @@ def _fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["M", "T", "stride_db", "stride_dt", "stride_hb", "stride_ht"])
-def _bwd_dh_kernel(
+def gelu_linear_bwd_dh_kernel(
     dy_ptr, stride_db, stride_dt, stride_dn,      # (B, T, N), y's dtype (any strides: an expanded grad too)
     w_ptr, stride_wn, stride_wk,                  # (N, K), ELEM or float32
     h_ptr, stride_hb, stride_ht, stride_hk,       # (B, T, K), ELEM
@@ -158,7 +159,7 @@ def _bwd_dh_kernel(
 
 
 @triton.jit(do_not_specialize=["M", "T", "rows_per_split", "stride_db", "stride_dt", "stride_hb", "stride_ht"])
-def _bwd_dw_kernel(
+def gelu_linear_bwd_dw_kernel(
     dy_ptr, stride_db, stride_dt, stride_dn,      # (B, T, N), y's dtype
     h_ptr, stride_hb, stride_ht, stride_hk,       # (B, T, K), ELEM
     scale_ptr,                                    # (B,) (unused without HAS_SCALE)
@@ -206,7 +207,7 @@ def _bwd_dw_kernel(
 
 
 @triton.jit(do_not_specialize=["S", "L"])
-def _sum_splits_kernel(part_ptr, out_ptr, S, L, BLOCK: tl.constexpr):
+def gelu_linear_sum_splits_kernel(part_ptr, out_ptr, S, L, BLOCK: tl.constexpr):
     """out (L,) = sum over s of part (S, L) float32, in the order s = 0, 1, ..., cast to out's dtype."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < L
@@ -266,10 +267,10 @@ SUM_BLOCK = 1024
 
 # The interpreter (CPU tests) runs one fixed small config: autotuning there would time numpy.
 # Tests may change these to exercise other tilings.
-INTERPRETER_FWD = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}
-INTERPRETER_DH = {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_N": 32}
-INTERPRETER_DW = {"BLOCK_M": 32}
-INTERPRETER_DW_BLOCKS = (32, 32)     # (DW_BLOCK_N, DW_BLOCK_K) in the interpreter
+# ("dw": BLOCK_N x BLOCK_K is its fixed output tile, DW_BLOCK_N x DW_BLOCK_K on a GPU.)
+INTERPRETER_CONFIGS = {"fwd": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32},
+                       "dh": {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_N": 32},
+                       "dw": {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_M": 32}}
 
 
 def _prune(fp32_configs, out_name=None, red_name=None):
@@ -307,9 +308,9 @@ def _prune_fwd(configs, named_args, **kwargs):
 
 
 _fwd_tuned = triton.autotune(FWD_CONFIGS + FWD_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
-    "early_config_prune": _prune_fwd})(_fwd_kernel)
+    "early_config_prune": _prune_fwd})(gelu_linear_fwd_kernel)
 _dh_tuned = triton.autotune(DH_CONFIGS + DH_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
-    "early_config_prune": _prune(DH_FP32_CONFIGS, "K", "N")})(_bwd_dh_kernel)
+    "early_config_prune": _prune(DH_FP32_CONFIGS, "K", "N")})(gelu_linear_bwd_dh_kernel)
 _prune_dw_by_dtype = _prune(DW_FP32_CONFIGS)
 
 
@@ -325,17 +326,12 @@ def _prune_dw(configs, named_args, **kwargs):
 
 
 _dw_tuned = triton.autotune(DW_CONFIGS + DW_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
-    "early_config_prune": _prune_dw})(_bwd_dw_kernel)
+    "early_config_prune": _prune_dw})(gelu_linear_bwd_dw_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
 # Launchers (no checks here: `gelu_linear` validates; the GPU-compile harness calls these)
 # ----------------------------------------------------------------------------------------------
-def _empty(*shape, dtype, device) -> torch.Tensor:
-    """Every buffer a kernel writes is allocated here (tests swap in a NaN-poisoning allocator)."""
-    return torch.empty(*shape, dtype=dtype, device=device)
-
-
 def _scale_args(sample_scale, like):
     return (sample_scale, True) if sample_scale is not None else (like, False)
 
@@ -349,7 +345,7 @@ def forward(h, weight, bias, residual, sample_scale, autotune: bool = True) -> t
     B, T, K = h.shape
     N = weight.shape[0]
     M = B * T
-    y = _empty(B, T, N, dtype=h.dtype if residual is None else residual.dtype, device=h.device)
+    y = helpers.empty(B, T, N, dtype=h.dtype if residual is None else residual.dtype, device=h.device)
     bias_t = bias if bias is not None else weight
     res_t = residual if residual is not None else h
     scale_t, has_scale = _scale_args(sample_scale, h)
@@ -362,9 +358,9 @@ def forward(h, weight, bias, residual, sample_scale, autotune: bool = True) -> t
     if autotune:
         _fwd_tuned[lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),)](*args, **meta)
     else:
-        c = INTERPRETER_FWD
+        c = INTERPRETER_CONFIGS["fwd"]
         grid = (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),)
-        _fwd_kernel[grid](*args, **meta, **c)
+        gelu_linear_fwd_kernel[grid](*args, **meta, **c)
     return y
 
 
@@ -392,40 +388,41 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
         db = torch.zeros(N, dtype=bias_dtype, device=dev) if has_bias else None
         return torch.empty_like(h), torch.zeros(N, K, dtype=weight.dtype, device=dev), db
 
-    dh = _empty(B, T, K, dtype=h.dtype, device=dev)
+    dh = helpers.empty(B, T, K, dtype=h.dtype, device=dev)
     dh_args = (dy, *dy.stride(), weight, *weight.stride(), h, *h.stride(), scale_t, dh, M, N, K, T)
     if autotune:
         _dh_tuned[lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),)](
             *dh_args, HAS_SCALE=has_scale, FP32=fp32)
     else:
-        c = INTERPRETER_DH
-        _bwd_dh_kernel[(triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),)](
+        c = INTERPRETER_CONFIGS["dh"]
+        gelu_linear_bwd_dh_kernel[(triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),)](
             *dh_args, HAS_SCALE=has_scale, FP32=fp32, **c)
 
-    bn, bk = (DW_BLOCK_N, DW_BLOCK_K) if autotune else INTERPRETER_DW_BLOCKS
+    c_dw = INTERPRETER_CONFIGS["dw"]
+    bn, bk = (DW_BLOCK_N, DW_BLOCK_K) if autotune else (c_dw["BLOCK_N"], c_dw["BLOCK_K"])
     row_align = (max(c.kwargs["BLOCK_M"] for c in DW_CONFIGS + DW_FP32_CONFIGS) if autotune
-                 else INTERPRETER_DW["BLOCK_M"])
+                 else c_dw["BLOCK_M"])
     S, rows = dw_splits(M, N, K, bn, bk, row_align)
     if S == 1:   # few rows (stage 4: 49 tokens a sample): the kernel writes dW and db directly
-        part_w = _empty(N, K, dtype=weight.dtype, device=dev)
-        part_b = _empty(N, dtype=bias_dtype, device=dev) if has_bias else part_w
+        part_w = helpers.empty(N, K, dtype=weight.dtype, device=dev)
+        part_b = helpers.empty(N, dtype=bias_dtype, device=dev) if has_bias else part_w
     else:
-        part_w = _empty(S, N, K, dtype=torch.float32, device=dev)
-        part_b = _empty(S, N, dtype=torch.float32, device=dev) if has_bias else part_w
+        part_w = helpers.empty(S, N, K, dtype=torch.float32, device=dev)
+        part_b = helpers.empty(S, N, dtype=torch.float32, device=dev) if has_bias else part_w
     dw_args = (dy, *dy.stride(), h, *h.stride(), scale_t, part_w, part_b, M, N, K, T, rows)
     dw_meta = dict(HAS_BIAS=has_bias, HAS_SCALE=has_scale, FP32=fp32, BLOCK_N=bn, BLOCK_K=bk)
     grid = (triton.cdiv(N, bn), triton.cdiv(K, bk), S)
     if autotune:
         _dw_tuned[grid](*dw_args, **dw_meta)
     else:
-        _bwd_dw_kernel[grid](*dw_args, **dw_meta, **INTERPRETER_DW)
+        gelu_linear_bwd_dw_kernel[grid](*dw_args, **dw_meta, BLOCK_M=c_dw["BLOCK_M"])
 
     if S == 1:
         return dh, part_w, part_b if has_bias else None
-    dw = _empty(N, K, dtype=weight.dtype, device=dev)
-    _sum_splits_kernel[(triton.cdiv(N * K, SUM_BLOCK),)](part_w, dw, S, N * K, BLOCK=SUM_BLOCK)
+    dw = helpers.empty(N, K, dtype=weight.dtype, device=dev)
+    gelu_linear_sum_splits_kernel[(triton.cdiv(N * K, SUM_BLOCK),)](part_w, dw, S, N * K, BLOCK=SUM_BLOCK)
     db = None
     if has_bias:
-        db = _empty(N, dtype=bias_dtype, device=dev)
-        _sum_splits_kernel[(triton.cdiv(N, SUM_BLOCK),)](part_b, db, S, N, BLOCK=SUM_BLOCK)
+        db = helpers.empty(N, dtype=bias_dtype, device=dev)
+        gelu_linear_sum_splits_kernel[(triton.cdiv(N, SUM_BLOCK),)](part_b, db, S, N, BLOCK=SUM_BLOCK)
     return dh, dw, db

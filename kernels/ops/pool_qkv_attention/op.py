@@ -1,0 +1,35 @@
+"""`pool_qkv_attention`'s autograd: one Function around the two ops' custom ops, keeping only qkv."""
+from __future__ import annotations
+
+import torch
+
+from ..pool_qkv.op import param_grads
+
+
+class PoolQKVAttention(torch.autograd.Function):
+    """Forward: the two custom ops. Saved: qkv, the parameters, the tables, lse. Backward:
+    pool_qkv (recompute q, k, v) -> pool_attention_backward -> pool_qkv_backward."""
+
+    @staticmethod
+    def forward(ctx, qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w,
+                qkv_args, attn_args):
+        ops = torch.ops.fastmvit
+        q, k, v = ops.pool_qkv(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, *qkv_args)
+        out, lse = ops.pool_attention(q, k, v, rel_pos_h, rel_pos_w, *attn_args)
+        ctx.save_for_backward(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w, lse)
+        ctx.qkv_args, ctx.attn_args = qkv_args, attn_args
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, rel_pos_h, rel_pos_w, lse = ctx.saved_tensors
+        ops = torch.ops.fastmvit
+        q, k, v = ops.pool_qkv(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, *ctx.qkv_args)
+        grads = ops.pool_attention_backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, *ctx.attn_args)
+        del q, k, v
+        dqkv, sums = ops.pool_qkv_backward(grads[0], grads[1], grads[2], qkv, wq, wk, wv, gq, gk, gv,
+                                           *ctx.qkv_args)
+        dw, dg, db = param_grads(sums, wq, gq)
+        d_th, d_tw = (grads[3], grads[4]) if rel_pos_h is not None else (None, None)
+        return (dqkv, dw[0], dw[1], dw[2], dg[0], dg[1], dg[2], db[0], db[1], db[2], d_th, d_tw,
+                None, None)
