@@ -1,5 +1,5 @@
 """Speed and memory of the fused pooling attention (fastmvit.kernels.pool_attention) against eager
-torch, SDPA with an additive bias and compiled FlexAttention, at the MViTv2 shapes (SPEC section 3).
+torch, SDPA with an additive bias and compiled FlexAttention, at the MViTv2 shapes (docs/design.md, "Pooling attention").
 
     .venv/bin/python -m pytest benchmarks/bench_pool_attention.py --benchmark-json out.json
 

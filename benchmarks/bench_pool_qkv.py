@@ -22,7 +22,7 @@ from fastmvit.kernels import pool_qkv, use_backend
 
 BATCH = 8
 DTYPE = torch.bfloat16
-# (name, grid side, stride_q, stride_kv, heads): MViTv2-S blocks at 224 (SPEC section 3), D = 96
+# (name, grid side, stride_q, stride_kv, heads): MViTv2-S blocks at 224 (docs/design.md, "Pooling attention"), D = 96
 SHAPES = [
     ("s1 56x56 q1 kv4 h1", 56, 1, 4, 1),
     ("s2-first 56x56 q2 kv4 h2", 56, 2, 4, 2),

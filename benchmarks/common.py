@@ -106,7 +106,7 @@ def device_slug(env: dict) -> str:
 
 @dataclass(frozen=True)
 class AttentionShape:
-    """One pooling-attention shape of an MViTv2 block (SPEC section 3).
+    """One pooling-attention shape of an MViTv2 block (docs/design.md, "Pooling attention").
 
     in_grid: (H, W) entering the block; q_grid / kv_grid after pooling; heads, head_dim per head;
     cls: a class token rides along (N = 1 + H*W); rel_len: (len_h, len_w) of the rel-pos tables.
@@ -140,7 +140,7 @@ class AttentionShape:
 
 
 def _plan_from_spec(arch: str, img: int) -> list[dict]:
-    """The per-block plan straight from SPEC section 1 (used when fastmvit.reference is missing)."""
+    """The per-block plan straight from docs/design.md, "The image model" (used when fastmvit.reference is missing)."""
     c0, heads0, depths = {"tiny": (96, 1, (1, 2, 5, 2)), "small": (96, 1, (1, 2, 11, 2)),
                           "base": (96, 1, (2, 3, 16, 3)), "large": (144, 2, (2, 6, 36, 4))}[arch]
     side = (img + 2 * 3 - 7) // 4 + 1
@@ -177,7 +177,7 @@ def _plan(arch: str, img: int) -> list[dict]:
 def attention_shapes(arch: str = "small", img: int = 224, cls: bool = False) -> list[AttentionShape]:
     """The distinct pooling-attention shapes of an arch at `img` x `img`, in block order, each
     with the number of blocks that have it. small at 224: q/k tokens 3136/196, 784/784, 784/196,
-    196/784, 196/196, 49/196, 49/49 with 1, 2, 2, 4, 4, 8, 8 heads (SPEC section 3)."""
+    196/784, 196/196, 49/196, 49/49 with 1, 2, 2, 4, 4, 8, 8 heads (docs/design.md, "Pooling attention")."""
     out: dict[tuple, AttentionShape] = {}
     for p in _plan(arch, img):
         key = (p["heads"], p["in_grid"], p["q_grid"], p["kv_grid"])
@@ -309,7 +309,7 @@ def model_class(impl: str):
     if impl == "fastmvit":
         import fastmvit
         if not hasattr(fastmvit, "MViTv2"):
-            raise Unavailable("fastmvit.MViTv2 (the optimized model, issue 5) is not written yet")
+            raise Unavailable("fastmvit.MViTv2 (the optimized model) is not written yet")
         return fastmvit.MViTv2
     raise ValueError(f"unknown model implementation {impl!r}")
 

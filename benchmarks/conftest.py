@@ -27,7 +27,7 @@ Fixtures for suite authors:
 - ``on_meta(*tensors)``: meta copies of tensors (same shapes, dtypes, strides) for the cost model.
 - ``bench_dtype`` and ``attention_shape``: request them in a test and it is parametrized over the
   profile's op dtypes (bf16, fp16, fp32 on CUDA) and over the distinct pooling-attention shapes of
-  the profile's archs (:func:`benchmarks.common.attention_shapes`, SPEC section 3).
+  the profile's archs (:func:`benchmarks.common.attention_shapes`, docs/design.md, "Pooling attention").
 
 Skipped cases are recorded with their reason, so the results say what did not run and why.
 """

@@ -4,7 +4,7 @@ This module works on state dicts only (``{key: tensor}``); file handling and loa
 live in ``fastmvit.checkpoint``. Nothing here looks at tensor values, only at keys and shapes, so
 every function also works on tensors of the ``meta`` device.
 
-The native layout is the official one (SPEC section 4), flat over the blocks::
+The native layout is the official one (docs/checkpoints.md), flat over the blocks::
 
     patch_embed.proj.{weight,bias}                    Conv2d(3, C0, 7, stride 4, padding 3)
     cls_token                                         (1, 1, C0), class-token archs only
@@ -34,7 +34,7 @@ The other layouts, as checked against the public code (November 2026 copies):
   (LinearClsHead). It keeps every other key, so the zoo files may carry ``backbone.cls_token``
   too (mmpretrain's MViT has no class token and loads non-strictly). The backbone builds
   ``norm{s}`` for every ``s`` in ``out_scales``; a checkpoint with ``norm0..norm2`` comes from a
-  multi-scale backbone in which those norms were applied ON the main path (SPEC: a quirk), i.e. a
+  multi-scale backbone in which those norms were applied ON the main path (a quirk), i.e. a
   different network: refused under ``strict=True``, dropped otherwise. Files saved by mmengine
   are wrapped as ``{"state_dict": sd, "meta": ...}``.
 - timm (``timm/models/mvitv2.py``, ``checkpoint_filter_fn``): blocks nested as
@@ -46,7 +46,7 @@ The other layouts, as checked against the public code (November 2026 copies):
   for another ``img_size`` stores tables of that size: nothing here assumes 224, and
   ``load_checkpoint`` resizes any table length to the model's.
 
-Where the SPEC might mislead: the SPEC lists mmpretrain's final norm as ``norm3`` only; it is
+Where a reading of the key lists might mislead: one might list mmpretrain's final norm as ``norm3`` only; it is
 ``norm{num_stages - 1}`` and other ``norm{s}`` may be present (see above). Its statement that the
 in1k ``.pyth`` files carry an unused ``cls_token`` is confirmed by facebookresearch/mvit#7.
 Detectron2 (``backbone.bottom_up.``) and torchvision (a video model) checkpoints are recognised

@@ -32,7 +32,7 @@ step, and the choice of kernel inside SDPA on a real GPU (on meta, SDPA decompos
 ops). It is a consistent yardstick for comparing two implementations of the same model, not a
 simulator.
 
-Targets for the optimized model (issue 5), measured with this model on tiny at 224x224, bf16,
+Targets for the optimized model, measured with this model on tiny at 224x224, bf16,
 batch 8, against the eager reference: :data:`MODEL_TARGETS`, checked by :func:`cost_ratios`.
 
 Usage::
@@ -91,7 +91,7 @@ OVERWRITE_OPS = frozenset({
     aten.random_, aten.exponential_,
 })
 
-# The optimized model's targets (issue 5): ratios fastmvit / eager reference, tiny at 224x224,
+# The optimized model's targets: ratios fastmvit / eager reference, tiny at 224x224,
 # bf16, batch 8, both on the meta device (the reference with the "torch" backend, fastmvit with
 # the "triton" backend). A ratio at or below its target passes.
 MODEL_TARGETS = {
@@ -389,7 +389,7 @@ def training_step_traffic(model: Callable, x: torch.Tensor,
 
 def cost_ratios(candidate: Callable, reference: Callable, x: torch.Tensor,
                 candidate_backend: str = "triton", reference_backend: str = "torch") -> dict:
-    """The four cost-model ratios of issue 5, candidate / reference, on the same input.
+    """The four cost-model ratios, candidate / reference, on the same input.
 
     Returns ``{"forward_bytes", "training_bytes", "forward_launches", "saved_activations"}`` each
     as ``{"candidate", "reference", "ratio", "target", "ok"}``. Run it on meta tensors (tiny at

@@ -1,6 +1,6 @@
 """Multiply-accumulate count of a model's forward pass, in fvcore's convention.
 
-fvcore's ``FlopCountAnalysis`` (what the MViTv2 paper, the official README and SPEC section 1
+fvcore's ``FlopCountAnalysis`` (what the MViTv2 paper, the official README and docs/design.md, "The image model"
 report) counts one per multiply-add of convolutions (depthwise included: output elements x
 in_channels / groups x kernel area), linears and matrix products (``@``, ``bmm``, einsum), and,
 by default, the normalisation layers: LayerNorm and GroupNorm 5 per input element with an affine

@@ -1,7 +1,7 @@
 """MViTv2 architecture configs and the per-block plan.
 
 ``MViTv2Config`` holds what defines an architecture (widths, heads, depths, pooling, options);
-``ARCH_SETTINGS`` names the public ones (SPEC section 1). ``block_specs(config, img_size)`` turns a
+``ARCH_SETTINGS`` names the public ones (docs/design.md, "The image model"). ``block_specs(config, img_size)`` turns a
 config into the list of ``BlockSpec``: everything one block needs to be built (widths, heads,
 strides, grids, relative-position table lengths, stochastic-depth rate). The reference model and the
 optimized model (``fastmvit``) both build their blocks from this plan, so they cannot disagree.
@@ -105,7 +105,7 @@ ARCH_SETTINGS: dict[str, MViTv2Config] = {
     "small_cls": MViTv2Config(96, 1, (1, 2, 11, 2), with_cls_token=True, drop_path_rate=0.1),
     "base_cls": MViTv2Config(96, 1, (2, 3, 16, 3), with_cls_token=True, drop_path_rate=0.3),
     "large_cls": MViTv2Config(144, 2, (2, 6, 36, 4), with_cls_token=True, drop_path_rate=0.5),
-    # huge_cls: no from-scratch recipe in the SPEC; large's rate as a starting point.
+    # huge_cls: no from-scratch recipe published; large's rate as a starting point.
     "huge_cls": MViTv2Config(192, 3, (4, 8, 60, 8), with_cls_token=True, drop_path_rate=0.5),
 }
 ARCHS = ARCH_SETTINGS  # the name fastmvit.checkpoint looks up

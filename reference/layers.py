@@ -1,4 +1,4 @@
-"""The pieces of an MViTv2 block, in plain PyTorch (SPEC sections 2-3).
+"""The pieces of an MViTv2 block, in plain PyTorch (docs/design.md, sections 1-2).
 
 Module-level functions hold the math the optimized model and its tests reuse: pooling a tensor of
 tokens (``pool_tokens``), the relative-position index (``rel_pos_index``), the table resize
@@ -209,7 +209,7 @@ class Mlp(nn.Module):
 
 
 class MultiScaleAttention(nn.Module):
-    """Pooling attention (SPEC section 3): (B, N, dim) tokens on an (H, W) grid -> (B, N', dim_att).
+    """Pooling attention (docs/design.md, "Pooling attention"): (B, N, dim) tokens on an (H, W) grid -> (B, N', dim_att).
 
     Parameters (official names): ``qkv`` Linear(dim, 3 dim_att); ``pool_{q,k,v}`` depthwise
     Conv2d(hd, hd, 3, stride, pad 1, groups hd, no bias), weight (hd, 1, 3, 3) shared by the heads;
@@ -276,7 +276,7 @@ class MultiScaleAttention(nn.Module):
 
 
 class MultiScaleBlock(nn.Module):
-    """One MViTv2 block (SPEC section 2), built from a ``BlockSpec``.
+    """One MViTv2 block (docs/design.md, "The image model"), built from a ``BlockSpec``.
 
     Parameters (official names): ``norm1`` LayerNorm(dim), ``attn``, ``norm2`` LayerNorm(dim_att),
     ``mlp`` (fc1, fc2), ``proj`` Linear(dim, dim_out) on dim-change blocks only. The shortcut is

@@ -4,7 +4,7 @@
     logits = model(images)                        # (B, 3, H, W) -> (B, num_classes)
 
 Plain and readable, nothing optimized: the oracle for ``fastmvit``'s fused model. The state dict
-uses the official key names (SPEC section 4). Differences from the official model, on purpose:
+uses the official key names (docs/checkpoints.md). Differences from the official model, on purpose:
 the head returns logits in eval mode too (the official head applies a softmax), and any input size
 works: the relative-position tables are resized at run time (``resize_rel_pos``).
 """

@@ -18,7 +18,7 @@ def _mend_interpreter_bf16_dot() -> None:
     """Make the interpreter's tl.dot correct for bfloat16 operands (test-only patch).
 
     The interpreter keeps bf16 as raw uint16 bit patterns and its dot multiplies those bits
-    (shared/TRITON-ON-CPU.md, triton-lang/triton#11584). Widen bf16 operands to float32 first: shift
+    (triton-lang/triton#11584). Widen bf16 operands to float32 first: shift
     the bits left by 16 and view them as float32. The product of two bf16 values is exact in float32,
     which is what tensor cores compute, so the kernel under test is unchanged.
     """

@@ -1,6 +1,6 @@
-"""Checkpoint loading and export (fastmvit.checkpoint, issue 7).
+"""Checkpoint loading and export (fastmvit.checkpoint).
 
-The checkpoints are built here from the key layouts of SPEC section 4 (the helpers below are
+The checkpoints are built here from the key layouts of docs/checkpoints.md (the helpers below are
 written from the SPEC, independently of fastmvit.checkpoint_formats), loaded, and checked against
 the native weights they were made from: same parameters, same outputs. Shapes come from a
 SPEC-derived builder that reproduces the SPEC's parameter counts to the last parameter.
@@ -88,7 +88,7 @@ SMALL = dict(embed_dim=8, heads0=1, depths=(1, 2, 1), num_classes=10, img=64)
 SMALL_MLP = dict(embed_dim=6, heads0=2, depths=(2, 1, 2), dim_change="mlp", num_classes=7, img=(48, 64))
 
 
-# Other frameworks' layouts, written from SPEC section 4.
+# Other frameworks' layouts, written from docs/checkpoints.md.
 def as_official(sd, wrap=True):
     sd = dict(sd)
     sd.setdefault("cls_token", torch.randn(1, 1, sd["patch_embed.proj.weight"].shape[0]))
@@ -468,7 +468,7 @@ def test_mismatched_arch_names_the_keys_and_shapes():
 
 @pytest.mark.parametrize("name", SPEC_ARCHS)
 def test_reference_state_dict_is_the_spec_layout(name):
-    """The models' native keys and shapes are SPEC section 4's (checked on the meta device)."""
+    """The models' native keys and shapes are docs/checkpoints.md's (checked on the meta device)."""
     from fastmvit.reference import MViTv2
     c0, heads0, depths, dim_change, cls, _ = SPEC_ARCHS[name]
     with torch.device("meta"):

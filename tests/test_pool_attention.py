@@ -1,5 +1,5 @@
 """fastmvit.kernels.pool_attention: the fused Triton op (in the interpreter on CPU) and the torch
-path, forward and every gradient, against float64 math written here (SPEC section 3).
+path, forward and every gradient, against float64 math written here (docs/design.md, "Pooling attention").
 
 Each case: fresh random inputs at the model's magnitudes (q, k, v LayerNorm'ed: unit scale; tables
 0.02-1), float64 output and gradients from `reference_float64`, the eager torch path in the tested
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("poisoned_buffers")
 
 
 # ------------------------------------------------------------------------------------------------
-# float64 reference, written from the SPEC (independent of kernels/)
+# float64 reference, written from the math (docs/design.md), independent of kernels/
 # ------------------------------------------------------------------------------------------------
 def table_index(q_side: int, k_side: int) -> torch.Tensor:
     """Official dist formula (float32 arithmetic, truncated): (q_side, k_side) table rows."""

@@ -1,6 +1,6 @@
 """fastmvit.kernels.pool_qkv (the fused pooling prologue) against float64 eager math.
 
-The reference is SPEC section 3 written out here in float64 (conv2d + layer_norm per q, k, v, the
+The reference is docs/design.md, "Pooling attention" written out here in float64 (conv2d + layer_norm per q, k, v, the
 class token split off and put back), independent of the op's own torch path. The Triton kernels run
 in the interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1). Every buffer the launchers
 allocate is poisoned with NaN first, so an unwritten value fails the test. Shapes are small and
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def reference(qkv, hw, heads, weights, gammas, betas, strides, sp, eps=1e-6):
-    """SPEC section 3, in the dtype of the arguments: q, k, v of shape (B, heads, N_t, D)."""
+    """docs/design.md, "Pooling attention", in the dtype of the arguments: q, k, v of shape (B, heads, N_t, D)."""
     B, N, C = qkv.shape
     D = C // (3 * heads)
     outs = []

@@ -1,7 +1,7 @@
 """The reference MViTv2 (fastmvit.reference) and count_macs.
 
 Big models are built on the ``meta`` device (shapes only, no memory, no arithmetic). The maths is
-checked against a float64 re-derivation of SPEC sections 2-3 written here, with explicit loops for
+checked against a float64 re-derivation of docs/design.md, sections 1-2 written here, with explicit loops for
 the relative positions.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# SPEC section 1: params (M, 1000 classes) and GMACs at 224x224.
+# docs/design.md, "The image model": params (M, 1000 classes) and GMACs at 224x224.
 SPEC_SIZES = {"tiny": (24.17, 4.70), "small": (34.87, 7.00), "base": (51.47, 10.16), "large": (217.99, 43.87)}
 
 # A small custom config for the maths tests: 2 heads, hd 8, all four stages, odd grids.
@@ -79,7 +79,7 @@ def test_count_macs_restores_training_mode():
 
 
 def test_block_plan_small_at_224():
-    """SPEC section 3's per-block shapes of small: q tokens, k/v tokens, heads; table lengths."""
+    """docs/design.md, "Pooling attention"'s per-block shapes of small: q tokens, k/v tokens, heads; table lengths."""
     specs = block_specs(ARCH_SETTINGS["small"], 224)
     shapes = [(math.prod(s.q_size), math.prod(s.kv_size), s.num_heads) for s in specs]
     assert shapes[0] == (3136, 196, 1)
@@ -185,7 +185,7 @@ def test_model_resizes_tables_at_run_time():
 
 
 # ------------------------------------------------------------------------------------------------
-# Float64 re-derivation of one attention and one block (SPEC sections 2-3)
+# Float64 re-derivation of one attention and one block (docs/design.md, sections 1-2)
 # ------------------------------------------------------------------------------------------------
 def _layer_norm(x, w, b, eps=1e-6):
     mean = x.mean(-1, keepdim=True)
@@ -350,7 +350,7 @@ def test_large_on_meta_builds_and_counts_without_memory():
 
 
 def _official_keys(depths, change_blocks, cls):
-    """The official state-dict keys (SPEC section 4), written out independently."""
+    """The official state-dict keys (docs/checkpoints.md), written out independently."""
     keys = ["patch_embed.proj.weight", "patch_embed.proj.bias"] + (["cls_token"] if cls else [])
     for i in range(sum(depths)):
         p = f"blocks.{i}."

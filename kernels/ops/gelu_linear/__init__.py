@@ -15,7 +15,7 @@ Two implementations, chosen by ``fastmvit.use_backend`` through ``resolve_backen
 - "torch": exactly that eager code, autograd by torch; the CPU path of the model, float64 too.
 - "triton": the custom op ``fastmvit::gelu_linear`` (fake implementation and autograd registered,
   the backward being the custom op ``fastmvit::gelu_linear_backward``), so
-  ``torch.compile(fullgraph=True)`` sees one op each way. Kernels in ``gelu_linear_triton.py``. CPU
+  ``torch.compile(fullgraph=True)`` sees one op each way. Kernels in ``triton_impl.py``. CPU
   tensors need TRITON_INTERPRET=1; on the meta device the fake implementations run (the cost model
   counts the op that way).
 
@@ -37,21 +37,11 @@ kernel (no atomics: bitwise repeatable); when the tiles alone fill the GPU (few 
 at stage 4) S is 1 and the kernel writes dW itself, no partials. db = sum of g over rows comes out of the same kernel (its
 first K tile's programs). gelu(h) is recomputed from h in the dW kernel. d residual is dy itself.
 
-Memory traffic per call (E = element size of h; M = B * T; weight and bias are small and omitted).
-Modeled by fastmvit.costmodel on meta tensors for MViTv2-T stage 1 (B 8, T 3136, K 384, N 96, bf16,
-bias, residual and sample_scale; residual a leaf, so both sides pay one AccumulateGrad copy of dy):
-
-- fused forward: read h (M K E) and the residual (M N E), write y (M N E): 1 launch, 29.0 MB.
-- eager forward: gelu reads h and writes gelu(h) (2 M K E), addmm reads gelu(h) and writes its
-  output, addcmul reads it and the residual and writes y (plus a cast of sample_scale): 4 launches,
-  77.1 MB. Fused / eager 0.38x (bias only, no residual: 24.2 against 62.7 MB, 1 launch against 2).
-- fused backward: one op: reads dy and h, writes dh and dW, db: 43.5 MB (+ 9.6 MB for the leaf
-  copy: 53.1 MB, 2 launches). Eager: mul (g), mm (d gelu(h)), mm (dW), sum (db), gelu_backward
-  (reads d gelu(h) and h, writes dh): 130.2 MB, 7 launches; 0.41x.
-  Real traffic inside the op is larger than the model's "one read of each input": the dh and dW
-  GEMMs each read dy and h (the second read may hit L2), and the dW partials are written and read
-  back once (S = 22 splits here: 22 x 96 x 384 x 4 B = 3.2 MB each way): about 74 MB at this
-  shape, still 0.57x eager's modeled bytes (which count no L2 hits either).
+Memory traffic (E = element size of h; M = B * T): the fused forward reads h and the residual and
+writes y once (1 launch) where eager also writes and re-reads gelu(h) and the Linear's output; the
+backward reads dy and h in the dh GEMM and again in the dW GEMM (the second read may hit L2), and
+with S > 1 writes the float32 dW partials once and reads them back once. The modeled bytes and
+launches, fused against eager, at the MViTv2-T/S MLP shapes: ``benchmarks/bench_gelu_linear.py``.
 
 Saved for backward: h, weight and sample_scale only (not gelu(h), not y). Eager saves gelu(h) as
 well (the addmm input) and h (for gelu_backward): M K E more activation memory per block.

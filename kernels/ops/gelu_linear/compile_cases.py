@@ -20,7 +20,7 @@ _SAMPLE = {(96, torch.float16, True, False), (96, torch.bfloat16, True, True),
 
 
 def cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
-    """(label, thunk) pairs for kernels/gpu_compile.py: each thunk calls the autotuned launchers
+    """(label, thunk) pairs for tools/gpu_compile.py: each thunk calls the autotuned launchers
     (forward, then backward) with CPU tensors at one MViTv2 MLP shape (B 8, 784 tokens, or 49 for
     C >= 768; K = 4 C, N = C), so a stand-in driver compiles every config the op can launch.
 

@@ -1,7 +1,7 @@
 """Triton kernels of the fused MLP tail (`fastmvit.kernels.gelu_linear`), and their launchers.
 
-The public op, its checks, the design note and the plain torch path live in `gelu_linear.py`; this
-module holds only what runs on the device (importing ``fastmvit.kernels`` does not need triton).
+The public op, its checks and the design note live in the package's ``__init__``, the plain torch
+path in ``torch_impl``; this module holds what runs on the device (docs/design.md, "gelu_linear").
 
 Notation: h is (B, T, K) read as M = B * T flat rows (row m is token m % T of sample m // T, any
 strides), weight is (N, K), y and dy are (B, T, N) (float32 with a float32 residual). ELEM is h's dtype; a = gelu(h) rounded to ELEM.
@@ -224,14 +224,14 @@ def gelu_linear_sum_splits_kernel(part_ptr, out_ptr, S, L, BLOCK: tl.constexpr):
 # ----------------------------------------------------------------------------------------------
 # Every config is correct for every shape (all loads and stores are masked); configs only trade
 # speed. Checked for sm_80 / sm_90 (registers, shared memory, spills, HMMA / HGMMA) by
-# tests/test_gpu_compile.py through `gelu_linear.gpu_compile_cases`.
+# tests/test_gpu_compile.py through this op's ``compile_cases``.
 def _cfg(names, values, warps, stages):
     return triton.Config(dict(zip(names, values)), num_warps=warps, num_stages=stages)
 
 
 _MNK = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 _MKN = ("BLOCK_M", "BLOCK_K", "BLOCK_N")
-# Measured with kernels/gpu_compile.py (fp16 / bf16, K 384 and 3072, with and without the epilogue
+# Measured with tools/gpu_compile.py (fp16 / bf16, K 384 and 3072, with and without the epilogue
 # extras, float32 weights): every config below compiles with STACK 0 / LOCAL 0 and HMMA / HGMMA on
 # sm_80 and sm_90. The forward's limit is the GELU prologue: the erf of each h element held by a
 # thread is a libdevice polynomial with several live temporaries, so a thread can afford about 16 h

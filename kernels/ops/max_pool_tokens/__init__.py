@@ -17,7 +17,7 @@ Two implementations, chosen by ``fastmvit.use_backend`` through ``resolve_backen
 - "triton": the custom op ``fastmvit::max_pool_tokens`` (returns y and the uint8 argmax; fake
   implementation and autograd registered, the backward being ``fastmvit::max_pool_tokens_backward``),
   so the cost model and ``torch.compile(fullgraph=True)`` see one op each way. Kernels in
-  ``max_pool_tokens_triton.py``. CPU tensors need TRITON_INTERPRET=1; on the meta device the fake
+  ``triton_impl.py``. CPU tensors need TRITON_INTERPRET=1; on the meta device the fake
   implementations run.
 
 Design (the Triton path)
@@ -35,8 +35,8 @@ of dx is written once, so there is no zero-fill pass and the result is bitwise r
 BLOCK_P * BLOCK_C = 2048 (8 warps); BLOCK_C = 64 at C 192/384/768, 32 at 96,
 16 at 72/144 (the power of two padding C least). Strides and window are constexprs.
 
-Compiled for sm_80 and sm_90 (``python -m fastmvit.kernels.gpu_compile
-fastmvit.kernels.max_pool_tokens --arch 80``): no spills, no tensor cores, no shared memory.
+Compiled for sm_80 and sm_90 by ``tools/gpu_compile.py`` (``scripts/kernel_table.py`` prints the table):
+no spills, no tensor cores.
 
 Memory traffic per call (E = element size; grid G = H * W, pooled G' = H' * W'; per batch element,
 C channels each; halo re-reads of overlapping windows are cache hits and not counted):
@@ -50,11 +50,9 @@ C channels each; halo re-reads of overlapping windows are cache hits and not cou
 - eager backward: max_pool2d_with_indices_backward reads dy's grid part, the int64 indices and the
   input, and writes the grid gradient; then autograd pads the token's and the grid's gradients back
   to (B, N, C) (two slice_backward: zero-fill + copy) and adds them: 4 launches.
-- MViTv2-tiny's first pooled block (B 8, 56x56 -> 28x28, C 192, class token, bf16), modeled by
-  fastmvit.costmodel on meta tensors (MB = 1e6 bytes):
-  forward 13.25 MB, 1 launch (12.05 MB under no_grad: no argmax) vs eager 26.50 MB, 2 launches;
-  backward 13.25 MB, 1 launch vs eager 89.13 MB, 4 launches; saved for backward 1.20 MB vs 19.27 MB.
-  ``tests/test_max_pool_tokens.py`` checks the op's bytes on meta tensors.
+- the modeled bytes and launches, fused against eager, at MViTv2-T's pooled shortcuts:
+  ``benchmarks/bench_max_pool_tokens.py``; ``tests/test_max_pool_tokens.py`` checks the op's bytes on
+  meta tensors.
 
 Saved for backward: the uint8 argmax only (G' C bytes per batch element), never x; the eager path
 keeps x (its grid view holds x's storage) and the int64 indices (8 G' C bytes). Under

@@ -33,7 +33,7 @@ _SAMPLE = {"MViTv2-T stage 1->2", "MViTv2-T stage 3->4", "MViTv2-T stage 1->2 no
 def cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
     """(label, thunk) pairs; each thunk calls the Triton launchers (forward with and without the
     argmax, backward) directly with CPU tensors at one MViTv2 shape (3x3 window, stride 2), so that
-    under the stand-in driver of ``kernels/gpu_compile.py`` every kernel variant the op launches
+    under the stand-in driver of ``tools/gpu_compile.py`` every kernel variant the op launches
     for MViTv2 gets compiled.
 
     sample: the representative subset the test suite compiles: fp16 and bf16, with and without a

@@ -1,8 +1,7 @@
 """Triton kernels of the token max-pool (`fastmvit.kernels.max_pool_tokens`), and their launchers.
 
-The public op, its checks, the custom ops and the plain torch path live in `max_pool_tokens.py`;
-this module holds only what runs on the device, so that importing ``fastmvit.kernels`` does not
-need triton.
+The public op, its checks and the design note live in the package's ``__init__``, the custom ops in
+``op``, the plain torch path in ``torch_impl``; this module holds what runs on the device.
 
 Notation: x is (B, N, C) tokens with a contiguous channel dim, N = SP + H * W, SP = 1 with a class
 token (row 0) else 0. The grid is max-pooled with a (KH, KW) window, stride (SH, SW), padding
@@ -154,7 +153,7 @@ def max_pool_tokens_bwd_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# Launchers. They take checked, device-ready tensors (max_pool_tokens.py checks) and launch; they
+# Launchers. They take checked, device-ready tensors (the package's ``__init__`` checks them) and launch; they
 # never look at the device or at TRITON_INTERPRET, so that the GPU-compile harness can call them.
 # --------------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@
 q (B, H, Nq, D), Nq = qh*qw (+1 class token); k, v (B, H, Nk, D), Nk = kh*kw (+1); tables
 (2*max(qh, kh) - 1, D) and (2*max(qw, kw) - 1, D) or both None. Returns (B, H, Nq, D) in q's
 dtype: softmax(scale q k^T + rel_h + rel_w) v, + q on the spatial rows with residual pooling
-(SPEC section 3). The result is a view of a (B, Nq, H, D) contiguous buffer, so the model's
+(docs/design.md, "Pooling attention"). The result is a view of a (B, Nq, H, D) contiguous buffer, so the model's
 `out.transpose(1, 2).reshape(B, Nq, H * D)` is free. float32, float16 and bfloat16 inputs,
 accumulation in float32; any strides.
 
@@ -15,8 +15,8 @@ torch, materialised scores, autograd by torch); "triton" runs the custom op
 `fastmvit::pool_attention` (one op under torch.compile, a fake implementation for meta tensors,
 its backward the custom op `fastmvit::pool_attention_backward`); "auto" = Triton on CUDA.
 
-Design (kernels in `pool_attention_triton.py`)
-----------------------------------------------
+Design (kernels in `triton_impl.py`)
+------------------------------------
 Tiling. FlashAttention-2 style: one program per (batch*head, BLOCK_M query rows); it keeps its
 q tile, the float32 accumulator and the running max / sum in registers and streams K and V in
 BLOCK_N tiles with an online softmax (rescale the partial sums by exp2(m_old - m_new) when the
@@ -33,8 +33,8 @@ with a one-hot matrix of the key coordinates: bias = rel_h @ onehot_h + rel_w @ 
 tensor cores. A register gather (tl.gather) would be the direct way but spills on sm_80/sm_90.
 No bias tile and no rel tensor goes through HBM in the forward. Compiled for sm_80 / sm_90 the
 forward and dK/dV use BLOCK_M x BLOCK_N = 64 x 64 with 8 warps, dQ 64 x 32 with 8 warps, no
-spills on either target (kernels/gpu_compile.py; what was tried is listed in
-pool_attention_triton.py). The head dim is a constexpr and row
+spills on either target (tools/gpu_compile.py; what was tried is listed in
+`triton_impl.py`). The head dim is a constexpr and row
 strides are passed divided by their alignment, so D = 72 rows still load vectorised.
 
 Saved for backward: q, k, v, the tables and the log-sum-exp per row (B, H, Nq) float32, in base 2;

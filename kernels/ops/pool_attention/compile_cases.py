@@ -12,14 +12,14 @@ _SAMPLE = {(96, torch.float16, 0, (56, 56), (14, 14)), (96, torch.bfloat16, 1, (
 
 
 def cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
-    """(label, thunk) pairs for kernels/gpu_compile.py: each thunk calls the autotuned launchers
+    """(label, thunk) pairs for tools/gpu_compile.py: each thunk calls the autotuned launchers
     (forward, then the three backward kernels) at one MViTv2 attention shape with CPU tensors, so
     a stand-in driver compiles every config the op can launch. B = 1, the real heads / N / D.
 
     sample: the representative subset the test suite compiles: each (D, dtype) once, class token
     or not alternating, over four grids whose padded sides cover 8 to 64."""
     from .triton_impl import backward, forward
-    # SPEC section 3 (tiny/small at 224): (q grid, k grid, heads); head dim 96 (and 72 for large).
+    # MViTv2-T/S at 224 (docs/design.md, "Pooling attention"): (q grid, k grid, heads); head dim 96 (and 72 for large).
     shapes = [((56, 56), (14, 14), 1), ((28, 28), (28, 28), 2), ((28, 28), (14, 14), 2),
               ((14, 14), (28, 28), 4), ((14, 14), (14, 14), 4), ((7, 7), (14, 14), 8), ((7, 7), (7, 7), 8)]
     for D in (96, 72):

@@ -3,7 +3,7 @@ and `fastmvit::pool_attention_backward`, with fake implementations (meta tensors
 and autograd. Registered on import; the kernels (triton) are imported on first call.
 
 custom_op (not triton_op + wrap_triton): it works under torch.compile on CPU in the interpreter
-(shared/TRITON-ON-CPU.md), and the op stays one node in the graph (no graph break).
+(triton_op + wrap_triton did not: it reads the data pointer of a FakeTensor there), and the op stays one node in the graph (no graph break).
 """
 from __future__ import annotations
 

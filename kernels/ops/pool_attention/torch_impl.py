@@ -1,11 +1,11 @@
 """Pooling attention with decomposed relative positions in plain torch: checks and the CPU path.
 
-This module holds what both implementations share (input checks, the relative-position index,
-the per-row rel terms) and the plain torch implementation that materialises the scores
-(autograd by torch itself). The fused Triton path lives in ``pool_attention_triton.py``; the public
-op that picks one of them in ``pool_attention.py``.
+This module holds the relative-position index and the per-row rel terms (which the Triton path
+uses too) and the plain torch implementation that materialises the scores (autograd by torch
+itself). The fused path lives in ``triton_impl.py``; the public op that checks its arguments and
+picks one of them in the package's ``__init__``.
 
-Notation (SPEC section 3): ``q`` (B, heads, Nq, D), ``k``/``v`` (B, heads, Nk, D), query grid
+Notation (docs/design.md, "Pooling attention"): ``q`` (B, heads, Nq, D), ``k``/``v`` (B, heads, Nk, D), query grid
 (qh, qw), key grid (kh, kw), ``sp`` = 1 with a class token (row / column 0), else 0, so
 Nq = sp + qh*qw and Nk = sp + kh*kw.
 """

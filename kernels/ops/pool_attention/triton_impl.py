@@ -1,5 +1,5 @@
 """Triton kernels of the fused pooling attention with decomposed relative positions, and their
-launchers. The design note is in `kernels/pool_attention.py`; the math in `pool_attention_torch.py`.
+launchers. The design note is in the package's ``__init__``; the math in ``torch_impl.py``.
 
 Notation: one program handles one (batch, head) pair `bh` and one tile of BLOCK_M query rows (or
 BLOCK_N key rows). sp = 1 with a class token (token 0, no rel-pos, no residual), else 0. Spatial
@@ -423,12 +423,12 @@ def pool_attention_bwd_dq_kernel(
 # Launch configurations
 # ----------------------------------------------------------------------------------------------
 # Every config is correct for every shape (all loads and stores are masked); configs only trade
-# speed. Checked by tests/test_gpu_compile.py through `gpu_compile_cases`.
+# speed. Checked by tests/test_gpu_compile.py through this op's ``compile_cases``.
 def _config(bm, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
-# Measured with kernels/gpu_compile.py at the MViTv2 shapes (fp16/bf16, D 96 and 72 padded to 128):
+# Measured with tools/gpu_compile.py at the MViTv2 shapes (fp16/bf16, D 96 and 72 padded to 128):
 # these compile with STACK 0 / LOCAL 0 and tensor-core MMAs on sm_80 and sm_90. Tried and dropped:
 # 4-warp tiles (forward 32 x 64 spilled 8-32 B on both targets at some shapes; dQ 32 x 64 16-664 B),
 # dQ 64 x 64 (24-128 B at the 28 x 28 key grid), forward 128 x 64 and 64 x 64 with 4 warps (spilled

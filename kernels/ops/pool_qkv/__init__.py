@@ -3,7 +3,7 @@
     q, k, v, q_size, k_size = pool_qkv(qkv, (H, W), num_heads, (w_q, w_k, w_v), (g_q, g_k, g_v),
                                        (b_q, b_k, b_v), stride_q, stride_kv, has_cls_token=True)
 
-What it computes (SPEC section 3), for t in q, k, v: split t per head out of the projection output,
+What it computes (docs/design.md, "Pooling attention" step 2), for t in q, k, v: split t per head out of the projection output,
 take the class token off, pool the (H, W) grid with a depthwise conv (weight (D, 1, kh, kw) shared by
 the heads, stride s_t, padding kernel // 2, no bias), put the token back in front, LayerNorm over the
 head dim D (the class token is normalised too, eps 1e-6).
@@ -13,7 +13,7 @@ Two implementations, chosen by ``fastmvit.use_backend`` through ``resolve_backen
 - "torch": plain torch (conv2d + layer_norm), autograd by torch; the CPU path of the model.
 - "triton": the custom op ``fastmvit::pool_qkv`` (fake implementation and autograd registered, the
   backward being the custom op ``fastmvit::pool_qkv_backward``), so ``torch.compile(fullgraph=True)``
-  sees one op. Kernels in ``pool_qkv_triton.py``. CPU tensors need TRITON_INTERPRET=1; on the meta
+  sees one op. Kernels in ``triton_impl.py``. CPU tensors need TRITON_INTERPRET=1; on the meta
   device the fake implementations run (the cost model counts the op that way).
 
 Design (the Triton path)
@@ -25,14 +25,13 @@ owns BLOCK_M rows x the whole head dim (BLOCK_D = next power of two >= D: LayerN
 rows): it reads the KH * KW taps of each row straight out of ``qkv`` (strided, masked at the padding;
 the class-token row reads its token), multiplies by the depthwise weight, normalises, stores once.
 BLOCK_M * BLOCK_D = 2048 (16 rows at D 96 or 72, 4 warps). Backward: two launches (see
-``pool_qkv_triton.py``): rows (recompute the pooled rows, LayerNorm backward, weight and norm partial
+``triton_impl.py``): rows (recompute the pooled rows, LayerNorm backward, weight and norm partial
 sums per program, 8 rows per tile, up to ~1024 programs each walking TILES_PER_PROG tiles), then
 input (the strided conv's input gradient as a gather over the outputs that read each input, fixed
 order, no atomics), then a fixed-order ``sum`` of the per-program partials.
 
-Compiled for sm_80 and sm_90 (``python -m fastmvit.kernels.gpu_compile fastmvit.kernels.pool_qkv
---arch 80``): no spills, no tensor cores (no matmul); registers per thread and shared memory are in
-the table that command prints.
+Compiled for sm_80 and sm_90 by ``tools/gpu_compile.py`` (``scripts/kernel_table.py`` prints the
+table): no spills, no tensor cores (no matmul).
 
 Memory traffic per call (E = element size of qkv; Nq, Nk = output rows; N = input rows; per
 batch element and head, D channels each; halo re-reads are cache hits and not counted):
@@ -42,14 +41,12 @@ batch element and head, D channels each; halo re-reads are cache hits and not co
   permuted tensor and the class-token split copy it ((N D E) read + write, per t), conv2d reads the
   grid and writes the pooled grid, ``cat`` with the token copies it again (read + write), LayerNorm
   reads it and writes the output plus its mean/rstd: 3 to 4 launches per t against 1 for all three.
-  Modeled by ``benchmarks/bench_pool_qkv.py`` (fastmvit.costmodel on meta tensors, MViTv2-S at 224,
-  batch 8, bf16): forward 0.25x to 0.48x the eager bytes (stage 1: 19.0 against 39.9 MiB), 1 launch
-  against 9 to 12.
+  The modeled bytes and launches, fused against eager, at the MViTv2 shapes:
+  ``benchmarks/bench_pool_qkv.py``.
 - fused backward: reads the three output gradients and qkv once each in the rows kernel, writes the
   float32 pre-norm gradient of the grid rows (4 (Nq + 2 Nk) D bytes) which the input kernel reads
   back and gathers into d(qkv) (written once, 3 N D E), plus the partial sums: (KH KW + 2) D float32
-  per program. Forward + backward modeled at 0.29x to 0.63x the eager bytes, 11 launches against
-  29 to 32 (the float32 scratch dominates at strides 1/1: storing it in bf16 would halve it, at
+  per program (the float32 scratch dominates at strides 1/1: storing it in bf16 would halve it, at
   some accuracy; not done).
 
 Saved for backward: ``qkv`` and the parameters only. The pooled rows and their mean / rstd are

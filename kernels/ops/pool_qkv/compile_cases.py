@@ -27,7 +27,7 @@ def cases() -> Iterable[tuple[str, Callable[[], None]]]:
     """(label, thunk) pairs; each thunk calls the Triton launchers (forward and backward) directly
     with CPU tensors at one MViTv2 shape (head dims 96 and 72, fp16 and bf16, with and without a
     class token, batch 1 and a training batch), so that under the stand-in driver of
-    ``kernels/gpu_compile.py`` every kernel variant the op launches for MViTv2 gets compiled."""
+    ``tools/gpu_compile.py`` every kernel variant the op launches for MViTv2 gets compiled."""
     from .triton_impl import backward, forward
 
     def thunk(B, side, sq, skv, heads, D, dtype, sp):

@@ -1,6 +1,7 @@
 """Triton kernels of the fused pooling prologue (`fastmvit.kernels.pool_qkv`), and their launchers.
 
-The public op, its checks and the plain torch path live in `pool_qkv.py`; this module holds only
+The public op, its checks and the design note live in the package's ``__init__``, the plain torch
+path in ``torch_impl``; this module holds only
 what runs on the device, so that importing ``fastmvit.kernels`` does not need triton.
 
 Notation: the block's qkv projection output ``qkv`` is (B, N, 3 * heads * D) with the channel layout
@@ -326,7 +327,7 @@ def pool_qkv_bwd_input_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# Launchers. They take checked, device-ready tensors (pool_qkv.py checks) and launch; they never
+# Launchers. They take checked, device-ready tensors (the package's ``__init__`` checks them) and launch; they never
 # look at the device or at TRITON_INTERPRET, so that the GPU-compile harness can call them.
 # --------------------------------------------------------------------------------------------
 

@@ -13,9 +13,8 @@ pooled ``q, k, v`` (B, heads, Nq + 2 Nk, D). Here one ``torch.autograd.Function`
 ``qkv`` (plus the parameters and the float32 log-sum-exp), and its backward runs the ``pool_qkv``
 kernel again to rebuild q, k, v before the attention backward. The trade, per block (E = element
 size): saved activations - (Nq + 2 Nk) D E per head, traffic + one ``pool_qkv`` forward (read the
-3 N C qkv once, write q, k, v once), with no extra kernel beyond that one launch. MViTv2-T at 224,
-bf16, batch 8: 49 MB less kept for backward, 137 MB more moved per training step (both modeled,
-``fastmvit.costmodel``). FlashAttention makes the same trade for the scores, one level down.
+3 N C qkv once, write q, k, v once), with no extra kernel beyond that one launch. The modeled
+saved bytes and traffic of the whole model: ``scripts/model_costs.py``. FlashAttention makes the same trade for the scores, one level down.
 
 The ops stay the registered custom ops (``fastmvit::pool_qkv``, ``fastmvit::pool_attention``,
 their ``_backward`` ops): the Function only chooses what to save, so torch.compile sees the same
