@@ -22,6 +22,43 @@ def mma(a, b, acc, FP32: tl.constexpr):
         return tl.dot(a, b, acc)
 
 
+@triton.jit
+def head_rows(ptr, bh, H, stride_b, stride_h, stride_n, ALIGN: tl.constexpr):
+    """(ptr moved to sample bh // H, head bh % H of a (B, H, N, D) tensor; its row stride).
+
+    The three strides arrive divided by ALIGN (the launcher's choice: the largest of 16, 8, 4, 2, 1
+    that divides them all); multiplying by the constexpr tells the compiler every row starts
+    ALIGN-element aligned, so loads vectorise (D = 72 rows too)."""
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    return ptr + b * (stride_b * ALIGN) + h * (stride_h * ALIGN), stride_n * ALIGN
+
+
+@triton.jit
+def onehot_matmul(rel, onehot, acc, FP32: tl.constexpr, REL_LEFT: tl.constexpr):
+    """acc + rel @ onehot (REL_LEFT) or acc + onehot @ rel, with rel float32 and onehot a 0/1 bool
+    matrix: an exact gather-and-broadcast on tensor cores (the rel-pos bias expansion and its
+    transpose; a register gather spills).
+
+    Half inputs: rel is split into two bfloat16 parts, hi + lo, which together carry 16 bits of
+    mantissa; 0/1 are exact in bfloat16 and every product is exact, so the result is rel to about
+    2**-17 relative. float32 inputs: one exact IEEE float32 matmul."""
+    if FP32:
+        oh = onehot.to(tl.float32)
+        if REL_LEFT:
+            return tl.dot(rel, oh, acc, input_precision="ieee")
+        else:
+            return tl.dot(oh, rel, acc, input_precision="ieee")
+    else:
+        hi = rel.to(tl.bfloat16)
+        lo = (rel - hi.to(tl.float32)).to(tl.bfloat16)
+        oh = onehot.to(tl.float32).to(tl.bfloat16)  # via float32: the interpreter casts bool -> bf16 wrongly
+        if REL_LEFT:
+            return tl.dot(lo, oh, tl.dot(hi, oh, acc))
+        else:
+            return tl.dot(oh, lo, tl.dot(oh, hi, acc))
+
+
 def empty(*shape, dtype, device) -> torch.Tensor:
     """Every buffer a launcher allocates, outputs and scratch alike, comes from here (the launchers
     call it as ``helpers.empty``), so a test can poison them all with one patch."""

@@ -42,3 +42,22 @@ def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown fastmvit backend"):
         with fastmvit.use_backend("cudnn"):
             pass
+
+
+def test_every_op_has_the_same_parts():
+    """kernels/ops/<op>/: the same modules under the same names, reachable as modules (the functions
+    are fastmvit.kernels.<op>), kernels named after their op, launchers forward / backward."""
+    import fastmvit.kernels as K
+    for op in K.KERNEL_OPS:
+        package = importlib.import_module(f"fastmvit.kernels.ops.{op}")
+        assert getattr(package, op) is getattr(K, op), op
+        parts = {part: importlib.import_module(f"fastmvit.kernels.ops.{op}.{part}")
+                 for part in ("torch_impl", "triton_impl", "op", "compile_cases")}
+        assert callable(getattr(parts["torch_impl"], f"{op}_torch")), op
+        assert callable(parts["compile_cases"].cases) and isinstance(parts["compile_cases"].EXPECTS_TENSOR_CORES, bool)
+        impl = parts["triton_impl"]
+        assert callable(impl.forward) and callable(impl.backward), op
+        # @triton.jit objects (a JITFunction, or the interpreter's stand-in) wrap their function as .fn
+        kernels = [name for name, value in vars(impl).items() if name.endswith("_kernel")
+                   and callable(getattr(value, "fn", None))]
+        assert kernels and all(name.startswith(f"{op}_") for name in kernels), (op, kernels)

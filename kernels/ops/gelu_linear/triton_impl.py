@@ -66,6 +66,50 @@ def _rows(rows, T, stride_b, stride_t):
     return b.to(tl.int64) * stride_b + t.to(tl.int64) * stride_t, b
 
 
+@triton.jit
+def _gemm_tile(M, N_OUT, T, a_ptr, stride_ab, stride_at, stride_ared, w_ptr, stride_wout, stride_wred,
+               BLOCK_M: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_RED: tl.constexpr):
+    """This program's tile of an (M, N_OUT) = A @ W-side GEMM output, tiles in row-major order (a row
+    block's column tiles side by side), with A's rows the flat (b, t) rows of a (B, T, .) tensor:
+    (rows, output cols, rows in range, cols in range, each row's sample, the reduction offsets,
+    pointers to A's first (BLOCK_M, BLOCK_RED) tile and to the weight's first (BLOCK_RED, BLOCK_OUT)
+    tile, stride_wout / stride_wred being the weight's strides along the output / reduction dims)."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N_OUT, BLOCK_OUT)
+    pid_m = pid // n_tiles
+    pid_n = pid - pid_m * n_tiles
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
+    a_row, b = _rows(rows, T, stride_ab, stride_at)
+    offs_red = tl.arange(0, BLOCK_RED)
+    a_ptrs = a_ptr + a_row[:, None] + offs_red[None, :] * stride_ared
+    w_ptrs = w_ptr + cols[None, :] * stride_wout + offs_red[:, None] * stride_wred
+    return rows, cols, rows < M, cols < N_OUT, b, offs_red, a_ptrs, w_ptrs
+
+
+@triton.jit
+def _gemm_loop(a_ptrs, w_ptrs, row_ok, col_ok, offs_red, RED, stride_ared, stride_wred, ELEM: tl.constexpr,
+               GELU_A: tl.constexpr, FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_OUT: tl.constexpr,
+               BLOCK_RED: tl.constexpr):
+    """float32 acc (BLOCK_M, BLOCK_OUT) = A @ W over the RED reduction in BLOCK_RED steps, from the
+    first tiles of `_gemm_tile`. Each A tile is upcast, put through the GELU (GELU_A: the GEMM
+    prologue) and rounded to ELEM where eager rounds gelu's output, or just rounded to ELEM (a
+    float32 dy under autocast); the W tile is cast to ELEM in registers (float32 master weights)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_OUT), dtype=tl.float32)
+    for r0 in range(0, RED, BLOCK_RED):
+        r_ok = offs_red < RED - r0
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & r_ok[None, :], other=0.0)
+        if GELU_A:
+            a = _gelu(a.to(tl.float32)).to(ELEM)
+        else:
+            a = a.to(ELEM)
+        w = tl.load(w_ptrs, mask=r_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
+        acc = mma(a, w, acc, FP32)
+        a_ptrs += BLOCK_RED * stride_ared
+        w_ptrs += BLOCK_RED * stride_wred
+    return acc
+
+
 # Batch-dependent sizes (M, T, batch and token strides) are not specialised: one compiled kernel
 # serves every batch size and token count of a block.
 @triton.jit(do_not_specialize=["M", "T", "stride_hb", "stride_ht", "stride_rb", "stride_rt"])
@@ -81,27 +125,11 @@ def gelu_linear_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     ELEM = h_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // n_tiles
-    pid_n = pid - pid_m * n_tiles
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < M
-    col_ok = cols < N
-    h_row, b = _rows(rows, T, stride_hb, stride_ht)
-    offs_k = tl.arange(0, BLOCK_K)
-    h_ptrs = h_ptr + h_row[:, None] + offs_k[None, :] * stride_hk             # (BLOCK_M, BLOCK_K)
-    w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk  # (BLOCK_K, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k < K - k0
-        x = tl.load(h_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        a = _gelu(x).to(ELEM)                  # rounded where eager's gelu output is
-        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
-        acc = mma(a, w, acc, FP32)
-        h_ptrs += BLOCK_K * stride_hk
-        w_ptrs += BLOCK_K * stride_wk
+    # h tile (BLOCK_M, BLOCK_K), weight^T tile (BLOCK_K, BLOCK_N)
+    rows, cols, row_ok, col_ok, b, offs_k, h_ptrs, w_ptrs = _gemm_tile(
+        M, N, T, h_ptr, stride_hb, stride_ht, stride_hk, w_ptr, stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = _gemm_loop(h_ptrs, w_ptrs, row_ok, col_ok, offs_k, K, stride_hk, stride_wk, ELEM, True, FP32,
+                     BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols * stride_bias, mask=col_ok, other=0.0)
         acc += bias.to(ELEM).to(tl.float32)[None, :]
@@ -128,26 +156,11 @@ def gelu_linear_bwd_dh_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     ELEM = h_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    pid_m = pid // k_tiles
-    pid_k = pid - pid_m * k_tiles
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_ok = rows < M
-    col_ok = cols < K
-    dy_row, b = _rows(rows, T, stride_db, stride_dt)
-    offs_n = tl.arange(0, BLOCK_N)
-    dy_ptrs = dy_ptr + dy_row[:, None] + offs_n[None, :] * stride_dn          # (BLOCK_M, BLOCK_N)
-    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + cols[None, :] * stride_wk  # (BLOCK_N, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        n_ok = offs_n < N - n0
-        dy = tl.load(dy_ptrs, mask=row_ok[:, None] & n_ok[None, :], other=0.0).to(ELEM)
-        w = tl.load(w_ptrs, mask=n_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
-        acc = mma(dy, w, acc, FP32)
-        dy_ptrs += BLOCK_N * stride_dn
-        w_ptrs += BLOCK_N * stride_wn
+    # dy tile (BLOCK_M, BLOCK_N), weight tile (BLOCK_N, BLOCK_K)
+    rows, cols, row_ok, col_ok, b, offs_n, dy_ptrs, w_ptrs = _gemm_tile(
+        M, K, T, dy_ptr, stride_db, stride_dt, stride_dn, w_ptr, stride_wk, stride_wn, BLOCK_M, BLOCK_K, BLOCK_N)
+    acc = _gemm_loop(dy_ptrs, w_ptrs, row_ok, col_ok, offs_n, N, stride_dn, stride_wn, ELEM, False, FP32,
+                     BLOCK_M, BLOCK_K, BLOCK_N)
     if HAS_SCALE:   # (s dy) @ W = s (dy @ W): the per-row scale goes in the epilogue, unrounded
         s = tl.load(scale_ptr + b, mask=row_ok, other=0.0).to(tl.float32)
         acc = acc * s[:, None]

@@ -50,6 +50,19 @@ FWD_WARPS = 8
 BWD_WARPS = 8
 
 
+@triton.jit
+def _token_tile(C, n_rows, n_per_sample, SP: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's BLOCK_P flat token rows (b, token) x BLOCK_C channels: (rows, channels,
+    channels in range, rows in range, sample b, token in the sample, grid position (0 for the class token),
+    the row is an in-range grid row)."""
+    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < n_rows
+    b = rows // n_per_sample
+    token = rows - b * n_per_sample
+    return rows, offs_c, offs_c < C, row_ok, b, token, tl.maximum(token - SP, 0), row_ok & (token >= SP)
+
+
 @triton.jit(do_not_specialize=["H", "W", "OH", "OW", "n_rows", "stride_xb"])
 def max_pool_tokens_fwd_kernel(
     x_ptr, stride_xb, stride_xn,          # (B, N, C), channel dim contiguous
@@ -61,15 +74,8 @@ def max_pool_tokens_fwd_kernel(
 ):
     PAD_H: tl.constexpr = KH // 2
     PAD_W: tl.constexpr = KW // 2
-    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)       # flat (b, r) output rows
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = offs_c < C
-    row_ok = rows < n_rows
-    n_out = SP + OH * OW
-    b = rows // n_out
-    r = rows - b * n_out
-    p = tl.maximum(r - SP, 0)                                        # pooled-grid position
-    grid_ok = row_ok & (r >= SP)
+    # flat (b, r) output rows; p: the pooled-grid position
+    rows, offs_c, c_ok, row_ok, b, r, p, grid_ok = _token_tile(C, n_rows, SP + OH * OW, SP, BLOCK_P, BLOCK_C)
     oy = p // OW
     iy0 = oy * SH - PAD_H                                            # window origin (may be padding)
     ix0 = (p - oy * OW) * SW - PAD_W
@@ -114,15 +120,8 @@ def max_pool_tokens_bwd_kernel(
 ):
     PAD_H: tl.constexpr = KH // 2
     PAD_W: tl.constexpr = KW // 2
-    rows = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)       # flat (b, n) input rows
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = offs_c < C
-    row_ok = rows < n_rows
-    n_in = SP + H * W
-    b = rows // n_in
-    n = rows - b * n_in
-    pos = tl.maximum(n - SP, 0)
-    grid_ok = row_ok & (n >= SP)
+    # flat (b, n) input rows; pos: the grid position
+    rows, offs_c, c_ok, row_ok, b, n, pos, grid_ok = _token_tile(C, n_rows, SP + H * W, SP, BLOCK_P, BLOCK_C)
     iy = pos // W
     ty = iy + PAD_H                        # = oy * SH + ky for each window (oy, ky) holding iy
     tx = pos - iy * W + PAD_W

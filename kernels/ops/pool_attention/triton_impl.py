@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ... import triton_helpers as helpers
-from ...triton_helpers import mma
+from ...triton_helpers import head_rows, mma, onehot_matmul
 
 # exp(x) = exp2(x * LOG2E): exp2 is the native instruction. A constexpr: jit code reads no other globals.
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -32,29 +32,13 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # Shared pieces
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _expand_rel(rel, onehot, acc, FP32: tl.constexpr):
-    """acc + rel @ onehot, with rel float32 (M, K) and onehot a 0/1 bool (K, N) matrix.
-
-    A one-hot matmul is an exact gather-and-broadcast on tensor cores (a register gather spills).
-    Half inputs: rel is split into two bfloat16 parts, hi + lo, which together carry 16 bits of
-    mantissa; 0/1 are exact in bfloat16 and every product is exact, so the result is rel to
-    ~2**-17 relative (float32 inputs: one exact IEEE float32 matmul)."""
-    if FP32:
-        return tl.dot(rel, onehot.to(tl.float32), acc, input_precision="ieee")
-    else:
-        hi = rel.to(tl.bfloat16)
-        lo = (rel - hi.to(tl.float32)).to(tl.bfloat16)
-        oh = onehot.to(tl.float32).to(tl.bfloat16)  # via float32: the interpreter casts bool -> bf16 wrongly
-        return tl.dot(lo, oh, tl.dot(hi, oh, acc))
-
-
-@triton.jit
-def _key_coords(offs_n, Nk, kw, SP: tl.constexpr):
-    """Key rows -> (key is spatial and in range, its grid row j, its grid column l)."""
-    s = offs_n - SP
-    key_sp = (s >= 0) & (offs_n < Nk)
-    s = tl.where(key_sp, s, 0)
-    return key_sp, s // kw, s % kw
+def _grid_coords(offs, N, width, SP: tl.constexpr):
+    """Token rows (queries or keys) -> (the row is spatial and in range, its grid row, its grid
+    column), on a grid `width` wide behind SP class tokens."""
+    s = offs - SP
+    spatial = (s >= 0) & (offs < N)
+    s = tl.where(spatial, s, 0)
+    return spatial, s // width, s % width
 
 
 @triton.jit
@@ -71,27 +55,64 @@ def _rel_terms(q, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
     rel_h = tl.zeros((q.shape[0], KH_PAD), dtype=tl.float32)
     mask_rows = row_sp[:, None] & mask_d[None, :]
     for j in range(0, kh):
-        t = tl.load(idx_h_ptr + y * kh + j, mask=row_sp, other=0)                     # (BLOCK_M,)
-        r = tl.load(th_ptr + t[:, None] * stride_th0 + offs_d[None, :] * stride_th1,
-                    mask=mask_rows, other=0.0).to(tl.float32)                          # (BLOCK_M, BLOCK_D)
+        r = _table_rows(th_ptr, stride_th0, stride_th1, idx_h_ptr, y, kh, j, row_sp, offs_d, mask_rows)
         rel_h = tl.where(cols_h[None, :] == j, tl.sum(q * r, axis=1)[:, None], rel_h)
     cols_w = tl.arange(0, KW_PAD)
     rel_w = tl.zeros((q.shape[0], KW_PAD), dtype=tl.float32)
     for l in range(0, kw):
-        t = tl.load(idx_w_ptr + x * kw + l, mask=row_sp, other=0)
-        r = tl.load(tw_ptr + t[:, None] * stride_tw0 + offs_d[None, :] * stride_tw1,
-                    mask=mask_rows, other=0.0).to(tl.float32)
+        r = _table_rows(tw_ptr, stride_tw0, stride_tw1, idx_w_ptr, x, kw, l, row_sp, offs_d, mask_rows)
         rel_w = tl.where(cols_w[None, :] == l, tl.sum(q * r, axis=1)[:, None], rel_w)
     return rel_h, rel_w
 
 
 @triton.jit
-def _query_coords(offs_m, Nq, qw, SP: tl.constexpr):
-    """Query rows -> (row is spatial and in range, its grid row y, its grid column x)."""
-    s = offs_m - SP
-    row_sp = (s >= 0) & (offs_m < Nq)
-    s = tl.where(row_sp, s, 0)
-    return row_sp, s // qw, s % qw
+def _table_rows(table_ptr, stride0, stride1, idx_ptr, cell, k_side, j, row_sp, offs_d, mask_rows):
+    """(BLOCK_M, BLOCK_D) float32: for every query row, the table row idx[cell, j] (cell its grid row
+    y or column x, j a key row or column), zero on non-spatial rows."""
+    t = tl.load(idx_ptr + cell * k_side + j, mask=row_sp, other=0)                   # (BLOCK_M,)
+    return tl.load(table_ptr + t[:, None] * stride0 + offs_d[None, :] * stride1,
+                   mask=mask_rows, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd, Nq, D: tl.constexpr,
+                ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's query tile (program_id 0) of head bh: (q (BLOCK_M, BLOCK_D) in q's dtype, zero
+    outside, its rows, the head-dim offsets, rows in range, head-dim lanes in range)."""
+    q_ptr, stride_qn = head_rows(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, ALIGN)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < Nq
+    mask_d = offs_d < D
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    return q, offs_m, offs_d, mask_m, mask_d
+
+
+@triton.jit
+def _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kw, qk_scale, rel_h, rel_w, offs_d, mask_d,
+                SP: tl.constexpr, HAS_REL: tl.constexpr, FP32: tl.constexpr, KH_PAD: tl.constexpr,
+                KW_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The query tile's scores against keys start_n .. start_n + BLOCK_N, in base 2:
+    s2 = (scale q.k + rel_h[j] + rel_w[l]) * log2(e) (rel_h, rel_w already in base-2 units), the
+    bias expanded by one-hot matmuls. Returns (s2 (BLOCK_M, BLOCK_N), the k tile (BLOCK_D, BLOCK_N),
+    key rows, key rows in range,
+    the two one-hot matrices (KH_PAD / KW_PAD, BLOCK_N); without rel-pos the key mask stands in for
+    them). Out-of-range keys are not masked here."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < Nk
+    kT = tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)                 # (BLOCK_D, BLOCK_N)
+    s = mma(q, kT, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32), FP32) * qk_scale
+    if HAS_REL:
+        key_sp, j, l = _grid_coords(offs_n, Nk, kw, SP)
+        onehot_h = (tl.arange(0, KH_PAD)[:, None] == j[None, :]) & key_sp[None, :]   # (KH_PAD, BLOCK_N)
+        onehot_w = (tl.arange(0, KW_PAD)[:, None] == l[None, :]) & key_sp[None, :]   # (KW_PAD, BLOCK_N)
+        s = onehot_matmul(rel_w, onehot_w, onehot_matmul(rel_h, onehot_h, s, FP32, True), FP32, True)
+    else:
+        onehot_h = mask_n
+        onehot_w = mask_n
+    return s, kT, offs_n, mask_n, onehot_h, onehot_w
 
 
 # Shape integers and the batch / head / row strides are not specialised (no divisibility-by-16
@@ -131,28 +152,13 @@ def pool_attention_fwd_kernel(
     the residual; the softmax backward's row term), and rel_h / rel_w (B*H, Nq, K*_PAD) float32 for
     the two backward kernels. delta from the stored half-precision out would carry the rounding of
     out = o + q, a few times larger than o itself with the residual."""
-    pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    # Row strides arrive divided by ALIGN (see _align): multiplying by the constexpr tells the
-    # compiler every row starts ALIGN-element aligned, so loads vectorise (D = 72 rows included).
-    stride_qb, stride_qh, stride_qn = stride_qb * ALIGN, stride_qh * ALIGN, stride_qn * ALIGN
-    stride_kb, stride_kh, stride_kn = stride_kb * ALIGN, stride_kh * ALIGN, stride_kn * ALIGN
-    stride_vb, stride_vh, stride_vn = stride_vb * ALIGN, stride_vh * ALIGN, stride_vn * ALIGN
-    stride_ob, stride_oh, stride_on = stride_ob * ALIGN, stride_oh * ALIGN, stride_on * ALIGN
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    q_ptr += b * stride_qb + h * stride_qh
-    k_ptr += b * stride_kb + h * stride_kh
-    v_ptr += b * stride_vb + h * stride_vh
-    out_ptr += b * stride_ob + h * stride_oh
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < Nq
-    mask_d = offs_d < D
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)                  # (BLOCK_M, BLOCK_D)
-    row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
+    q, offs_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd,
+                                                    Nq, D, ALIGN, BLOCK_M, BLOCK_D)
+    k_ptr, stride_kn = head_rows(k_ptr, bh, H, stride_kb, stride_kh, stride_kn, ALIGN)
+    v_ptr, stride_vn = head_rows(v_ptr, bh, H, stride_vb, stride_vh, stride_vn, ALIGN)
+    out_ptr, stride_on = head_rows(out_ptr, bh, H, stride_ob, stride_oh, stride_on, ALIGN)
+    row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
     if HAS_REL:
         rel_h, rel_w = _rel_terms(q.to(tl.float32), row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr,
                                   th_ptr, tw_ptr, stride_th0, stride_th1, stride_tw0, stride_tw1,
@@ -160,22 +166,17 @@ def pool_attention_fwd_kernel(
         # Work in base 2: s2 = (scale * qk + bias) * log2(e), so exp(s) = exp2(s2).
         rel_h = rel_h * LOG2E
         rel_w = rel_w * LOG2E
+    else:
+        rel_h, rel_w = 0.0, 0.0   # unused without rel-pos
     qk_scale = scale * LOG2E
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)   # running row max (base 2)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)                 # running sum of exp2(s2 - m_i)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)         # running sum of exp2(s2 - m_i) v
     for start_n in range(0, Nk, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < Nk
-        kT = tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
-        s = mma(q, kT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32) * qk_scale
-        if HAS_REL:
-            key_sp, j, l = _key_coords(offs_n, Nk, kw, SP)
-            onehot_h = (tl.arange(0, KH_PAD)[:, None] == j[None, :]) & key_sp[None, :]   # (KH_PAD, BLOCK_N)
-            onehot_w = (tl.arange(0, KW_PAD)[:, None] == l[None, :]) & key_sp[None, :]   # (KW_PAD, BLOCK_N)
-            s = _expand_rel(rel_w, onehot_w, _expand_rel(rel_h, onehot_h, s, FP32), FP32)
+        s, _, offs_n, mask_n, _, _ = _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kw, qk_scale,
+                                                 rel_h, rel_w, offs_d, mask_d, SP, HAS_REL, FP32,
+                                                 KH_PAD, KW_PAD, BLOCK_N)
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # Online softmax: rescale what was summed under the old max by exp2(m_old - m_new).
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -230,18 +231,10 @@ def pool_attention_bwd_dkdv_kernel(
     dk, dv: (B, H, Nk, D) contiguous, in k's dtype."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    # Row strides arrive divided by ALIGN (see _align): multiplying by the constexpr tells the
-    # compiler every row starts ALIGN-element aligned, so loads vectorise (D = 72 rows included).
-    stride_qb, stride_qh, stride_qn = stride_qb * ALIGN, stride_qh * ALIGN, stride_qn * ALIGN
-    stride_kb, stride_kh, stride_kn = stride_kb * ALIGN, stride_kh * ALIGN, stride_kn * ALIGN
-    stride_vb, stride_vh, stride_vn = stride_vb * ALIGN, stride_vh * ALIGN, stride_vn * ALIGN
-    stride_dob, stride_doh, stride_don = stride_dob * ALIGN, stride_doh * ALIGN, stride_don * ALIGN
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    q_ptr += b * stride_qb + h * stride_qh
-    k_ptr += b * stride_kb + h * stride_kh
-    v_ptr += b * stride_vb + h * stride_vh
-    do_ptr += b * stride_dob + h * stride_doh
+    q_ptr, stride_qn = head_rows(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, ALIGN)
+    k_ptr, stride_kn = head_rows(k_ptr, bh, H, stride_kb, stride_kh, stride_kn, ALIGN)
+    v_ptr, stride_vn = head_rows(v_ptr, bh, H, stride_vb, stride_vh, stride_vn, ALIGN)
+    do_ptr, stride_don = head_rows(do_ptr, bh, H, stride_dob, stride_doh, stride_don, ALIGN)
     lse_ptr += bh.to(tl.int64) * Nq
     delta_ptr += bh.to(tl.int64) * Nq
 
@@ -253,7 +246,7 @@ def pool_attention_bwd_dkdv_kernel(
     k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_nd, other=0.0)
     v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_nd, other=0.0)
     if HAS_REL:
-        key_sp, j, l = _key_coords(offs_n, Nk, kw, SP)
+        key_sp, j, l = _grid_coords(offs_n, Nk, kw, SP)
         onehot_hT = (j[:, None] == tl.arange(0, KH_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KH_PAD)
         onehot_wT = (l[:, None] == tl.arange(0, KW_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KW_PAD)
     qk_scale = scale * LOG2E
@@ -272,7 +265,7 @@ def pool_attention_bwd_dkdv_kernel(
                              mask=mask_m[None, :], other=0.0)                       # (KH_PAD, BLOCK_M), base 2
             relT_w = tl.load(relw_ptr + (bh.to(tl.int64) * Nq + row) * KW_PAD + tl.arange(0, KW_PAD)[:, None],
                              mask=mask_m[None, :], other=0.0)                       # (KW_PAD, BLOCK_M)
-            sT = _expand_rel_T(onehot_wT, relT_w, _expand_rel_T(onehot_hT, relT_h, sT, FP32), FP32)
+            sT = onehot_matmul(relT_w, onehot_wT, onehot_matmul(relT_h, onehot_hT, sT, FP32, False), FP32, False)
         lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0)                     # base 2
         pT = tl.exp2(sT - lse[None, :])                                             # (BLOCK_N, BLOCK_M)
         pT = tl.where(mask_m[None, :], pT, 0.0)
@@ -288,18 +281,6 @@ def pool_attention_bwd_dkdv_kernel(
     out_off = bh.to(tl.int64) * Nk * D + offs_n[:, None] * D + offs_d[None, :]
     tl.store(dk_ptr + out_off, dk.to(dk_ptr.dtype.element_ty), mask=mask_nd)
     tl.store(dv_ptr + out_off, dv.to(dv_ptr.dtype.element_ty), mask=mask_nd)
-
-
-@triton.jit
-def _expand_rel_T(onehotT, relT, acc, FP32: tl.constexpr):
-    """acc + onehotT @ relT: the transposed bias expansion (see `_expand_rel`)."""
-    if FP32:
-        return tl.dot(onehotT.to(tl.float32), relT, acc, input_precision="ieee")
-    else:
-        hi = relT.to(tl.bfloat16)
-        lo = (relT - hi.to(tl.float32)).to(tl.bfloat16)
-        oh = onehotT.to(tl.float32).to(tl.bfloat16)
-        return tl.dot(oh, lo, tl.dot(oh, hi, acc))
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_dob", "stride_doh", "stride_don"])
@@ -328,28 +309,15 @@ def pool_attention_bwd_dq_kernel(
     drel_h / drel_w (B*H, Nq, K*_PAD) float32 for the table gradients.
     Two launches because one kernel holding both the dq accumulator and the two thin drel
     accumulators (and their dot operands) spilled on sm_80 in every tiling tried."""
-    pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    # Row strides arrive divided by ALIGN (see _align): multiplying by the constexpr tells the
-    # compiler every row starts ALIGN-element aligned, so loads vectorise (D = 72 rows included).
-    stride_qb, stride_qh, stride_qn = stride_qb * ALIGN, stride_qh * ALIGN, stride_qn * ALIGN
-    stride_kb, stride_kh, stride_kn = stride_kb * ALIGN, stride_kh * ALIGN, stride_kn * ALIGN
-    stride_vb, stride_vh, stride_vn = stride_vb * ALIGN, stride_vh * ALIGN, stride_vn * ALIGN
-    stride_dob, stride_doh, stride_don = stride_dob * ALIGN, stride_doh * ALIGN, stride_don * ALIGN
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    k_ptr += b * stride_kb + h * stride_kh
-    v_ptr += b * stride_vb + h * stride_vh
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < Nq
-    mask_d = offs_d < D
+    q, offs_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd,
+                                                    Nq, D, ALIGN, BLOCK_M, BLOCK_D)
+    k_ptr, stride_kn = head_rows(k_ptr, bh, H, stride_kb, stride_kh, stride_kn, ALIGN)
+    v_ptr, stride_vn = head_rows(v_ptr, bh, H, stride_vb, stride_vh, stride_vn, ALIGN)
+    do_ptr, stride_don = head_rows(do_ptr, bh, H, stride_dob, stride_doh, stride_don, ALIGN)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
-                + offs_d[None, :] * stride_qd, mask=mask_md, other=0.0)             # (BLOCK_M, BLOCK_D)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
-                 + offs_d[None, :] * stride_dod, mask=mask_md, other=0.0)
+    do = tl.load(do_ptr + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+                 mask=mask_md, other=0.0)
     row = bh.to(tl.int64) * Nq + offs_m
     lse = tl.load(lse_ptr + row, mask=mask_m, other=0.0)                            # base 2
     delta = tl.load(delta_ptr + row, mask=mask_m, other=0.0)
@@ -362,30 +330,25 @@ def pool_attention_bwd_dq_kernel(
         if REL_PART:
             drel_h = tl.zeros((BLOCK_M, KH_PAD), dtype=tl.float32)
             drel_w = tl.zeros((BLOCK_M, KW_PAD), dtype=tl.float32)
+    else:
+        rel_h, rel_w = 0.0, 0.0   # unused without rel-pos
     qk_scale = scale * LOG2E
 
     if not REL_PART:
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for start_n in range(0, Nk, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < Nk
-        kT = tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
+        s, kT, offs_n, mask_n, onehot_h, onehot_w = _score_tile(
+            q, k_ptr, stride_kn, stride_kd, start_n, Nk, kw, qk_scale, rel_h, rel_w, offs_d, mask_d, SP,
+            HAS_REL, FP32, KH_PAD, KW_PAD, BLOCK_N)
         vT = tl.load(v_ptr + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-        s = mma(q, kT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32) * qk_scale
-        if HAS_REL:
-            key_sp, j, l = _key_coords(offs_n, Nk, kw, SP)
-            onehot_h = (cols_h[:, None] == j[None, :]) & key_sp[None, :]             # (KH_PAD, BLOCK_N)
-            onehot_w = (cols_w[:, None] == l[None, :]) & key_sp[None, :]
-            s = _expand_rel(rel_w, onehot_w, _expand_rel(rel_h, onehot_h, s, FP32), FP32)
+                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
         p = tl.exp2(s - lse[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
         dp = mma(do, vT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32)
         ds = p * (dp - delta[:, None])                                              # (BLOCK_M, BLOCK_N)
         if REL_PART:
-            drel_h = _expand_rel(ds, tl.trans(onehot_h), drel_h, FP32)
-            drel_w = _expand_rel(ds, tl.trans(onehot_w), drel_w, FP32)
+            drel_h = onehot_matmul(ds, tl.trans(onehot_h), drel_h, FP32, True)
+            drel_w = onehot_matmul(ds, tl.trans(onehot_w), drel_w, FP32, True)
         else:
             dq = mma(ds.to(kT.dtype), tl.trans(kT), dq, FP32)
 
@@ -393,7 +356,7 @@ def pool_attention_bwd_dq_kernel(
     if not REL_PART:
         dq *= scale
         if RESIDUAL:
-            row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
+            row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
             dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
         if HAS_REL:
             tl.store(dq32_ptr + out_off, dq, mask=mask_md)
@@ -402,17 +365,13 @@ def pool_attention_bwd_dq_kernel(
     else:
         # dq[r] += sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ the same for w): gathered rows.
         dq = tl.load(dq32_ptr + out_off, mask=mask_md, other=0.0)
-        row_sp, y, x = _query_coords(offs_m, Nq, qw, SP)
+        row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
         mask_rows = row_sp[:, None] & mask_d[None, :]
         for jj in range(0, kh):
-            t = tl.load(idx_h_ptr + y * kh + jj, mask=row_sp, other=0)
-            r = tl.load(th_ptr + t[:, None] * stride_th0 + offs_d[None, :] * stride_th1,
-                        mask=mask_rows, other=0.0).to(tl.float32)
+            r = _table_rows(th_ptr, stride_th0, stride_th1, idx_h_ptr, y, kh, jj, row_sp, offs_d, mask_rows)
             dq += tl.sum(tl.where(cols_h[None, :] == jj, drel_h, 0.0), axis=1)[:, None] * r
         for ll in range(0, kw):
-            t = tl.load(idx_w_ptr + x * kw + ll, mask=row_sp, other=0)
-            r = tl.load(tw_ptr + t[:, None] * stride_tw0 + offs_d[None, :] * stride_tw1,
-                        mask=mask_rows, other=0.0).to(tl.float32)
+            r = _table_rows(tw_ptr, stride_tw0, stride_tw1, idx_w_ptr, x, kw, ll, row_sp, offs_d, mask_rows)
             dq += tl.sum(tl.where(cols_w[None, :] == ll, drel_w, 0.0), axis=1)[:, None] * r
         tl.store(drelh_ptr + row[:, None] * KH_PAD + cols_h[None, :], drel_h, mask=mask_m[:, None])
         tl.store(drelw_ptr + row[:, None] * KW_PAD + cols_w[None, :], drel_w, mask=mask_m[:, None])
@@ -452,7 +411,7 @@ _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD"
 # ----------------------------------------------------------------------------------------------
 def _align(*tensors) -> int:
     """The largest ALIGN in (16, 8, 4, 2, 1) dividing every batch / head / row stride of the
-    (B, H, N, D) tensors: the kernels take those strides divided by ALIGN (see pool_attention_fwd_kernel)."""
+    (B, H, N, D) tensors: the kernels take those strides divided by ALIGN (see triton_helpers.head_rows)."""
     strides = [st for t in tensors for st in t.stride()[:3]]
     for align in (16, 8, 4, 2):
         if all(st % align == 0 for st in strides):

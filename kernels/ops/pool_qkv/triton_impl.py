@@ -71,6 +71,16 @@ def _select_t(t, a, b, c):
 
 
 @triton.jit
+def _pooling_of(t, q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow):
+    """The pooling of tensor t (0 = q, 1 = k, 2 = v): (stride h, stride w, pooled grid h, w, and
+    the pooled rows of the tensors before t: where t's part of a per-row scratch starts)."""
+    is_q = t == 0
+    start = tl.where(t > 0, q_oh * q_ow, 0) + tl.where(t > 1, kv_oh * kv_ow, 0)
+    return (tl.where(is_q, q_sh, kv_sh), tl.where(is_q, q_sw, kv_sw), tl.where(is_q, q_oh, kv_oh),
+            tl.where(is_q, q_ow, kv_ow), start)
+
+
+@triton.jit
 def _token_rows(base_ptr, stride_b, rows, n_rows, heads, t, D):
     """Flat rows (b, head, r) of t, r < n_rows -> (pointer to token 0 of (b, t, head) in a tensor laid
     out like qkv (BLOCK_M,), r (BLOCK_M,), b * heads + head (BLOCK_M,))."""
@@ -162,11 +172,8 @@ def pool_qkv_fwd_kernel(
     kv_tiles = tl.cdiv(n_bh * (SP + kv_oh * kv_ow), BLOCK_M)
     t = tl.where(pid < q_tiles, 0, tl.where(pid < q_tiles + kv_tiles, 1, 2))
     pid = pid - tl.where(t > 0, q_tiles, 0) - tl.where(t > 1, kv_tiles, 0)     # tile within t
-    is_q = t == 0
-    sh = tl.where(is_q, q_sh, kv_sh)
-    sw = tl.where(is_q, q_sw, kv_sw)
-    ow = tl.where(is_q, q_ow, kv_ow)
-    n_rows = SP + tl.where(is_q, q_oh * q_ow, kv_oh * kv_ow)
+    sh, sw, oh, ow, _ = _pooling_of(t, q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow)
+    n_rows = SP + oh * ow
     w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
     g_base = _select_t(t, gq_ptr, gk_ptr, gv_ptr)
     bias_base = _select_t(t, bq_ptr, bk_ptr, bv_ptr)
@@ -206,17 +213,12 @@ def pool_qkv_bwd_rows_kernel(
 ):
     pid = tl.program_id(0)
     t = tl.program_id(1)
-    is_q = t == 0
-    sh = tl.where(is_q, q_sh, kv_sh)
-    sw = tl.where(is_q, q_sw, kv_sw)
-    ow = tl.where(is_q, q_ow, kv_ow)
-    n_grid = tl.where(is_q, q_oh * q_ow, kv_oh * kv_ow)
+    sh, sw, oh, ow, g_start = _pooling_of(t, q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow)
+    n_grid = oh * ow
     n_rows = SP + n_grid
     w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
     gamma_base = _select_t(t, gq_ptr, gk_ptr, gv_ptr)
     dout_base = _select_t(t, dq_ptr, dk_ptr, dv_ptr)
-    # scratch of t starts after those of q (and k)
-    g_start = tl.where(t > 0, q_oh * q_ow, 0) + tl.where(t > 1, kv_oh * kv_ow, 0)
     g_base = g_ptr + n_bh * g_start.to(tl.int64) * D
 
     offs_d = tl.arange(0, BLOCK_D)
@@ -290,13 +292,8 @@ def pool_qkv_bwd_input_kernel(
 ):
     pid = tl.program_id(0)
     t = tl.program_id(1)
-    is_q = t == 0
-    sh = tl.where(is_q, q_sh, kv_sh)
-    sw = tl.where(is_q, q_sw, kv_sw)
-    oh = tl.where(is_q, q_oh, kv_oh)
-    ow = tl.where(is_q, q_ow, kv_ow)
+    sh, sw, oh, ow, g_start = _pooling_of(t, q_sh, q_sw, q_oh, q_ow, kv_sh, kv_sw, kv_oh, kv_ow)
     w_base = _select_t(t, wq_ptr, wk_ptr, wv_ptr)
-    g_start = tl.where(t > 0, q_oh * q_ow, 0) + tl.where(t > 1, kv_oh * kv_ow, 0)
     g_base = g_ptr + n_bh * g_start.to(tl.int64) * D
 
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)                       # flat (b, head, position)
