@@ -67,34 +67,29 @@ def _rows(rows, T, stride_b, stride_t):
 
 
 @triton.jit
-def _gemm_tile(M, N_OUT, T, a_ptr, stride_ab, stride_at, stride_ared, w_ptr, stride_wout, stride_wred,
-               BLOCK_M: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_RED: tl.constexpr):
-    """This program's tile of an (M, N_OUT) = A @ W-side GEMM output, tiles in row-major order (a row
-    block's column tiles side by side), with A's rows the flat (b, t) rows of a (B, T, .) tensor:
-    (rows, output cols, rows in range, cols in range, each row's sample, the reduction offsets,
-    pointers to A's first (BLOCK_M, BLOCK_RED) tile and to the weight's first (BLOCK_RED, BLOCK_OUT)
-    tile, stride_wout / stride_wred being the weight's strides along the output / reduction dims)."""
+def _gemm(M, N_OUT, RED, T, a_ptr, stride_ab, stride_at, stride_ared, w_ptr, stride_wout, stride_wred,
+          ELEM: tl.constexpr, GELU_A: tl.constexpr, FP32: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_RED: tl.constexpr):
+    """This program's tile of the GEMM A @ W: (M, RED) @ (RED, N_OUT), tiles in row-major order (a
+    row block's column tiles side by side), A's rows the flat (b, t) rows of a (B, T, .) tensor,
+    stride_wout / stride_wred the weight's strides along the output / reduction dims.
+
+    Each A tile is upcast, put through the GELU (GELU_A: the GEMM prologue) and rounded to ELEM
+    where eager rounds gelu's output, or just rounded to ELEM (a float32 dy under autocast); the W
+    tile is cast to ELEM in registers (float32 master weights). Returns (float32 acc (BLOCK_M,
+    BLOCK_OUT), rows, output cols, rows in range, cols in range, each row's sample)."""
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N_OUT, BLOCK_OUT)
     pid_m = pid // n_tiles
     pid_n = pid - pid_m * n_tiles
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
+    row_ok = rows < M
+    col_ok = cols < N_OUT
     a_row, b = _rows(rows, T, stride_ab, stride_at)
     offs_red = tl.arange(0, BLOCK_RED)
-    a_ptrs = a_ptr + a_row[:, None] + offs_red[None, :] * stride_ared
-    w_ptrs = w_ptr + cols[None, :] * stride_wout + offs_red[:, None] * stride_wred
-    return rows, cols, rows < M, cols < N_OUT, b, offs_red, a_ptrs, w_ptrs
-
-
-@triton.jit
-def _gemm_loop(a_ptrs, w_ptrs, row_ok, col_ok, offs_red, RED, stride_ared, stride_wred, ELEM: tl.constexpr,
-               GELU_A: tl.constexpr, FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_OUT: tl.constexpr,
-               BLOCK_RED: tl.constexpr):
-    """float32 acc (BLOCK_M, BLOCK_OUT) = A @ W over the RED reduction in BLOCK_RED steps, from the
-    first tiles of `_gemm_tile`. Each A tile is upcast, put through the GELU (GELU_A: the GEMM
-    prologue) and rounded to ELEM where eager rounds gelu's output, or just rounded to ELEM (a
-    float32 dy under autocast); the W tile is cast to ELEM in registers (float32 master weights)."""
+    a_ptrs = a_ptr + a_row[:, None] + offs_red[None, :] * stride_ared            # (BLOCK_M, BLOCK_RED)
+    w_ptrs = w_ptr + cols[None, :] * stride_wout + offs_red[:, None] * stride_wred  # (BLOCK_RED, BLOCK_OUT)
     acc = tl.zeros((BLOCK_M, BLOCK_OUT), dtype=tl.float32)
     for r0 in range(0, RED, BLOCK_RED):
         r_ok = offs_red < RED - r0
@@ -107,7 +102,7 @@ def _gemm_loop(a_ptrs, w_ptrs, row_ok, col_ok, offs_red, RED, stride_ared, strid
         acc = mma(a, w, acc, FP32)
         a_ptrs += BLOCK_RED * stride_ared
         w_ptrs += BLOCK_RED * stride_wred
-    return acc
+    return acc, rows, cols, row_ok, col_ok, b
 
 
 # Batch-dependent sizes (M, T, batch and token strides) are not specialised: one compiled kernel
@@ -125,11 +120,8 @@ def gelu_linear_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     ELEM = h_ptr.dtype.element_ty
-    # h tile (BLOCK_M, BLOCK_K), weight^T tile (BLOCK_K, BLOCK_N)
-    rows, cols, row_ok, col_ok, b, offs_k, h_ptrs, w_ptrs = _gemm_tile(
-        M, N, T, h_ptr, stride_hb, stride_ht, stride_hk, w_ptr, stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K)
-    acc = _gemm_loop(h_ptrs, w_ptrs, row_ok, col_ok, offs_k, K, stride_hk, stride_wk, ELEM, True, FP32,
-                     BLOCK_M, BLOCK_N, BLOCK_K)
+    acc, rows, cols, row_ok, col_ok, b = _gemm(M, N, K, T, h_ptr, stride_hb, stride_ht, stride_hk,      # gelu(h) @ W^T
+                                               w_ptr, stride_wn, stride_wk, ELEM, True, FP32, BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols * stride_bias, mask=col_ok, other=0.0)
         acc += bias.to(ELEM).to(tl.float32)[None, :]
@@ -156,11 +148,8 @@ def gelu_linear_bwd_dh_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     ELEM = h_ptr.dtype.element_ty
-    # dy tile (BLOCK_M, BLOCK_N), weight tile (BLOCK_N, BLOCK_K)
-    rows, cols, row_ok, col_ok, b, offs_n, dy_ptrs, w_ptrs = _gemm_tile(
-        M, K, T, dy_ptr, stride_db, stride_dt, stride_dn, w_ptr, stride_wk, stride_wn, BLOCK_M, BLOCK_K, BLOCK_N)
-    acc = _gemm_loop(dy_ptrs, w_ptrs, row_ok, col_ok, offs_n, N, stride_dn, stride_wn, ELEM, False, FP32,
-                     BLOCK_M, BLOCK_K, BLOCK_N)
+    acc, rows, cols, row_ok, col_ok, b = _gemm(M, K, N, T, dy_ptr, stride_db, stride_dt, stride_dn,     # dy @ W
+                                               w_ptr, stride_wk, stride_wn, ELEM, False, FP32, BLOCK_M, BLOCK_K, BLOCK_N)
     if HAS_SCALE:   # (s dy) @ W = s (dy @ W): the per-row scale goes in the epilogue, unrounded
         s = tl.load(scale_ptr + b, mask=row_ok, other=0.0).to(tl.float32)
         acc = acc * s[:, None]
