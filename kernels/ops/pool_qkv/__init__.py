@@ -65,7 +65,7 @@ from typing import Sequence
 
 import torch
 
-from ...args import check_3d, check_token_count, pooled_size, positive_pair, shape_of
+from ...args import check_3d, check_token_count, pooled_size, positive_pair
 from ...backend import require_triton_runnable, resolve_backend
 from . import op as _op  # noqa: F401  (registers the custom ops)
 from .op import param_grads
