@@ -2,13 +2,15 @@
 
     .venv/bin/python -m pytest benchmarks/bench_pool_qkv.py --benchmark-json out.json
 
-Self-contained (no suite fixtures). Two things per shape (MViTv2-S blocks at 224, batch 8, bf16):
+Two things per shape (the distinct pooling shapes of MViTv2-S at 224, from
+``fastmvit.reference.block_specs``; batch 8, bf16):
 
 - modeled memory traffic per call, everywhere (no GPU needed): bytes read + written and kernel
   launches of eager torch (the official per-t split / conv / cat / LayerNorm, every dispatched aten
   op counted by fastmvit.costmodel on meta tensors) against the fused op (its custom op counted the
   same way through its fake implementation, plus, for the backward, the float32 scratch and partial
-  sums the kernels move internally, which the op boundary hides). Recorded in ``extra_info``.
+  sums the kernels move internally, which the op boundary hides). Recorded as MODELED through the
+  suites' ``record`` fixture (never as a timing).
 - on CUDA only: forward and forward+backward times of both (pytest-benchmark). Without CUDA these
   are skipped: a Triton-interpreter run is never timed.
 """
@@ -19,19 +21,26 @@ import torch
 
 from fastmvit.costmodel import count_traffic
 from fastmvit.kernels import pool_qkv, use_backend
+from fastmvit.reference import block_specs, get_config
 
 BATCH = 8
 DTYPE = torch.bfloat16
-# (name, grid side, stride_q, stride_kv, heads): MViTv2-S blocks at 224 (docs/design.md, "Pooling attention"), D = 96
-SHAPES = [
-    ("s1 56x56 q1 kv4 h1", 56, 1, 4, 1),
-    ("s2-first 56x56 q2 kv4 h2", 56, 2, 4, 2),
-    ("s2 28x28 q1 kv2 h2", 28, 1, 2, 2),
-    ("s3-first 28x28 q2 kv2 h4", 28, 2, 2, 4),
-    ("s3 14x14 q1 kv1 h4", 14, 1, 1, 4),
-    ("s4 7x7 q1 kv1 h8", 7, 1, 1, 8),
-]
-HEAD_DIM = 96
+ARCH, IMG = "small", 224
+
+
+def pooling_shapes(arch: str = ARCH, img: int = IMG) -> list[tuple]:
+    """(name, grid side, stride_q, stride_kv, heads) of every distinct pooling of `arch`'s blocks
+    at `img` x `img`, in block order (square grids and strides in every MViTv2 image model)."""
+    shapes = {}
+    for b in block_specs(get_config(arch), img):
+        key = (b.input_size[0], b.stride_q[0], b.stride_kv[0], b.num_heads)
+        first = " first" if b.stride_q[0] > 1 else ""
+        shapes.setdefault(key, (f"s{b.stage + 1}{first} {key[0]}x{key[0]} q{key[1]} kv{key[2]} h{key[3]}", *key))
+    return list(shapes.values())
+
+
+SHAPES = pooling_shapes()
+HEAD_DIM = get_config(ARCH).embed_dims // get_config(ARCH).num_heads
 
 
 def inputs(side, heads, device, dtype=DTYPE, batch=BATCH, cls=True, requires_grad=False):
@@ -63,7 +72,7 @@ def modeled(side, sq, skv, heads, backend, backward):
     if backward and backend == "triton":
         # hidden inside the backward op: the float32 pre-norm gradient of the grid rows (written by
         # the rows kernel, read back by the input kernel) and the per-program partial sums
-        # (written, then read by the reduction); see kernels/pool_qkv_triton.py
+        # (written, then read by the reduction); see kernels/ops/pool_qkv/triton_impl.py
         n_q = ((side - 1) // sq + 1) ** 2
         n_k = ((side - 1) // skv + 1) ** 2
         extra = 2 * 4 * BATCH * heads * (n_q + 2 * n_k) * HEAD_DIM
@@ -76,20 +85,21 @@ def modeled(side, sq, skv, heads, backend, backward):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
-def test_modeled_bytes(shape, pass_, benchmark):
-    """Modeled bytes moved per call, fused against eager (recorded; the fused path must move less)."""
+def test_modeled_bytes(shape, pass_, record):
+    """Modeled bytes moved per call, fused against eager (recorded as MODELED; the fused path must
+    move less)."""
     name, side, sq, skv, heads = shape
     backward = pass_ == "fwd+bwd"
     eager_bytes, eager_launches = modeled(side, sq, skv, heads, "torch", backward)
     fused_bytes, fused_launches = modeled(side, sq, skv, heads, "triton", backward)
-    benchmark.extra_info.update(
-        case=name, pass_=pass_, dtype=str(DTYPE).removeprefix("torch."), batch=BATCH,
-        eager_bytes=eager_bytes, fused_bytes=fused_bytes, bytes_ratio=fused_bytes / eager_bytes,
-        eager_launches=eager_launches, fused_launches=fused_launches)
+    labels = dict(suite="op", op="pool_qkv", case=name, pass_=pass_, dtype=DTYPE, batch=BATCH, arch=ARCH,
+                  img=IMG, device="meta")
+    record.modeled(impl="eager", bytes=eager_bytes, launches=eager_launches, **labels)
+    record.modeled(impl="fastmvit", bytes=fused_bytes, launches=fused_launches,
+                   bytes_ratio=fused_bytes / eager_bytes, **labels)
     print(f"\n{name} {pass_}: eager {eager_bytes / 2**20:.1f} MiB in {eager_launches} launches, "
           f"fused {fused_bytes / 2**20:.1f} MiB in {fused_launches} ({fused_bytes / eager_bytes:.2f}x)")
     assert fused_bytes < eager_bytes and fused_launches < eager_launches
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # a record, not a timing
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA timings need a GPU (interpreter runs are never timed)")

@@ -93,6 +93,25 @@ def test_op_suites_are_run_and_model_fused_against_eager(tmp_path):
         assert f"{op} fwd+bwd bfloat16" in html
 
 
+def test_pool_qkv_suite_models_the_real_shapes_and_stores_no_timing(tmp_path):
+    """bench_pool_qkv: its shapes are MViTv2-S's own (block_specs), its modeled bytes are MODELED
+    records, never timings (no benchmark entry without CUDA)."""
+    from benchmarks.bench_pool_qkv import SHAPES
+    from fastmvit.reference import block_specs, get_config
+    real = {(b.input_size[0], b.stride_q[0], b.stride_kv[0], b.num_heads) for b in block_specs(get_config("small"), 224)}
+    assert {s[1:] for s in SHAPES} == real and len(SHAPES) == len(real) == 7
+    results = tmp_path / "results"
+    run.main(["--profile", "smoke", "--suites", "bench_pool_qkv", "--one-process", "--no-kernel-table",
+              "--results-dir", str(results), "--dashboard-dir", str(tmp_path / "dashboard"),
+              "--latest-png", str(tmp_path / "latest.png")])
+    (path,) = results.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert [s["status"] for s in doc["fastmvit"]["suites"]] == ["ok"]
+    assert doc["benchmarks"] == []
+    modeled = [m for m in doc["fastmvit"]["modeled"] if m.get("op") == "pool_qkv"]
+    assert len(modeled) == 7 * 2 * 2 and all(m["kind"] == "modeled" and m["bytes"] > 0 for m in modeled)
+
+
 def _run(commit: str, date: str, medians: dict, iqr: float = 0.0, modeled_bytes: int = 1000) -> dict:
     env = {"device": "cuda", "device_name": "Fake GPU", "gpu": "Fake GPU", "commit_short": commit,
            "date": date, "cpu": "x", "driver": "1", "cuda": "12", "torch": "2", "triton": "3"}
