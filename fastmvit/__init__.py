@@ -4,9 +4,9 @@ from pathlib import Path as _Path
 # Imported from a source checkout without installing (``PYTHONPATH=<repo>``, as `make gpu-check` does
 # on a GPU box that must not pip-install): fastmvit.kernels and fastmvit.reference are the checkout's
 # kernels/ and reference/ folders (an install maps them with setuptools' package-dir instead).
-if (_Path(__file__).resolve().parent.parent / "kernels" / "backend.py").is_file() and \
-        not (_Path(__file__).resolve().parent / "kernels").is_dir():
-    __path__.append(str(_Path(__file__).resolve().parent.parent))
+_HERE = _Path(__file__).resolve().parent
+if (_HERE.parent / "kernels" / "backend.py").is_file() and not (_HERE / "kernels").is_dir():
+    __path__.append(str(_HERE.parent))
 from .kernels.backend import get_backend, use_backend
 from .checkpoint import convert_state_dict, load_checkpoint
 from .macs import count_macs

@@ -1,14 +1,13 @@
 """What the ops' Triton code shares: @triton.jit helpers, the triton version, the one allocator.
 
-Imports triton: only the ops' ``triton_impl`` modules import this (importing ``fastmvit.kernels``
-does not need triton).
+Imports triton: only the ops' ``triton_impl`` modules import this, on an op's first launch.
 """
 import torch
 import triton
 import triton.language as tl
 
 # (major, minor) of the triton in use. Its compiler decides what spills, so a launch config that is
-# clean under one version may spill under another: the ops prune per version (see gelu_linear_triton).
+# clean under one version may spill under another: the ops prune per version (see ops/gelu_linear/triton_impl.py, OLDER_COMPILER).
 TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
 
 

@@ -25,6 +25,7 @@ CUDA tests and the benchmark cases are collected, so that a broken test shows up
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))   # benchmarks/ (its environment record and dashboard helpers)
 NO_CUDA = 3
 TOTAL_BUDGET_S = 480            # the issue's 8 minutes, start-up included
 LIMITS_S = {"tests": 240, "sanitizer": 100, "bench": 200}
@@ -104,12 +106,7 @@ def collected(output: str) -> int | None:
 # ------------------------------------------------------------------------------------------------
 def part_tests(out: Path, limit: float, tests: str) -> dict:
     xml = out / "gpu_check_tests.xml"
-    workers = []
-    try:
-        import xdist  # noqa: F401
-        workers = ["-n", str(PYTEST_WORKERS)]
-    except ImportError:
-        pass
+    workers = ["-n", str(PYTEST_WORKERS)] if importlib.util.find_spec("xdist") else []
     rc, seconds, tail = run(pytest_cmd(tests, "-m", "cuda", f"--junitxml={xml}", *workers), limit,
                             out / "gpu_check_tests.log")
     counts = junit_counts(xml)
@@ -120,8 +117,7 @@ def part_tests(out: Path, limit: float, tests: str) -> dict:
 
 
 def part_sanitizer(out: Path, limit: float) -> dict:
-    tool = shutil.which("compute-sanitizer") or next(
-        (str(p) for p in (Path("/usr/local/cuda/bin/compute-sanitizer"),) if p.exists()), None)
+    tool = shutil.which("compute-sanitizer", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/local/cuda/bin")))
     if tool is None:
         return {"part": "sanitizer", "status": "skipped", "seconds": 0.0,
                 "detail": "compute-sanitizer is not on this machine"}
@@ -181,30 +177,10 @@ def one_step() -> int:
 # ------------------------------------------------------------------------------------------------
 # Summary
 # ------------------------------------------------------------------------------------------------
-def environment() -> dict:
-    import torch
-    env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        q = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                           text=True)
-        env["driver"] = q.stdout.strip().splitlines()[0] if q.returncode == 0 and q.stdout.strip() else None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    env["commit"] = commit.stdout.strip() or None
-    return env
-
-
 def headline(result_files: list[str]) -> list[str]:
     """Speed-ups of fastmvit over the baseline (eager / the reference), MEASURED, from the results."""
     if not result_files:
         return []
-    sys.path.insert(0, str(REPO))
     from benchmarks import dashboard
     doc = json.loads(Path(result_files[-1]).read_text())
     lines = []
@@ -217,7 +193,7 @@ def headline(result_files: list[str]) -> list[str]:
 
 def summary(env: dict, parts: list[dict], out: Path) -> None:
     print("\n" + "=" * 100)
-    print(f"gpu-check  commit {env.get('commit')}  {env.get('device')}  driver {env.get('driver')}  "
+    print(f"gpu-check  commit {env.get('commit_short')}  {env.get('gpu')}  driver {env.get('driver')}  "
           f"CUDA {env.get('cuda')}  torch {env['torch']}  triton {env.get('triton')}  python {env['python']}")
     for p in parts:
         counts = " ".join(f"{k} {p[k]}" for k in ("passed", "failed", "errors", "skipped") if p.get(k))
@@ -263,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     if not torch.cuda.is_available():
         return dry_run(out, args.tests)
+    from benchmarks.common import environment
     env = environment()
-    log(f"{env['device']}, torch {env['torch']}, triton {env['triton']}; output in {out}")
+    log(f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}; output in {out}")
     start, parts = time.perf_counter(), []
     part_fns = {"tests": lambda o, t: part_tests(o, t, args.tests), "sanitizer": part_sanitizer, "bench": part_bench}
     for name, fn in part_fns.items():

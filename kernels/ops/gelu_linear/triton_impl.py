@@ -298,7 +298,8 @@ def _prune(fp32_configs, out_name=None, red_name=None):
 # - dW 64-row step with 4 warps and a sample scale (fp16 and bf16): STACK 104-136 B.
 # They are not launched under triton < 3.9.
 OLDER_COMPILER = TRITON_VERSION < (3, 9)
-_FWD_SPILLS_ON_OLDER = FWD_CONFIGS[4]                        # 64x128x64, 8 warps
+_FWD_SPILLS_ON_OLDER = next(c for c in FWD_CONFIGS if c.num_warps == 8
+                            and [c.kwargs[n] for n in _MNK] == [64, 128, 64])
 _prune_fwd_by_dtype = _prune(FWD_FP32_CONFIGS, "N", "K")
 
 
