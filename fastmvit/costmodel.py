@@ -9,10 +9,16 @@ the composite decompositions, i.e. roughly what an eager GPU run launches.
 The rules (simple on purpose; they are what "bytes moved" means in our benchmarks):
 
 - Every dispatched op is ONE kernel launch that reads each of its input tensors once and writes
-  each of its output tensors once. A custom op (``fastmvit::pool_attention``, ``fastmvit::pool_qkv``
-  and their backward ops) is one op like any other: under ``fastmvit.use_backend("triton")`` on
-  meta tensors it runs through its registered fake implementation, which is how the fused path
-  gets modeled.
+  each of its output tensors once.
+- Except fastmvit's custom ops (``fastmvit::pool_attention``, ``fastmvit::pool_qkv``, their
+  backward ops, ...): each is counted as what it really runs, seen from inside. Its Python
+  implementation runs on meta copies of the inputs under ``kernels.traffic.stating_launches()``:
+  every Triton launch contributes the distinct bytes its launcher states (scratch buffers,
+  partial sums and second passes included; the statements are held to the interpreter's real
+  loads and stores by ``tests/test_kernel_traffic.py``), and the torch ops the implementation
+  runs between launches are counted by the rules here. Entries are named
+  ``fastmvit.<op>/<kernel or aten op>``. The GPU path is modeled: autotuned launches, first
+  config.
 - Ops that move no data are free: views and reshapes that alias their input, ``detach``,
   allocation without initialisation (``empty*``) and metadata queries. The list is explicit:
   :data:`FREE_OPS`. Anything not in it costs a launch (``clone``, ``contiguous`` = ``clone``,
@@ -53,7 +59,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
+
+from .kernels import traffic as _kernel_traffic
+from .kernels.traffic import tensor_bytes
 
 __all__ = [
     "FREE_OPS", "MODEL_TARGETS", "OVERWRITE_OPS", "OpCost", "Traffic", "TrafficCounter",
@@ -82,7 +91,7 @@ FREE_OPS = frozenset({
     aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided,
     # metadata queries
     aten.sym_size, aten.sym_stride, aten.sym_numel, aten.sym_storage_offset, aten.is_same_size,
-    aten._has_compatible_shallow_copy_type,
+    aten._has_compatible_shallow_copy_type, aten.promote_types,
 })
 
 # In-place ops that overwrite `self` without reading it.
@@ -102,15 +111,6 @@ MODEL_TARGETS = {
 }
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes of the distinct elements of `t`: numel over its non-broadcast (stride != 0) dims."""
-    n = 1
-    for size, stride in zip(t.shape, t.stride()):
-        if stride != 0:
-            n *= size
-        elif size == 0:
-            n = 0
-    return n * t.element_size()
 
 
 def _key(t: torch.Tensor) -> tuple:
@@ -176,19 +176,21 @@ class Traffic:
         self.bytes_written += written
         self.flops += flops
 
+    def add_op(self, name: str, op: OpCost) -> None:
+        """Count the launches and bytes of `op` (an OpCost of another Traffic) under `name`."""
+        mine = self.per_op.setdefault(name, OpCost(name))
+        for field in ("launches", "bytes_read", "bytes_written", "flops"):
+            setattr(mine, field, getattr(mine, field) + getattr(op, field))
+        self.launches += op.launches
+        self.bytes_read += op.bytes_read
+        self.bytes_written += op.bytes_written
+        self.flops += op.flops
+
     def __add__(self, other: "Traffic") -> "Traffic":
         out = Traffic()
         for src in (self, other):
             for op in src.per_op.values():
-                mine = out.per_op.setdefault(op.name, OpCost(op.name))
-                mine.launches += op.launches
-                mine.bytes_read += op.bytes_read
-                mine.bytes_written += op.bytes_written
-                mine.flops += op.flops
-            out.bytes_read += src.bytes_read
-            out.bytes_written += src.bytes_written
-            out.launches += src.launches
-            out.flops += src.flops
+                out.add_op(op.name, op)
         return out
 
     def top(self, n: int = 10, by: str = "bytes") -> list[OpCost]:
@@ -229,15 +231,41 @@ class TrafficCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if _is_composite(func):
+            # Reached only inside another op's implementation (autograd excluded, see
+            # _count_inside): run its decomposition, so that its real kernels are counted.
+            with self:                            # the mode is popped while it handles an op
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         out = func(*args, **kwargs)
         packet = getattr(func, "overloadpacket", None)
         if packet in FREE_OPS:
+            return out
+        impl = _kernel_traffic.IMPLEMENTATIONS.get(getattr(getattr(func, "_schema", None), "name", None))
+        if impl is not None:
+            self._count_inside(_op_name(func), impl, args, kwargs)
             return out
         read = self._read_tensors(func, packet, args, kwargs)
         written = _tensors(out)
         self.traffic.add(_op_name(func), _unique_bytes(read), _unique_bytes(written),
                          _flops(packet, args, kwargs, out))
         return out
+
+    def _count_inside(self, name: str, impl: Callable, args, kwargs) -> None:
+        """A fastmvit custom op: run its implementation on meta copies of the inputs, stating each
+        launch (module docstring), and count the torch ops it runs with a nested counter."""
+        def to_meta(x):
+            if isinstance(x, torch.Tensor) and x.device.type != "meta":
+                return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+            return x
+        args, kwargs = tree_map(to_meta, (args, kwargs))
+        with _kernel_traffic.stating_launches() as launches, TrafficCounter() as inner:
+            impl(*args, **kwargs)
+        for launch in launches:
+            self.traffic.add(f"{name}/{launch.kernel}", launch.read, launch.written)
+        for op in inner.traffic.per_op.values():
+            self.traffic.add_op(f"{name}/{op.name}", op)
 
     @staticmethod
     def _read_tensors(func, packet, args, kwargs) -> list[torch.Tensor]:
@@ -256,6 +284,14 @@ class TrafficCounter(TorchDispatchMode):
             value = args[i] if i < len(args) and not arg.kwarg_only else kwargs.get(arg.name)
             read.extend(_tensors(value))
         return read
+
+
+def _is_composite(func) -> bool:
+    """Whether `func` is a CompositeImplicitAutograd op (einsum, matmul, to, ...): no kernel of its
+    own, a decomposition into other ops."""
+    name = getattr(func, "name", None)
+    return callable(name) and torch._C._dispatch_has_kernel_for_dispatch_key(
+        func.name(), "CompositeImplicitAutograd")
 
 
 def _flops(packet, args, kwargs, out) -> int:

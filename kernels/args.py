@@ -42,6 +42,16 @@ def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int])
     return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(hw, kernel, stride))
 
 
+def window_coverage(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> int:
+    """How many grid positions of `hw` at least one window of a (kernel, stride, padding
+    kernel // 2) window op reads (a stride above the kernel skips positions): the distinct grid
+    tokens its kernel loads (see ``fastmvit.kernels.traffic``)."""
+    count = 1
+    for n, k, s, o in zip(hw, kernel, stride, pooled_size(hw, kernel, stride)):
+        count *= len({i * s - k // 2 + d for i in range(o) for d in range(k)} & set(range(n)))
+    return count
+
+
 def positive_pair(value, name: str, op: str) -> tuple[int, int]:
     """``value`` as an (h, w) pair of positive ints (an int n means (n, n)); a ValueError naming
     `op` and the argument otherwise (bools are not ints here)."""

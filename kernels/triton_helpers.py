@@ -2,9 +2,13 @@
 
 Imports triton: only the ops' ``triton_impl`` modules import this, on an op's first launch.
 """
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
+
+from . import traffic
 
 # (major, minor) of the triton in use. Its compiler decides what spills, so a launch config that is
 # clean under one version may spill under another: the ops prune per version (see ops/gelu_linear/triton_impl.py, OLDER_COMPILER).
@@ -62,3 +66,31 @@ def empty(*shape, dtype, device) -> torch.Tensor:
     """Every buffer a launcher allocates, outputs and scratch alike, comes from here (the launchers
     call it as ``helpers.empty``), so a test can poison them all with one patch."""
     return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def kernel_name(kernel) -> str:
+    """The @triton.jit function's name behind a kernel, autotuned or not, compiled or interpreted."""
+    while hasattr(kernel, "fn"):
+        kernel = kernel.fn
+    return kernel.__name__
+
+
+def launch(kernel, grid, args: tuple, meta: dict, states: Callable[[dict, tuple], tuple[int, int]]) -> None:
+    """``kernel[grid](*args, **meta)``: every launch of the ops goes through here with `states`,
+    its traffic statement: ``states(named, grid) -> (bytes read, bytes written)``, the distinct
+    bytes of the launch (see ``fastmvit.kernels.traffic``), where `named` maps the kernel's
+    argument names to this launch's values (tensors, ints, constexprs; an autotuned kernel adds
+    its first config's) and `grid` is the resolved grid.
+
+    Inside ``traffic.stating_launches()`` (meta tensors) nothing is launched and the statement
+    is recorded instead."""
+    if not traffic.stating():
+        kernel[grid](*args, **meta)
+        return
+    named = dict(zip(kernel.arg_names if hasattr(kernel, "arg_names") else kernel.fn.arg_names, args))
+    if hasattr(kernel, "configs"):                  # an Autotuner: tiles of its first config
+        named.update(kernel.configs[0].kwargs)
+    named.update(meta)
+    resolved = grid(named) if callable(grid) else grid
+    read, written = states(named, tuple(resolved))
+    traffic.record(traffic.Launch(kernel_name(kernel), int(read), int(written)))

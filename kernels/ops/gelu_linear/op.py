@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from ...backend import autotune_on
+from ...traffic import implementation
 
 
 def _scale(sample_scale):
@@ -15,6 +16,7 @@ def _scale(sample_scale):
 
 
 @torch.library.custom_op("fastmvit::gelu_linear", mutates_args=())
+@implementation("fastmvit::gelu_linear")
 def _gelu_linear_op(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     residual: Optional[torch.Tensor], sample_scale: Optional[torch.Tensor]) -> torch.Tensor:
     """y (B, T, N) contiguous, in the residual's dtype, else h's."""
@@ -29,6 +31,7 @@ def _(h, weight, bias, residual, sample_scale):
 
 
 @torch.library.custom_op("fastmvit::gelu_linear_backward", mutates_args=())
+@implementation("fastmvit::gelu_linear_backward")
 def _gelu_linear_backward_op(dy: torch.Tensor, h: torch.Tensor, weight: torch.Tensor,
                              bias: Optional[torch.Tensor], sample_scale: Optional[torch.Tensor]
                              ) -> list[torch.Tensor]:

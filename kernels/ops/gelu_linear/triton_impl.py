@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ... import triton_helpers as helpers
+from ...traffic import tensor_bytes
 from ...triton_helpers import TRITON_VERSION, mma
 
 SQRT1_2 = tl.constexpr(0.7071067811865476)       # 1 / sqrt(2)
@@ -335,6 +336,38 @@ _dw_tuned = triton.autotune(DW_CONFIGS + DW_FP32_CONFIGS, key=["M", "N", "K"], p
 # ----------------------------------------------------------------------------------------------
 # Launchers (no checks here: `gelu_linear` validates; the GPU-compile harness calls these)
 # ----------------------------------------------------------------------------------------------
+# Traffic statements (distinct bytes per launch, see fastmvit.kernels.traffic): every operand is
+# read whole (masked to its valid rows and columns), an expanded dy by its distinct elements.
+def _optional(a, name, flag) -> int:
+    return tensor_bytes(a[name]) if a[flag] else 0
+
+
+def _fwd_states(a, grid):
+    """h, the weight (+ bias, residual, sample scale) in; y out."""
+    read = (tensor_bytes(a["h_ptr"]) + tensor_bytes(a["w_ptr"]) + _optional(a, "bias_ptr", "HAS_BIAS")
+            + _optional(a, "res_ptr", "HAS_RES") + _optional(a, "scale_ptr", "HAS_SCALE"))
+    return read, tensor_bytes(a["y_ptr"])
+
+
+def _dh_states(a, grid):
+    """dy, the weight, h (+ sample scale) in; dh out."""
+    read = (tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["w_ptr"]) + tensor_bytes(a["h_ptr"])
+            + _optional(a, "scale_ptr", "HAS_SCALE"))
+    return read, tensor_bytes(a["dh_ptr"])
+
+
+def _dw_states(a, grid):
+    """dy, h (+ sample scale) in; the dW (and db) partials of every split out (or dW and db
+    themselves with one split)."""
+    read = tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["h_ptr"]) + _optional(a, "scale_ptr", "HAS_SCALE")
+    return read, tensor_bytes(a["part_w_ptr"]) + _optional(a, "part_b_ptr", "HAS_BIAS")
+
+
+def _sum_splits_states(a, grid):
+    """The (S, L) partials in, the (L,) sum out."""
+    return tensor_bytes(a["part_ptr"]), tensor_bytes(a["out_ptr"])
+
+
 def _scale_args(sample_scale, like):
     return (sample_scale, True) if sample_scale is not None else (like, False)
 
@@ -359,11 +392,12 @@ def forward(h, weight, bias, residual, sample_scale, autotune: bool = True) -> t
     if M == 0:
         return y
     if autotune:
-        _fwd_tuned[lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),)](*args, **meta)
+        helpers.launch(_fwd_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),),
+                       args, meta, _fwd_states)
     else:
         c = INTERPRETER_CONFIGS["fwd"]
         grid = (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),)
-        gelu_linear_fwd_kernel[grid](*args, **meta, **c)
+        helpers.launch(gelu_linear_fwd_kernel, grid, args, {**meta, **c}, _fwd_states)
     return y
 
 
@@ -393,13 +427,14 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
 
     dh = helpers.empty(B, T, K, dtype=h.dtype, device=dev)
     dh_args = (dy, *dy.stride(), weight, *weight.stride(), h, *h.stride(), scale_t, dh, M, N, K, T)
+    dh_meta = dict(HAS_SCALE=has_scale, FP32=fp32)
     if autotune:
-        _dh_tuned[lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),)](
-            *dh_args, HAS_SCALE=has_scale, FP32=fp32)
+        helpers.launch(_dh_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),),
+                       dh_args, dh_meta, _dh_states)
     else:
         c = INTERPRETER_CONFIGS["dh"]
-        gelu_linear_bwd_dh_kernel[(triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),)](
-            *dh_args, HAS_SCALE=has_scale, FP32=fp32, **c)
+        helpers.launch(gelu_linear_bwd_dh_kernel, (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),),
+                       dh_args, {**dh_meta, **c}, _dh_states)
 
     c_dw = INTERPRETER_CONFIGS["dw"]
     bn, bk = (DW_BLOCK_N, DW_BLOCK_K) if autotune else (c_dw["BLOCK_N"], c_dw["BLOCK_K"])
@@ -416,16 +451,18 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
     dw_meta = dict(HAS_BIAS=has_bias, HAS_SCALE=has_scale, FP32=fp32, BLOCK_N=bn, BLOCK_K=bk)
     grid = (triton.cdiv(N, bn), triton.cdiv(K, bk), S)
     if autotune:
-        _dw_tuned[grid](*dw_args, **dw_meta)
+        helpers.launch(_dw_tuned, grid, dw_args, dw_meta, _dw_states)
     else:
-        gelu_linear_bwd_dw_kernel[grid](*dw_args, **dw_meta, BLOCK_M=c_dw["BLOCK_M"])
+        helpers.launch(gelu_linear_bwd_dw_kernel, grid, dw_args, dict(dw_meta, BLOCK_M=c_dw["BLOCK_M"]), _dw_states)
 
     if S == 1:
         return dh, part_w, part_b if has_bias else None
     dw = helpers.empty(N, K, dtype=weight.dtype, device=dev)
-    gelu_linear_sum_splits_kernel[(triton.cdiv(N * K, SUM_BLOCK),)](part_w, dw, S, N * K, BLOCK=SUM_BLOCK)
+    helpers.launch(gelu_linear_sum_splits_kernel, (triton.cdiv(N * K, SUM_BLOCK),), (part_w, dw, S, N * K),
+                   dict(BLOCK=SUM_BLOCK), _sum_splits_states)
     db = None
     if has_bias:
         db = helpers.empty(N, dtype=bias_dtype, device=dev)
-        gelu_linear_sum_splits_kernel[(triton.cdiv(N, SUM_BLOCK),)](part_b, db, S, N, BLOCK=SUM_BLOCK)
+        helpers.launch(gelu_linear_sum_splits_kernel, (triton.cdiv(N, SUM_BLOCK),), (part_b, db, S, N),
+                       dict(BLOCK=SUM_BLOCK), _sum_splits_states)
     return dh, dw, db

@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 
 from ...args import pooled_size
+from ...traffic import implementation
 
 
 @torch.library.custom_op("fastmvit::max_pool_tokens", mutates_args=())
+@implementation("fastmvit::max_pool_tokens")
 def _max_pool_tokens_op(x: torch.Tensor, hw: list[int], kernel: list[int], stride: list[int],
                         has_cls_token: bool, need_argmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(y (B, sp + H' * W', C) contiguous in x's dtype; argmax uint8 (B, H' * W', C) contiguous, or
@@ -31,6 +33,7 @@ def _(x, hw, kernel, stride, has_cls_token, need_argmax):
 
 
 @torch.library.custom_op("fastmvit::max_pool_tokens_backward", mutates_args=())
+@implementation("fastmvit::max_pool_tokens_backward")
 def _max_pool_tokens_backward_op(dy: torch.Tensor, argmax: torch.Tensor, hw: list[int],
                                  kernel: list[int], stride: list[int],
                                  has_cls_token: bool) -> torch.Tensor:

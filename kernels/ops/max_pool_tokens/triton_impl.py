@@ -37,6 +37,8 @@ import triton
 import triton.language as tl
 
 from ... import triton_helpers as helpers
+from ...args import window_coverage
+from ...traffic import tensor_bytes
 
 # A program's tile: BLOCK_P rows x BLOCK_C channels, TILE_ELEMS values. BLOCK_C is the power of two
 # in CHANNEL_BLOCKS that pads C least (ties: the larger): 64 at C 192/768, 32 at C 96, 16 at C 72
@@ -156,6 +158,20 @@ def max_pool_tokens_bwd_kernel(
 # never look at the device or at TRITON_INTERPRET, so that the GPU-compile harness can call them.
 # --------------------------------------------------------------------------------------------
 
+# Traffic statements (distinct bytes per launch, see fastmvit.kernels.traffic).
+def _fwd_states(a, grid):
+    """The grid tokens the windows cover and the class tokens in; y (and the argmax) out."""
+    x = a["x_ptr"]
+    tokens = a["SP"] + window_coverage((a["H"], a["W"]), (a["KH"], a["KW"]), (a["SH"], a["SW"]))
+    written = tensor_bytes(a["y_ptr"]) + (tensor_bytes(a["arg_ptr"]) if a["WRITE_ARGMAX"] else 0)
+    return x.shape[0] * tokens * a["C"] * x.element_size(), written
+
+
+def _bwd_states(a, grid):
+    """dy (every output is its window winner's: padding never wins) and the argmax in; dx out."""
+    return tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["arg_ptr"]), tensor_bytes(a["dx_ptr"])
+
+
 def block_sizes(C: int) -> tuple[int, int]:
     """(BLOCK_P, BLOCK_C) for C channels: BLOCK_C from CHANNEL_BLOCKS padding C least (ties: the
     larger block), BLOCK_P = TILE_ELEMS // BLOCK_C."""
@@ -177,10 +193,10 @@ def forward(x, hw, out_hw, kernel, stride, sp, write_argmax):
     n_rows = B * (sp + OH * OW)
     block_p, block_c = block_sizes(C)
     grid = (triton.cdiv(n_rows, block_p), triton.cdiv(C, block_c))
-    max_pool_tokens_fwd_kernel[grid](
-        x, x.stride(0), x.stride(1), y, arg if write_argmax else y, H, W, OH, OW, C, n_rows,
-        SP=sp, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], WRITE_ARGMAX=bool(write_argmax),
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=FWD_WARPS, num_stages=1)
+    helpers.launch(max_pool_tokens_fwd_kernel, grid, (
+        x, x.stride(0), x.stride(1), y, arg if write_argmax else y, H, W, OH, OW, C, n_rows),
+        dict(SP=sp, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], WRITE_ARGMAX=bool(write_argmax),
+             BLOCK_P=block_p, BLOCK_C=block_c, num_warps=FWD_WARPS, num_stages=1), _fwd_states)
     return y, arg
 
 
@@ -194,8 +210,7 @@ def backward(dy, arg, hw, out_hw, kernel, stride, sp):
     n_rows = B * (sp + H * W)
     block_p, block_c = block_sizes(C)
     grid = (triton.cdiv(n_rows, block_p), triton.cdiv(C, block_c))
-    max_pool_tokens_bwd_kernel[grid](
-        dy, dy.stride(0), dy.stride(1), arg, dx, H, W, OH, OW, C, n_rows,
-        SP=sp, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=BWD_WARPS, num_stages=1)
+    helpers.launch(max_pool_tokens_bwd_kernel, grid, (dy, dy.stride(0), dy.stride(1), arg, dx, H, W, OH, OW, C, n_rows),
+                   dict(SP=sp, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
+                        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=BWD_WARPS, num_stages=1), _bwd_states)
     return dx

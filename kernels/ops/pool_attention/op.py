@@ -12,9 +12,11 @@ from typing import Optional
 import torch
 
 from ...backend import autotune_on
+from ...traffic import implementation
 
 
 @torch.library.custom_op("fastmvit::pool_attention", mutates_args=())
+@implementation("fastmvit::pool_attention")
 def pool_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
                        q_size: list[int], k_size: list[int], has_cls_token: bool,
@@ -33,6 +35,7 @@ def _(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_poo
 
 
 @torch.library.custom_op("fastmvit::pool_attention_backward", mutates_args=())
+@implementation("fastmvit::pool_attention_backward")
 def pool_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
                        lse: torch.Tensor, q_size: list[int], k_size: list[int],

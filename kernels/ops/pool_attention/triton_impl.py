@@ -14,6 +14,8 @@ Kernels (all float32 accumulation; inputs upcast right after loading; no atomics
     pool_attention_bwd_dkdv_kernel   grid (cdiv(Nk, BLOCK_N), B*H): dk, dv, looping over all query tiles
     pool_attention_bwd_dq_kernel     grid (cdiv(Nq, BLOCK_M), B*H): dq, looping over all key tiles; with rel-pos a
                        second launch (REL_PART) for drel_h, drel_w and their share of dq
+    pool_attention_bwd_tables_kernel grid (table rows, 2): d rel_pos_h and d rel_pos_w from drel_h, drel_w and q,
+                       one program per table row (no atomics)
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ... import triton_helpers as helpers
+from ...traffic import host_setup, nbytes, tensor_bytes
 from ...triton_helpers import head_rows, mma, onehot_matmul
 
 # exp(x) = exp2(x * LOG2E): exp2 is the native instruction. A constexpr: jit code reads no other globals.
@@ -378,6 +381,63 @@ def pool_attention_bwd_dq_kernel(
         tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
 
 
+@triton.jit
+def _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drel_ptr, starts_ptr, cells_ptr,
+                    out_ptr, BH, H, Nq, cell_step, other_step, n_other,
+                    D: tl.constexpr, SP: tl.constexpr, K_PAD: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Row t of one table's gradient: the sum over the cells naming t (see the kernel below)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    n = BH * n_other
+    for p in range(tl.load(starts_ptr + t), tl.load(starts_ptr + t + 1)):
+        code = tl.load(cells_ptr + p)
+        c = code // K_PAD                                      # the query grid row (or column)
+        j = code - c * K_PAD                                   # the key grid row (or column)
+        for i0 in range(0, n, BLOCK_R):
+            i = i0 + tl.arange(0, BLOCK_R)                     # flat (bh, position along the cell)
+            ok = i < n
+            bh = i // n_other
+            row = SP + c * cell_step + (i - bh * n_other) * other_step
+            dr = tl.load(drel_ptr + (bh.to(tl.int64) * Nq + row) * K_PAD + j, mask=ok, other=0.0)
+            q_row = (bh // H).to(tl.int64) * stride_qb + (bh % H).to(tl.int64) * stride_qh + row * stride_qn
+            qv = tl.load(q_ptr + q_row[:, None] + offs_d[None, :] * stride_qd,
+                         mask=ok[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(dr[:, None] * qv, axis=0)
+    tl.store(out_ptr + t * D + offs_d, acc.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit(do_not_specialize=["BH", "H", "Nq", "qh", "qw", "len_h", "len_w", "stride_qb", "stride_qh", "stride_qn"])
+def pool_attention_bwd_tables_kernel(
+    q_ptr, drelh_ptr, drelw_ptr, starts_h_ptr, cells_h_ptr, starts_w_ptr, cells_w_ptr, dth_ptr, dtw_ptr,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    BH, H, Nq, qh, qw, len_h, len_w,
+    D: tl.constexpr, SP: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The two table gradients, one table row per program: grid (max(len_h, len_w), 2), axis 1
+    picking the h table (0) or the w table (1).
+
+        d table_h[t] = sum over the cells (y, j) with idx_h[y, j] == t, over (b, h) and x,
+                       of drel_h[(b, h), row (y, x), j] * q[(b, h), row (y, x)]
+
+    and the w table likewise with (x, l), summing over y. The cells naming row t come from a
+    host-built list sorted by t: cells[starts[t]:starts[t + 1]], each y * K_PAD + j. One program
+    owns a row and sums in a fixed order: deterministic, no atomics; rows no cell names get zeros.
+    q: (B, H, Nq, D) any strides; drel_h: (B*H, Nq, KH_PAD) float32; d tables (len, D) contiguous
+    in the tables' dtype."""
+    t = tl.program_id(0)
+    if tl.program_id(1) == 0:
+        if t < len_h:
+            _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelh_ptr, starts_h_ptr,
+                            cells_h_ptr, dth_ptr, BH, H, Nq, qw, 1, qw, D, SP, KH_PAD, BLOCK_R, BLOCK_D)
+    else:
+        if t < len_w:
+            _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelw_ptr, starts_w_ptr,
+                            cells_w_ptr, dtw_ptr, BH, H, Nq, 1, qw, qh, D, SP, KW_PAD, BLOCK_R, BLOCK_D)
+
+
 # ----------------------------------------------------------------------------------------------
 # Launch configurations
 # ----------------------------------------------------------------------------------------------
@@ -401,9 +461,116 @@ DQ_CONFIGS = [_config(64, 32, 8, 1)]
 # config in numpy for nothing. Tests may change it to exercise other tilings.
 INTERPRETER_CONFIGS = {kernel: {"BLOCK_M": 32, "BLOCK_N": 32} for kernel in ("fwd", "dkdv", "dq")}
 
+# The table-gradient kernel's row step, (BLOCK_R, BLOCK_D) q rows per iteration, and its warps: 8
+# elements per thread (64 x 128 with 4 warps spilled 1.3-1.5 KB on sm_90: 64-bit addresses per element).
+TABLES_BLOCK_R = 32
+TABLES_WARPS = 8
+
 _fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "BWD_PRE"])(pool_attention_fwd_kernel)
 _dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "REL_PART"])(pool_attention_bwd_dq_kernel)
 _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"])(pool_attention_bwd_dkdv_kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Traffic statements: distinct bytes each launch reads and writes (see fastmvit.kernels.traffic),
+# from the launch's tensors and constexprs. Every load and store is masked to the D valid lanes,
+# the Nq / Nk valid rows and, for the tables, the rows the index maps name; the (B*H, Nq, K*_PAD)
+# float32 rel-term buffers are read and written whole (their padding columns included).
+# ----------------------------------------------------------------------------------------------
+_DISTINCT_TABLE_ROWS: dict = {}
+
+
+def _table_rows_read(q_side: int, k_side: int) -> int:
+    """How many distinct table rows the (q_side, k_side) index map names."""
+    key = (q_side, k_side)
+    if key not in _DISTINCT_TABLE_ROWS:
+        from .torch_impl import rel_pos_index
+        with host_setup():
+            _DISTINCT_TABLE_ROWS[key] = int(rel_pos_index(q_side, k_side).unique().numel())
+    return _DISTINCT_TABLE_ROWS[key]
+
+
+def _rows(t) -> int:
+    """Elements of a (B, H, N, D) tensor (its distinct elements: numel)."""
+    return t.numel()
+
+
+def _rel_inputs_read(a) -> int:
+    """Index maps and table rows read by a launch that adds the rel-pos terms in the prologue (or
+    gathers table rows for dq): all of each (q side, k side) map, the rows they name."""
+    D = a["D"]
+    qh, qw, kh, kw = _grid_sides(a)
+    return (nbytes((qh * kh + qw * kw), torch.int32)
+            + nbytes(_table_rows_read(qh, kh) * D, a["th_ptr"].dtype)
+            + nbytes(_table_rows_read(qw, kw) * D, a["tw_ptr"].dtype))
+
+
+def _grid_sides(a):
+    """(qh, qw, kh, kw) of a launch, from its index maps (qh = idx_h rows, kh = idx_h columns)."""
+    return (a["idx_h_ptr"].shape[0], a["idx_w_ptr"].shape[0], a["idx_h_ptr"].shape[1],
+            a["idx_w_ptr"].shape[1])
+
+
+def _per_row(a, pad: int) -> int:
+    """Bytes of a float32 (B*H, Nq, pad) per-query-row buffer (pad = 1: lse, delta)."""
+    B, H, Nq, _ = a["q_ptr"].shape
+    return nbytes(B * H * Nq * pad, torch.float32)
+
+
+def _rel_rows(a) -> int:
+    """Bytes of the rel_h and rel_w buffers (or of drel_h and drel_w): whole rows of K*_PAD."""
+    return _per_row(a, a["KH_PAD"]) + _per_row(a, a["KW_PAD"])
+
+
+def _qkv_read(a, dout=None) -> int:
+    """Bytes of q, k, v (and dout when given): every row, D lanes."""
+    return sum(nbytes(_rows(t), t.dtype) for t in (a["q_ptr"], a["k_ptr"], a["v_ptr"], dout) if t is not None)
+
+
+def _fwd_states(a, grid):
+    """Forward: q, k, v (+ tables) in; out and lse out. BWD_PRE: dout in as well; delta and the
+    float32 rel terms out instead."""
+    read = (_qkv_read(a, a["out_ptr"] if a["BWD_PRE"] else None)      # BWD_PRE: out_ptr is dout
+            + (_rel_inputs_read(a) if a["HAS_REL"] else 0))
+    if a["BWD_PRE"]:
+        written = _per_row(a, 1) + (_rel_rows(a) if a["HAS_REL"] else 0)
+    else:
+        out = a["out_ptr"]
+        written = nbytes(_rows(out), out.dtype) + _per_row(a, 1)
+    return read, written
+
+
+def _dkdv_states(a, grid):
+    """dK/dV: q, k, v, dout, lse, delta (+ the rel terms) in; dk, dv out."""
+    read = _qkv_read(a, a["do_ptr"]) + 2 * _per_row(a, 1) + (_rel_rows(a) if a["HAS_REL"] else 0)
+    return read, sum(nbytes(_rows(t), t.dtype) for t in (a["dk_ptr"], a["dv_ptr"]))
+
+
+def _tables_states(a, grid):
+    """Table gradients: the cell lists, drel_h / drel_w at the k_side columns of the spatial rows,
+    and q's spatial rows (read by both tables, counted once) in; both table gradients out."""
+    q = a["q_ptr"]
+    BH, Nq, D, sp = a["BH"], a["Nq"], a["D"], a["SP"]
+    sides = (a["cells_h_ptr"].numel() // a["qh"], a["cells_w_ptr"].numel() // a["qw"])   # kh, kw
+    lists = sum(tensor_bytes(a[n]) for n in ("starts_h_ptr", "cells_h_ptr", "starts_w_ptr", "cells_w_ptr"))
+    drel = nbytes(BH * (Nq - sp) * sum(sides), torch.float32)
+    return (lists + drel + nbytes(BH * (Nq - sp) * D, q.dtype),
+            tensor_bytes(a["dth_ptr"]) + tensor_bytes(a["dtw_ptr"]))
+
+
+def _dq_states(a, grid):
+    """dQ: q, k, v, dout, lse, delta (+ the rel terms) in. Without rel-pos: dq out. With rel-pos,
+    part 1: the float32 partial dq out; part 2 (REL_PART): the partial dq, index maps and table
+    rows in as well, drel_h, drel_w and dq out."""
+    read = _qkv_read(a, a["do_ptr"]) + 2 * _per_row(a, 1)
+    dq, dq32 = a["dq_ptr"], a["dq32_ptr"]
+    if not a["HAS_REL"]:
+        return read, nbytes(_rows(dq), dq.dtype)
+    read += _rel_rows(a)
+    if not a["REL_PART"]:
+        return read, nbytes(_rows(dq32), torch.float32)
+    read += nbytes(_rows(dq32), torch.float32) + _rel_inputs_read(a)
+    return read, _rel_rows(a) + nbytes(_rows(dq), dq.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,7 +606,8 @@ def _index_map(q_side: int, k_side: int, device) -> torch.Tensor:
     idx = _INDEX_CACHE.get(key)
     if idx is None:
         from .torch_impl import rel_pos_index
-        idx = rel_pos_index(q_side, k_side).to(device=device, dtype=torch.int32)
+        with host_setup():
+            idx = rel_pos_index(q_side, k_side).to(device=device, dtype=torch.int32)
         _INDEX_CACHE[key] = idx
     return idx
 
@@ -485,11 +653,11 @@ def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, sc
                 FP32=q.dtype == torch.float32, BWD_PRE=bwd_pre, KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"],
                 BLOCK_D=_pad16(D), ALIGN=a)
     if autotune:
-        _fwd_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](*args, **meta)
+        helpers.launch(_fwd_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), args, meta, _fwd_states)
     else:
         c = INTERPRETER_CONFIGS["fwd"]
         grid = (triton.cdiv(Nq, c["BLOCK_M"]), B * H)
-        pool_attention_fwd_kernel[grid](*args, **meta, **c)
+        helpers.launch(pool_attention_fwd_kernel, grid, args, {**meta, **c}, _fwd_states)
 
 
 def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
@@ -533,36 +701,50 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
     meta = dict(SP=sp, HAS_REL=HAS_REL, FP32=fp32, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_D=BLOCK_D, ALIGN=a)
     dq_parts = (False, True) if HAS_REL else (False,)
     if autotune:
-        _dkdv_tuned[lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H)](*dkdv_args, **meta)
+        helpers.launch(_dkdv_tuned, lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H), dkdv_args, meta,
+                       _dkdv_states)
         for part in dq_parts:
-            _dq_tuned[lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)](
-                *dq_args, RESIDUAL=residual, REL_PART=part, **meta)
+            helpers.launch(_dq_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), dq_args,
+                           dict(meta, RESIDUAL=residual, REL_PART=part), _dq_states)
     else:
         c_kv, c_q = INTERPRETER_CONFIGS["dkdv"], INTERPRETER_CONFIGS["dq"]
-        pool_attention_bwd_dkdv_kernel[(triton.cdiv(Nk, c_kv["BLOCK_N"]), B * H)](*dkdv_args, **meta, **c_kv)
+        helpers.launch(pool_attention_bwd_dkdv_kernel, (triton.cdiv(Nk, c_kv["BLOCK_N"]), B * H), dkdv_args,
+                       {**meta, **c_kv}, _dkdv_states)
         for part in dq_parts:
-            pool_attention_bwd_dq_kernel[(triton.cdiv(Nq, c_q["BLOCK_M"]), B * H)](
-                *dq_args, RESIDUAL=residual, REL_PART=part, **meta, **c_q)
+            helpers.launch(pool_attention_bwd_dq_kernel, (triton.cdiv(Nq, c_q["BLOCK_M"]), B * H), dq_args,
+                           dict(meta, RESIDUAL=residual, REL_PART=part, **c_q), _dq_states)
 
     if not HAS_REL:
         return dq, dk, dv, None, None
-    d_th = _table_grad(drel_h, q, sp, (B, H, qh, qw), kh, _index_map(qh, kh, dev), rel_pos_h, axis="h")
-    d_tw = _table_grad(drel_w, q, sp, (B, H, qh, qw), kw, _index_map(qw, kw, dev), rel_pos_w, axis="w")
+    d_th = helpers.empty(*rel_pos_h.shape, dtype=rel_pos_h.dtype, device=dev)
+    d_tw = helpers.empty(*rel_pos_w.shape, dtype=rel_pos_w.dtype, device=dev)
+    starts_h, cells_h = _cells_by_table_row(qh, kh, KH_PAD, rel_pos_h.shape[0], dev)
+    starts_w, cells_w = _cells_by_table_row(qw, kw, KW_PAD, rel_pos_w.shape[0], dev)
+    sq = q.stride()
+    helpers.launch(pool_attention_bwd_tables_kernel, (max(rel_pos_h.shape[0], rel_pos_w.shape[0]), 2),
+                   (q, drel_h, drel_w, starts_h, cells_h, starts_w, cells_w, d_th, d_tw, *sq,
+                    B * H, H, Nq, qh, qw, rel_pos_h.shape[0], rel_pos_w.shape[0]),
+                   dict(D=D, SP=sp, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_R=TABLES_BLOCK_R, BLOCK_D=BLOCK_D,
+                        num_warps=TABLES_WARPS, num_stages=1), _tables_states)
     return dq, dk, dv, d_th, d_tw
 
 
-def _table_grad(drel, q, sp, grid, k_side, idx, table, axis):
-    """d table from the per-row rel-term gradients drel (B*H, Nq, K_PAD) float32.
+_CELLS_CACHE: dict = {}
 
-    dR[a, c, :] = sum over (b, h, other axis) of drel[.., a, c] * q[.., :] (a = y for the h table,
-    x for the w table), then d table = onehot(idx)^T @ dR: a deterministic scatter-add as a
-    matmul (index_add_ would use atomics on a GPU)."""
-    B, H, qh, qw = grid
-    D = q.shape[-1]
-    drel = drel.view(B, H, -1, drel.shape[-1])[:, :, sp:, :k_side].reshape(B, H, qh, qw, k_side)
-    q_sp = q[:, :, sp:].reshape(B, H, qh, qw, D).float()
-    eq = "bhyxc,bhyxj->yjc" if axis == "h" else "bhyxc,bhyxj->xjc"
-    dR = torch.einsum(eq, q_sp, drel)                                   # (q side, k side, D)
-    onehot = torch.zeros(table.shape[0], idx.numel(), dtype=torch.float32, device=q.device)
-    onehot[idx.reshape(-1).long(), torch.arange(idx.numel(), device=q.device)] = 1.0
-    return (onehot @ dR.reshape(-1, D)).to(table.dtype)
+
+def _cells_by_table_row(q_side: int, k_side: int, k_pad: int, length: int, device):
+    """(starts (length + 1,), cells (q_side * k_side,)) int32: the cells (c, j) of the index map,
+    as c * k_pad + j, sorted by the table row they name; row t's are cells[starts[t]:starts[t+1]].
+    Built on the host once per shape and device."""
+    key = (q_side, k_side, k_pad, length, str(device))
+    if key not in _CELLS_CACHE:
+        from .torch_impl import rel_pos_index
+        with host_setup():
+            idx = rel_pos_index(q_side, k_side).reshape(-1).long()
+            order = torch.argsort(idx, stable=True)
+            c, j = order // k_side, order % k_side
+            starts = torch.zeros(length + 1, dtype=torch.long)
+            starts[1:] = torch.bincount(idx, minlength=length).cumsum(0)
+            _CELLS_CACHE[key] = (starts.to(device=device, dtype=torch.int32),
+                                 (c * k_pad + j).to(device=device, dtype=torch.int32))
+    return _CELLS_CACHE[key]

@@ -26,9 +26,10 @@ rows): it reads the KH * KW taps of each row straight out of ``qkv`` (strided, m
 the class-token row reads its token), multiplies by the depthwise weight, normalises, stores once.
 BLOCK_M * BLOCK_D = 2048 (16 rows at D 96 or 72, 4 warps). Backward: two launches (see
 ``triton_impl.py``): rows (recompute the pooled rows, LayerNorm backward, weight and norm partial
-sums per program, 8 rows per tile, up to ~1024 programs each walking TILES_PER_PROG tiles), then
+sums per program, 8 rows per tile, up to ~256 programs each walking TILES_PER_PROG tiles), then
 input (the strided conv's input gradient as a gather over the outputs that read each input, fixed
-order, no atomics), then a fixed-order ``sum`` of the per-program partials.
+order, no atomics), then params (the per-program partials summed in a fixed order into the nine
+parameter gradients, in their dtype and layout: no cast or copy after).
 
 Compiled for sm_80 and sm_90 by ``tools/gpu_compile.py`` (``scripts/kernel_table.py`` prints the
 table): no spills, no tensor cores (no matmul).
@@ -44,10 +45,10 @@ batch element and head, D channels each; halo re-reads are cache hits and not co
   The modeled bytes and launches, fused against eager, at the MViTv2 shapes:
   ``benchmarks/bench_pool_qkv.py``.
 - fused backward: reads the three output gradients and qkv once each in the rows kernel, writes the
-  float32 pre-norm gradient of the grid rows (4 (Nq + 2 Nk) D bytes) which the input kernel reads
-  back and gathers into d(qkv) (written once, 3 N D E), plus the partial sums: (KH KW + 2) D float32
-  per program (the float32 scratch dominates at strides 1/1: storing it in bf16 would halve it, at
-  some accuracy; not done).
+  pre-norm gradient of the grid rows in qkv's dtype ((Nq + 2 Nk) D E bytes: rounded once, as eager
+  LayerNorm's backward rounds its output) which the input kernel reads back and gathers into
+  d(qkv) (written once, 3 N D E), plus the partial sums: (KH KW + 2) D float32 per program. The
+  bytes of every launch, as stated to the cost model: ``triton_impl``'s ``_*_states``.
 
 Saved for backward: ``qkv`` and the parameters only. The pooled rows and their mean / rstd are
 recomputed in the backward (KH * KW cache-friendly tap loads per row, the row already in registers
@@ -68,10 +69,9 @@ import torch
 from ...args import check_3d, check_token_count, pooled_size, positive_pair
 from ...backend import require_triton_runnable, resolve_backend
 from . import op as _op  # noqa: F401  (registers the custom ops)
-from .op import param_grads
 from .torch_impl import pool_qkv_torch
 
-__all__ = ["check_and_geometry", "param_grads", "pool_qkv", "pool_qkv_torch"]
+__all__ = ["check_and_geometry", "pool_qkv", "pool_qkv_torch"]
 
 
 def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q, stride_kv,

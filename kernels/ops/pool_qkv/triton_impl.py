@@ -39,6 +39,8 @@ import triton
 import triton.language as tl
 
 from ... import triton_helpers as helpers
+from ...args import window_coverage
+from ...traffic import nbytes, tensor_bytes
 
 # Register tile of a program: BLOCK_M rows x BLOCK_D (head dim, next power of two) float32 values.
 # The compiler issues the KH * KW tap loads of a tile together (memory-level parallelism), so the
@@ -55,7 +57,7 @@ MAX_REGISTERS = 168
 BWD_WARPS = 8
 # A backward-rows program walks several row tiles so that the partial sums it writes stay small
 # next to the rows it reads: aim at about this many programs for the biggest of q, k, v.
-BWD_TARGET_PROGRAMS = 1024
+BWD_TARGET_PROGRAMS = 256
 
 
 @triton.jit
@@ -201,7 +203,7 @@ def pool_qkv_bwd_rows_kernel(
     gq_ptr, gk_ptr, gv_ptr,                       # LayerNorm weights, (D,)
     dq_ptr, dk_ptr, dv_ptr,                       # output gradients, (B, heads, N_t, D) contiguous
     dqkv_ptr, stride_dqkv_b,                      # (B, N, 3 * heads * D): class-token rows written
-    g_ptr,                                        # float32 scratch: pre-norm gradient of grid rows,
+    g_ptr,                                        # scratch in qkv's dtype: pre-norm gradient of grid rows,
                                                   # q then k then v, each (B, heads, oh_t * ow_t, D)
     part_ptr,                                     # float32 (3, programs, KH * KW + 2, D) partial sums
     H, W, heads, D: tl.constexpr,
@@ -250,7 +252,8 @@ def pool_qkv_bwd_rows_kernel(
         g = tl.where(mask, (dxhat - c1[:, None] - xhat * c2[:, None]) * rstd[:, None], 0.0)
 
         g_row = (bh.to(tl.int64) * n_grid + tl.maximum(r - SP, 0)) * D    # (b, head, grid row)
-        tl.store(g_base + g_row[:, None] + offs_d[None, :], g, mask=sp_ok[:, None] & d_ok[None, :])
+        tl.store(g_base + g_row[:, None] + offs_d[None, :], g.to(g_ptr.dtype.element_ty),
+                 mask=sp_ok[:, None] & d_ok[None, :])
         if SP:   # the class token bypasses the conv: its pre-norm gradient is its input gradient
             din_row, _, _ = _token_rows(dqkv_ptr, stride_dqkv_b, rows, n_rows, heads, t, D)
             is_cls = row_ok & (r == 0)
@@ -281,7 +284,7 @@ def pool_qkv_bwd_rows_kernel(
 
 @triton.jit(do_not_specialize=_GEOMETRY + ["stride_b"])
 def pool_qkv_bwd_input_kernel(
-    g_ptr,                                        # float32 pre-norm gradients (see the rows kernel)
+    g_ptr,                                        # pre-norm gradients, qkv's dtype (see the rows kernel)
     wq_ptr, wk_ptr, wv_ptr,                       # conv weights, (D, KH * KW) contiguous each
     dqkv_ptr, stride_b, stride_n,                 # (B, N, 3 * heads * D): grid rows written here
     H, W, heads, D: tl.constexpr,
@@ -316,17 +319,92 @@ def pool_qkv_bwd_input_kernel(
             ox = tl.maximum(ox_s, 0) // sw
             ok = y_ok & (ox_s >= 0) & (ox_s % sw == 0) & (ox < ow)
             g = tl.load((g_row + ox * D)[:, None] + offs_d[None, :],
-                        mask=ok[:, None] & d_ok[None, :], other=0.0)
+                        mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
             w = tl.load(w_ptr + (ky * KW + kx), mask=d_ok, other=0.0)
             acc += g * w.to(tl.float32)[None, :]
     tl.store((out_row + (SP + pos) * stride_n)[:, None] + offs_d[None, :],
              acc.to(dqkv_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
+@triton.jit(do_not_specialize=["n_progs"])
+def pool_qkv_bwd_params_kernel(
+    part_ptr,                                     # float32 (3, n_progs, KH * KW + 2, D) partial sums
+    dwq_ptr, dwk_ptr, dwv_ptr,                    # conv weight gradients, (D, KH * KW) contiguous each
+    dgq_ptr, dgk_ptr, dgv_ptr,                    # norm weight gradients, (D,)
+    dbq_ptr, dbk_ptr, dbv_ptr,                    # norm bias gradients, (D,)
+    n_progs, D: tl.constexpr, TAPS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """The nine parameter gradients of q, k, v (program t = 0, 1, 2): the rows kernel's partial
+    sums added over its programs in a fixed order, written in the parameters' dtype and layout."""
+    t = tl.program_id(0)
+    rows = tl.arange(0, BLOCK_ROWS)                                    # taps, then norm weight, bias
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < TAPS + 2) & (offs_d[None, :] < D)
+    base = part_ptr + (t * n_progs).to(tl.int64) * (TAPS + 2) * D + rows[:, None] * D + offs_d[None, :]
+    acc = tl.zeros((BLOCK_ROWS, BLOCK_D), dtype=tl.float32)
+    for i in range(n_progs):
+        acc += tl.load(base + i * (TAPS + 2) * D, mask=mask, other=0.0)
+    dw_ptr = _select_t(t, dwq_ptr, dwk_ptr, dwv_ptr)
+    dg_ptr = _select_t(t, dgq_ptr, dgk_ptr, dgv_ptr)
+    db_ptr = _select_t(t, dbq_ptr, dbk_ptr, dbv_ptr)
+    tl.store(dw_ptr + offs_d[None, :] * TAPS + rows[:, None], acc.to(dw_ptr.dtype.element_ty),
+             mask=mask & (rows[:, None] < TAPS))
+    tl.store(dg_ptr + offs_d[None, :] + 0 * rows[:, None], acc.to(dg_ptr.dtype.element_ty),
+             mask=mask & (rows[:, None] == TAPS))
+    tl.store(db_ptr + offs_d[None, :] + 0 * rows[:, None], acc.to(db_ptr.dtype.element_ty),
+             mask=mask & (rows[:, None] == TAPS + 1))
+
+
 # --------------------------------------------------------------------------------------------
 # Launchers. They take checked, device-ready tensors (the package's ``__init__`` checks them) and launch; they never
 # look at the device or at TRITON_INTERPRET, so that the GPU-compile harness can call them.
 # --------------------------------------------------------------------------------------------
+
+# Traffic statements (distinct bytes per launch, see fastmvit.kernels.traffic). Every load is
+# masked to the D valid lanes of in-range rows; a tap in the padding loads nothing, so a pooling
+# whose stride exceeds its kernel (kv stride 4, 3x3) reads only the covered grid positions.
+def _pooled_inputs_read(a) -> int:
+    """The qkv tokens the q, k and v poolings read (and their class tokens), weights and norm
+    weights of all three: what the forward and the backward rows kernel load."""
+    qkv = a["qkv_ptr"]
+    B, E, D, heads, sp = qkv.shape[0], qkv.element_size(), a["D"], a["heads"], a["SP"]
+    hw, kernel = (a["H"], a["W"]), (a["KH"], a["KW"])
+    tokens = sum(sp + window_coverage(hw, kernel, s)
+                 for s in ((a["q_sh"], a["q_sw"]), (a["kv_sh"], a["kv_sw"]), (a["kv_sh"], a["kv_sw"])))
+    params = sum(tensor_bytes(a[n]) for n in ("wq_ptr", "wk_ptr", "wv_ptr", "gq_ptr", "gk_ptr", "gv_ptr"))
+    return B * heads * tokens * D * E + params
+
+
+def _fwd_states(a, grid):
+    """qkv's pooled tokens, conv and norm weights and biases in; q, k, v out."""
+    biases = sum(tensor_bytes(a[n]) for n in ("bq_ptr", "bk_ptr", "bv_ptr"))
+    return (_pooled_inputs_read(a) + biases,
+            sum(tensor_bytes(a[n]) for n in ("q_ptr", "k_ptr", "v_ptr")))
+
+
+def _bwd_rows_states(a, grid):
+    """As the forward, plus the q, k, v gradients in; the pre-norm gradient (qkv's dtype) of the grid
+    rows, the class-token rows of d(qkv) and the float32 partial sums out."""
+    grads = sum(tensor_bytes(a[n]) for n in ("dq_ptr", "dk_ptr", "dv_ptr"))
+    dqkv = a["dqkv_ptr"]
+    cls_rows = a["SP"] * dqkv.shape[0] * dqkv.shape[2] * dqkv.element_size()
+    return _pooled_inputs_read(a) + grads, tensor_bytes(a["g_ptr"]) + cls_rows + tensor_bytes(a["part_ptr"])
+
+
+def _bwd_input_states(a, grid):
+    """The pre-norm gradients and the conv weights in; the grid rows of d(qkv) out."""
+    dqkv = a["dqkv_ptr"]
+    weights = sum(tensor_bytes(a[n]) for n in ("wq_ptr", "wk_ptr", "wv_ptr"))
+    return (tensor_bytes(a["g_ptr"]) + weights,
+            dqkv.shape[0] * a["H"] * a["W"] * dqkv.shape[2] * dqkv.element_size())
+
+
+def _bwd_params_states(a, grid):
+    """The partial sums in; the nine parameter gradients out."""
+    names = [f"d{p}{t}_ptr" for p in "wgb" for t in "qkv"]
+    return tensor_bytes(a["part_ptr"]), sum(tensor_bytes(a[n]) for n in names)
+
 
 def _block_sizes(D: int, tile_elems: int) -> tuple[int, int]:
     block_d = max(16, triton.next_power_of_2(D))
@@ -355,17 +433,18 @@ def forward(qkv, weights, norm_weights, norm_biases, hw, num_heads, strides, q_s
     bh = B * num_heads
     block_m, block_d = _block_sizes(D, TILE_ELEMS)
     grid = (triton.cdiv(bh * nq, block_m) + 2 * triton.cdiv(bh * nk, block_m),)
-    pool_qkv_fwd_kernel[grid](
+    helpers.launch(pool_qkv_fwd_kernel, grid, (
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *norm_biases, q, k, v,
-        hw[0], hw[1], num_heads, D, *_geometry_args(hw, q_size, k_size, strides), bh, eps,
-        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)
+        hw[0], hw[1], num_heads, D, *_geometry_args(hw, q_size, k_size, strides), bh, eps),
+        dict(SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=FWD_WARPS, num_stages=1,
+             maxnreg=MAX_REGISTERS), _fwd_states)
     return q, k, v
 
 
 def backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q_size, k_size, sp,
                     eps):
-    """d(qkv) (B, N, 3 * heads * D) contiguous in qkv's dtype, and the float32 sums (3, KH*KW + 2, D):
-    rows 0..KH*KW-1 d(conv weight) per tap, then d(norm weight), d(norm bias), for q, k, v.
+    """d(qkv) (B, N, 3 * heads * D) contiguous in qkv's dtype, and the nine parameter gradients
+    [d wq, d wk, d wv, d gq, d gk, d gv, d bq, d bk, d bv], each like its parameter (contiguous).
 
     grads: contiguous (B, heads, N_t, D) gradients of q, k, v."""
     B, N, C = qkv.shape
@@ -375,7 +454,9 @@ def backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q_size, 
     nk_grid = k_size[0] * k_size[1]
     bh = B * num_heads
     dqkv = helpers.empty(B, N, C, device=qkv.device, dtype=qkv.dtype)
-    scratch = helpers.empty(bh * (nq_grid + 2 * nk_grid) * D, device=qkv.device, dtype=torch.float32)
+    # the pre-norm gradient in qkv's dtype (rounded once, as the eager LayerNorm backward rounds its
+    # output); the input kernel sums its taps in float32
+    scratch = helpers.empty(bh * (nq_grid + 2 * nk_grid) * D, device=qkv.device, dtype=qkv.dtype)
     geometry = _geometry_args(hw, q_size, k_size, strides)
 
     block_m, block_d = _block_sizes(D, ROWS_TILE_ELEMS)
@@ -383,16 +464,24 @@ def backward(grads, qkv, weights, norm_weights, hw, num_heads, strides, q_size, 
     tiles_per_prog = triton.next_power_of_2(triton.cdiv(max_tiles, BWD_TARGET_PROGRAMS))
     n_progs = triton.cdiv(max_tiles, tiles_per_prog)
     partials = helpers.empty(3, n_progs, KH * KW + 2, D, device=qkv.device, dtype=torch.float32)
-    pool_qkv_bwd_rows_kernel[(n_progs, 3)](
+    helpers.launch(pool_qkv_bwd_rows_kernel, (n_progs, 3), (
         qkv, qkv.stride(0), qkv.stride(1), *weights, *norm_weights, *grads, dqkv, dqkv.stride(0),
-        scratch, partials, hw[0], hw[1], num_heads, D, *geometry, bh, eps,
-        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d,
-        BLOCK_TAPS=max(2, triton.next_power_of_2(KH * KW)), TILES_PER_PROG=tiles_per_prog,
-        num_warps=BWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)
+        scratch, partials, hw[0], hw[1], num_heads, D, *geometry, bh, eps),
+        dict(SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d,
+             BLOCK_TAPS=max(2, triton.next_power_of_2(KH * KW)), TILES_PER_PROG=tiles_per_prog,
+             num_warps=BWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS), _bwd_rows_states)
 
     block_m, block_d = _block_sizes(D, TILE_ELEMS)
-    pool_qkv_bwd_input_kernel[(triton.cdiv(bh * hw[0] * hw[1], block_m), 3)](
+    helpers.launch(pool_qkv_bwd_input_kernel, (triton.cdiv(bh * hw[0] * hw[1], block_m), 3), (
         scratch, *weights, dqkv, dqkv.stride(0), dqkv.stride(1),
-        hw[0], hw[1], num_heads, D, *geometry, bh,
-        SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=BWD_WARPS, num_stages=1, maxnreg=MAX_REGISTERS)
-    return dqkv, partials.sum(1)                  # fixed-order reduction over programs
+        hw[0], hw[1], num_heads, D, *geometry, bh),
+        dict(SP=sp, KH=KH, KW=KW, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=BWD_WARPS, num_stages=1,
+             maxnreg=MAX_REGISTERS), _bwd_input_states)
+    # the partials summed over programs in a fixed order, into the nine parameter gradients
+    w, g = weights[0], norm_weights[0]
+    params = ([helpers.empty(*w.shape, device=w.device, dtype=w.dtype) for _ in range(3)]
+              + [helpers.empty(*g.shape, device=g.device, dtype=g.dtype) for _ in range(6)])
+    helpers.launch(pool_qkv_bwd_params_kernel, (3,), (partials, *params, n_progs),
+                   dict(D=D, TAPS=KH * KW, BLOCK_ROWS=triton.next_power_of_2(KH * KW + 2), BLOCK_D=block_d,
+                        num_warps=4, num_stages=1), _bwd_params_states)
+    return dqkv, params

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ..pool_qkv.op import param_grads
-
 
 class PoolQKVAttention(torch.autograd.Function):
     """Forward: the two custom ops. Saved: qkv, the parameters, the tables, lse. Backward:
@@ -27,9 +25,8 @@ class PoolQKVAttention(torch.autograd.Function):
         q, k, v = ops.pool_qkv(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, *ctx.qkv_args)
         grads = ops.pool_attention_backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, *ctx.attn_args)
         del q, k, v
-        dqkv, sums = ops.pool_qkv_backward(grads[0], grads[1], grads[2], qkv, wq, wk, wv, gq, gk, gv,
-                                           *ctx.qkv_args)
-        dw, dg, db = param_grads(sums, wq, gq)
+        # [d qkv, d wq, d wk, d wv, d gq, d gk, d gv, d bq, d bk, d bv]
+        qkv_grads = ops.pool_qkv_backward(grads[0], grads[1], grads[2], qkv, wq, wk, wv, gq, gk, gv,
+                                          *ctx.qkv_args)
         d_th, d_tw = (grads[3], grads[4]) if rel_pos_h is not None else (None, None)
-        return (dqkv, dw[0], dw[1], dw[2], dg[0], dg[1], dg[2], db[0], db[1], db[2], d_th, d_tw,
-                None, None)
+        return (*qkv_grads, d_th, d_tw, None, None)

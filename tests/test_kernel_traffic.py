@@ -1,0 +1,137 @@
+"""Every launcher's traffic statements against the loads and stores its kernels really execute.
+
+Each launcher (forward and backward of every op) runs twice on small odd shapes: in Triton's
+interpreter, where ``tools.interpreter_traffic`` counts the distinct bytes every launch loads and
+stores (masked-off lanes excluded), and on meta copies of the same arguments inside
+``stating_launches()``, where each launch only states its traffic. The two lists must name the
+same kernels in the same order, agree within 2% per launch on bytes read and on bytes written,
+and run the same torch ops between launches. The cost model (``fastmvit.costmodel``) counts the
+fused ops by these statements, so this is what keeps its figures honest.
+"""
+import pytest
+import torch
+
+from fastmvit.kernels.ops.gelu_linear import triton_impl as gelu_impl
+from fastmvit.kernels.ops.max_pool_tokens import triton_impl as maxpool_impl
+from fastmvit.kernels.ops.pool_attention import triton_impl as attn_impl
+from fastmvit.kernels.ops.pool_qkv import triton_impl as qkv_impl
+from fastmvit.kernels.args import pooled_size
+from fastmvit.reference.config import rel_pos_length
+from tools.interpreter_traffic import compare_with_statements
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _agree(fn, *args, **kwargs):
+    problems, counted, stated = compare_with_statements(fn, *args, **kwargs)
+    assert not problems, "\n".join(problems)
+    assert counted, "no launch was counted"
+    return counted
+
+
+# ------------------------------------------------------------------------------------------------
+# pool_attention
+# ------------------------------------------------------------------------------------------------
+ATTN_CASES = [
+    # (q grid, k grid, class token, rel-pos, dtype)
+    ((5, 7), (3, 4), 1, True, torch.bfloat16),
+    ((6, 5), (6, 5), 0, True, torch.float32),
+    ((4, 3), (2, 3), 1, False, torch.float16),
+]
+
+
+def _attention_inputs(q_size, k_size, sp, rel, dtype, B=2, H=2, D=24):
+    torch.manual_seed(0)
+    nq, nk = sp + q_size[0] * q_size[1], sp + k_size[0] * k_size[1]
+    q, k, v = (torch.randn(B, H, n, D, dtype=dtype) for n in (nq, nk, nk))
+    th = torch.randn(rel_pos_length(q_size[0], k_size[0]), D, dtype=dtype) if rel else None
+    tw = torch.randn(rel_pos_length(q_size[1], k_size[1]), D, dtype=dtype) if rel else None
+    return q, k, v, th, tw
+
+
+@pytest.mark.parametrize("q_size,k_size,sp,rel,dtype", ATTN_CASES)
+def test_pool_attention_statements(q_size, k_size, sp, rel, dtype):
+    q, k, v, th, tw = _attention_inputs(q_size, k_size, sp, rel, dtype)
+    scale = q.shape[-1] ** -0.5
+    _agree(attn_impl.forward, q, k, v, th, tw, q_size, k_size, sp, True, scale, autotune=False)
+    out, lse = attn_impl.forward(q, k, v, th, tw, q_size, k_size, sp, True, scale, autotune=False)
+    dout = torch.randn_like(out)
+    launches = _agree(attn_impl.backward, dout, q, k, v, th, tw, lse, q_size, k_size, sp, True, scale,
+                      autotune=False)
+    assert len(launches) == (5 if rel else 3)
+
+
+def test_a_planted_wrong_statement_fails(monkeypatch):
+    """A statement 3% high on one launch's reads is caught, and named."""
+    q, k, v, th, tw = _attention_inputs((5, 7), (3, 4), 1, True, torch.bfloat16)
+    scale = q.shape[-1] ** -0.5
+    out, lse = attn_impl.forward(q, k, v, th, tw, (5, 7), (3, 4), 1, True, scale, autotune=False)
+    honest = attn_impl._dkdv_states
+
+    def planted(named, grid):
+        read, written = honest(named, grid)
+        return int(read * 1.03), written
+
+    monkeypatch.setattr(attn_impl, "_dkdv_states", planted)
+    problems, _, _ = compare_with_statements(attn_impl.backward, torch.randn_like(out), q, k, v, th, tw, lse,
+                                             (5, 7), (3, 4), 1, True, scale, autotune=False)
+    assert len(problems) == 1 and "pool_attention_bwd_dkdv_kernel: read" in problems[0], problems
+
+
+# ------------------------------------------------------------------------------------------------
+# pool_qkv
+# ------------------------------------------------------------------------------------------------
+QKV_CASES = [
+    # (grid, stride q, stride kv, class token): kv stride 4 with a 3x3 kernel skips grid positions
+    ((9, 7), (1, 1), (4, 4), 1),
+    ((7, 6), (2, 2), (2, 1), 0),
+]
+
+
+@pytest.mark.parametrize("hw,sq,skv,sp", QKV_CASES)
+def test_pool_qkv_statements(hw, sq, skv, sp):
+    torch.manual_seed(0)
+    B, heads, D, dtype = 2, 2, 12, torch.bfloat16
+    kq = (3, 3)
+    N = sp + hw[0] * hw[1]
+    qkv = torch.randn(B, N, 3 * heads * D, dtype=dtype)
+    weights = [torch.randn(D, 1, *kq, dtype=dtype) for _ in range(3)]
+    norm_w = [torch.randn(D, dtype=dtype) for _ in range(3)]
+    norm_b = [torch.randn(D, dtype=dtype) for _ in range(3)]
+    q_size, k_size = pooled_size(hw, kq, sq), pooled_size(hw, kq, skv)
+    args = (hw, heads, (sq, skv), q_size, k_size, sp, 1e-6)
+    _agree(qkv_impl.forward, qkv, weights, norm_w, norm_b, *args)
+    q, k, v = qkv_impl.forward(qkv, weights, norm_w, norm_b, *args)
+    grads = [torch.randn_like(t) for t in (q, k, v)]
+    _agree(qkv_impl.backward, grads, qkv, weights, norm_w, *args)
+
+
+# ------------------------------------------------------------------------------------------------
+# max_pool_tokens
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hw,stride,sp", [((9, 7), (2, 2), 1), ((9, 10), (4, 4), 0)])
+def test_max_pool_tokens_statements(hw, stride, sp):
+    torch.manual_seed(0)
+    B, C, kernel = 2, 40, (3, 3)
+    x = torch.randn(B, sp + hw[0] * hw[1], C, dtype=torch.bfloat16)
+    out_hw = pooled_size(hw, kernel, stride)
+    _agree(maxpool_impl.forward, x, hw, out_hw, kernel, stride, sp, True)
+    y, arg = maxpool_impl.forward(x, hw, out_hw, kernel, stride, sp, True)
+    _agree(maxpool_impl.backward, torch.randn_like(y), arg, hw, out_hw, kernel, stride, sp)
+
+
+# ------------------------------------------------------------------------------------------------
+# gelu_linear
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B,T,scaled", [(2, 21, True), (3, 200, False)])   # 600 rows: dW in splits
+def test_gelu_linear_statements(B, T, scaled):
+    torch.manual_seed(0)
+    K, N, dtype = 40, 24, torch.bfloat16
+    h = torch.randn(B, T, K, dtype=dtype)
+    w, b = torch.randn(N, K, dtype=dtype), torch.randn(N, dtype=dtype)
+    res = torch.randn(B, T, N, dtype=dtype)
+    scale = torch.rand(B) + 0.5 if scaled else None
+    _agree(gelu_impl.forward, h, w, b, res, scale, autotune=False)
+    launches = _agree(gelu_impl.backward, torch.randn(B, T, N, dtype=dtype), h, w, True, dtype, scale,
+                      autotune=False)
+    assert len(launches) == (2 if B * T < 2 * gelu_impl.DW_MIN_ROWS else 4)
