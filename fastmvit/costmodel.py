@@ -102,12 +102,12 @@ OVERWRITE_OPS = frozenset({
 
 # The optimized model's targets: ratios fastmvit / eager reference, tiny at 224x224,
 # bf16, batch 8, both on the meta device (the reference with the "torch" backend, fastmvit with
-# the "triton" backend). A ratio at or below its target passes.
+# the "triton" backend, every kernel's own traffic counted). A ratio at or below its target passes.
 MODEL_TARGETS = {
-    "forward_bytes": 0.4,        # bytes read + written by one forward (eval mode)
-    "training_bytes": 0.4,       # bytes read + written by forward + backward of a sum
-    "forward_launches": 0.3,     # ops launched by one forward
-    "saved_activations": 0.5,    # bytes autograd saves for backward during one training forward
+    "forward_bytes": 0.30,       # bytes read + written by one forward (eval mode)
+    "training_bytes": 0.40,      # bytes read + written by forward + backward of a sum
+    "saved_activations": 0.45,   # bytes autograd saves for backward during one training forward
+    "training_launches": 0.35,   # ops and kernel launches of one training step (forward + backward)
 }
 
 
@@ -427,7 +427,7 @@ def cost_ratios(candidate: Callable, reference: Callable, x: torch.Tensor,
                 candidate_backend: str = "triton", reference_backend: str = "torch") -> dict:
     """The four cost-model ratios, candidate / reference, on the same input.
 
-    Returns ``{"forward_bytes", "training_bytes", "forward_launches", "saved_activations"}`` each
+    Returns ``{"forward_bytes", "training_bytes", "saved_activations", "training_launches"}`` each
     as ``{"candidate", "reference", "ratio", "target", "ok"}``. Run it on meta tensors (tiny at
     224, bf16, batch 8 is the issue's setting)."""
     from fastmvit.kernels.backend import use_backend
@@ -437,7 +437,7 @@ def cost_ratios(candidate: Callable, reference: Callable, x: torch.Tensor,
             fwd = count_traffic(model, x)
             step = training_step_traffic(model, x)
         return {"forward_bytes": fwd.bytes, "training_bytes": step.total.bytes,
-                "forward_launches": fwd.launches, "saved_activations": step.saved_bytes}
+                "saved_activations": step.saved_bytes, "training_launches": step.total.launches}
 
     cand, ref = measure(candidate, candidate_backend), measure(reference, reference_backend)
     out = {}

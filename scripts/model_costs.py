@@ -48,7 +48,7 @@ def main() -> None:
     print(f"MViTv2-{args.arch} {args.img}x{args.img} {args.dtype} batch {args.batch} (meta device)")
     print(f"{'measure':<20}{'fastmvit':>16}{'reference':>16}{'ratio':>8}{'target':>8}  ok")
     for name, r in cost_ratios(fast, ref, x).items():
-        unit, scale = ("launches", 1) if name == "forward_launches" else ("MB", 1e6)
+        unit, scale = ("launches", 1) if name.endswith("launches") else ("MB", 1e6)
         print(f"{name:<20}{r['candidate'] / scale:>12.1f} {unit:<3}{r['reference'] / scale:>12.1f} {unit:<3}"
               f"{r['ratio']:>8.3f}{r['target']:>8.2f}  {'yes' if r['ok'] else 'NO'}")
     if args.ops:

@@ -49,8 +49,10 @@ def _attention_inputs(q_size, k_size, sp, rel, dtype, B=2, H=2, D=24):
     return q, k, v, th, tw
 
 
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one_pass_dq", "two_launch_dq"])
 @pytest.mark.parametrize("q_size,k_size,sp,rel,dtype", ATTN_CASES)
-def test_pool_attention_statements(q_size, k_size, sp, rel, dtype):
+def test_pool_attention_statements(q_size, k_size, sp, rel, dtype, one_pass, monkeypatch):
+    monkeypatch.setattr(attn_impl, "DQ_ONE_PASS", one_pass)
     q, k, v, th, tw = _attention_inputs(q_size, k_size, sp, rel, dtype)
     scale = q.shape[-1] ** -0.5
     _agree(attn_impl.forward, q, k, v, th, tw, q_size, k_size, sp, True, scale, autotune=False)
@@ -58,7 +60,7 @@ def test_pool_attention_statements(q_size, k_size, sp, rel, dtype):
     dout = torch.randn_like(out)
     launches = _agree(attn_impl.backward, dout, q, k, v, th, tw, lse, q_size, k_size, sp, True, scale,
                       autotune=False)
-    assert len(launches) == (5 if rel else 3)
+    assert len(launches) == (3 if not rel else 4 if one_pass else 5)
 
 
 def test_a_planted_wrong_statement_fails(monkeypatch):

@@ -349,7 +349,7 @@ def test_inference_launches_per_block_and_no_avoidable_ops():
     with torch.device("meta"):
         ref = RefMViTv2("tiny").to(torch.bfloat16)
     with fastmvit.use_backend("torch"):
-        assert traffic.launches <= MODEL_TARGETS["forward_launches"] * count_traffic(ref, x).launches
+        assert traffic.launches <= 0.3 * count_traffic(ref, x).launches
 
 
 def test_modeled_costs_meet_the_issue_targets():

@@ -205,6 +205,14 @@ def test_other_interpreter_tilings(monkeypatch):
     check_case(1, 1, (5, 7), (9, 8), 32, 1, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_two_launch_dq(monkeypatch, dtype):
+    """dQ in two launches (REL_PART: a float32 partial dq, then drel and the table rows), the
+    path DQ_ONE_PASS = False keeps: values and every gradient against float64."""
+    monkeypatch.setattr(tk, "DQ_ONE_PASS", False)
+    check_case(2, 2, (5, 7), (3, 4), 24, 1, dtype)
+
+
 def test_strided_inputs():
     """q, k, v as they come out of a (B, N, 3, heads, D) qkv buffer (no copies), a table that is a
     column slice, and a head dim that is not contiguous (handled by strides)."""

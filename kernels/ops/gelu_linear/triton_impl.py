@@ -261,10 +261,12 @@ FWD_FP32_CONFIGS = [_cfg(_MNK, (64, 64, 32), 4, 3)]
 DH_FP32_CONFIGS = [_cfg(_MKN, (64, 64, 32), 8, 3)]    # 4 warps spilled 56-64 B on sm_80
 DW_FP32_CONFIGS = [triton.Config({"BLOCK_M": 32}, num_warps=8, num_stages=3)]
 
-# Splitting dW's reduction over rows: aim at this many programs (2 waves of 132 SMs on an H100),
-# but give every split at least DW_MIN_ROWS rows, so that the float32 partials (S * N * K * 4 bytes)
-# stay small next to the dy and h they sum (M * (N + K) * E bytes).
-DW_TARGET_PROGRAMS = 2 * 132
+# Splitting dW's reduction over rows: aim at this many programs (one wave of 132 SMs on an H100;
+# two waves doubled the float32 partials, a quarter of the kernel's traffic at stage 1 by the cost
+# model, for parallelism nobody has measured yet), but give every split at least DW_MIN_ROWS rows,
+# so that the float32 partials (S * N * K * 4 bytes) stay small next to the dy and h they sum
+# (M * (N + K) * E bytes).
+DW_TARGET_PROGRAMS = 132
 DW_MIN_ROWS = 256
 SUM_BLOCK = 1024
 

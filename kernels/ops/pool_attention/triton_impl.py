@@ -12,8 +12,8 @@ Kernels (all float32 accumulation; inputs upcast right after loading; no atomics
     pool_attention_fwd_kernel again  (BWD_PRE, the backward's first pass): delta = rowsum(dout * o) from the
                        float32 attention output o, rel_h (B*H, Nq, KH_PAD), rel_w float32
     pool_attention_bwd_dkdv_kernel   grid (cdiv(Nk, BLOCK_N), B*H): dk, dv, looping over all query tiles
-    pool_attention_bwd_dq_kernel     grid (cdiv(Nq, BLOCK_M), B*H): dq, looping over all key tiles; with rel-pos a
-                       second launch (REL_PART) for drel_h, drel_w and their share of dq
+    pool_attention_bwd_dq_kernel     grid (cdiv(Nq, BLOCK_M), B*H): dq, looping over all key tiles, and with
+                       rel-pos drel_h, drel_w in the same pass (ONE_PASS; or a second launch, REL_PART)
     pool_attention_bwd_tables_kernel grid (table rows, 2): d rel_pos_h and d rel_pos_w from drel_h, drel_w and q,
                        one program per table row (no atomics)
 """
@@ -298,7 +298,7 @@ def pool_attention_bwd_dq_kernel(
     H, Nq, Nk, D: tl.constexpr, qw, kh, kw, scale,
     SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
     REL_PART: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1, ONE_PASS: tl.constexpr = False,
 ):
     """dq of one query tile, looping over every key tile, in one or two launches.
 
@@ -310,8 +310,9 @@ def pool_attention_bwd_dq_kernel(
     REL_PART = True (second launch, rel-pos only): recomputes ds, accumulates drel_h / drel_w, adds
     drel_h @ Rh + drel_w @ Rw (gathered table rows) to the partial dq, writes the final dq and
     drel_h / drel_w (B*H, Nq, K*_PAD) float32 for the table gradients.
-    Two launches because one kernel holding both the dq accumulator and the two thin drel
-    accumulators (and their dot operands) spilled on sm_80 in every tiling tried."""
+    ONE_PASS = True (with rel-pos, REL_PART = False; the default, see DQ_ONE_PASS): both in one
+    launch: dq and drel_h / drel_w accumulated together, the final dq and drel_h / drel_w written,
+    no float32 partial dq."""
     bh = tl.program_id(1)
     q, offs_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd,
                                                     Nq, D, ALIGN, BLOCK_M, BLOCK_D)
@@ -330,14 +331,14 @@ def pool_attention_bwd_dq_kernel(
         # rel terms in base-2 units, from the first backward pass
         rel_h = tl.load(relh_ptr + row[:, None] * KH_PAD + cols_h[None, :], mask=mask_m[:, None], other=0.0)
         rel_w = tl.load(relw_ptr + row[:, None] * KW_PAD + cols_w[None, :], mask=mask_m[:, None], other=0.0)
-        if REL_PART:
+        if REL_PART or ONE_PASS:
             drel_h = tl.zeros((BLOCK_M, KH_PAD), dtype=tl.float32)
             drel_w = tl.zeros((BLOCK_M, KW_PAD), dtype=tl.float32)
     else:
         rel_h, rel_w = 0.0, 0.0   # unused without rel-pos
     qk_scale = scale * LOG2E
 
-    if not REL_PART:
+    if (not REL_PART) or ONE_PASS:
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for start_n in range(0, Nk, BLOCK_N):
         s, kT, offs_n, mask_n, onehot_h, onehot_w = _score_tile(
@@ -349,14 +350,30 @@ def pool_attention_bwd_dq_kernel(
         p = tl.where(mask_n[None, :], p, 0.0)
         dp = mma(do, vT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32)
         ds = p * (dp - delta[:, None])                                              # (BLOCK_M, BLOCK_N)
-        if REL_PART:
+        if HAS_REL and (REL_PART or ONE_PASS):
             drel_h = onehot_matmul(ds, tl.trans(onehot_h), drel_h, FP32, True)
             drel_w = onehot_matmul(ds, tl.trans(onehot_w), drel_w, FP32, True)
-        else:
+        if (not REL_PART) or ONE_PASS:
             dq = mma(ds.to(kT.dtype), tl.trans(kT), dq, FP32)
 
     out_off = row[:, None] * D + offs_d[None, :]
-    if not REL_PART:
+    if ONE_PASS:
+        dq *= scale
+        row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
+        if RESIDUAL:
+            dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
+        if HAS_REL:
+            mask_rows = row_sp[:, None] & mask_d[None, :]
+            for jj in range(0, kh):
+                r = _table_rows(th_ptr, stride_th0, stride_th1, idx_h_ptr, y, kh, jj, row_sp, offs_d, mask_rows)
+                dq += tl.sum(tl.where(cols_h[None, :] == jj, drel_h, 0.0), axis=1)[:, None] * r
+            for ll in range(0, kw):
+                r = _table_rows(tw_ptr, stride_tw0, stride_tw1, idx_w_ptr, x, kw, ll, row_sp, offs_d, mask_rows)
+                dq += tl.sum(tl.where(cols_w[None, :] == ll, drel_w, 0.0), axis=1)[:, None] * r
+            tl.store(drelh_ptr + row[:, None] * KH_PAD + cols_h[None, :], drel_h, mask=mask_m[:, None])
+            tl.store(drelw_ptr + row[:, None] * KW_PAD + cols_w[None, :], drel_w, mask=mask_m[:, None])
+        tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
+    elif not REL_PART:
         dq *= scale
         if RESIDUAL:
             row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
@@ -451,11 +468,18 @@ def _config(bm, bn, warps, stages):
 # these compile with STACK 0 / LOCAL 0 and tensor-core MMAs on sm_80 and sm_90. Tried and dropped:
 # 4-warp tiles (forward 32 x 64 spilled 8-32 B on both targets at some shapes; dQ 32 x 64 16-664 B),
 # dQ 64 x 64 (24-128 B at the 28 x 28 key grid), forward 128 x 64 and 64 x 64 with 4 warps (spilled
-# on sm_80). One config per kernel, so there is nothing left to prune per target; the autotune
-# wrappers stay so a config list can grow (with a prune_configs_by hook) as GPUs are measured.
+# on sm_80); for the one-pass dQ see DQ_ONE_PASS. One config per kernel, so there is nothing left
+# to prune per target; the autotune wrappers stay so a config list can grow (with a
+# prune_configs_by hook) as GPUs are measured.
 FWD_CONFIGS = [_config(64, 64, 8, 2)]
 DKDV_CONFIGS = [_config(64, 64, 8, 2)]
-DQ_CONFIGS = [_config(64, 32, 8, 1)]
+DQ_CONFIGS = [_config(32, 32, 8, 1)]
+# dQ in one launch (ONE_PASS: the dq accumulator and the two drel accumulators together), not two
+# (REL_PART: ds recomputed, q, k, v, dout re-read, a float32 partial dq written and read back):
+# with 32 x 32 tiles and 8 warps it compiles without spills on sm_80 and sm_90 (64 x 32 and
+# 64 x 16 with 8 warps spilled 56-232 B, 32 x 32 with 4 warps 8-24 B on sm_90). The two-launch
+# path stays, tested, for a GPU where measurements favour its 64-row tiles.
+DQ_ONE_PASS = True
 
 # The interpreter (CPU tests) runs one fixed small config: autotuning there would time every
 # config in numpy for nothing. Tests may change it to exercise other tilings.
@@ -467,7 +491,7 @@ TABLES_BLOCK_R = 32
 TABLES_WARPS = 8
 
 _fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "BWD_PRE"])(pool_attention_fwd_kernel)
-_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "REL_PART"])(pool_attention_bwd_dq_kernel)
+_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "REL_PART", "ONE_PASS"])(pool_attention_bwd_dq_kernel)
 _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"])(pool_attention_bwd_dkdv_kernel)
 
 
@@ -567,6 +591,8 @@ def _dq_states(a, grid):
     if not a["HAS_REL"]:
         return read, nbytes(_rows(dq), dq.dtype)
     read += _rel_rows(a)
+    if a.get("ONE_PASS", False):
+        return read + _rel_inputs_read(a), _rel_rows(a) + nbytes(_rows(dq), dq.dtype)
     if not a["REL_PART"]:
         return read, nbytes(_rows(dq32), torch.float32)
     read += nbytes(_rows(dq32), torch.float32) + _rel_inputs_read(a)
@@ -694,25 +720,30 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
     a = _align(q, k, v, dout)
     st = (*_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(dout, a))
     dkdv_args = (q, k, v, dout, lse, delta, rel_h, rel_w, dk, dv, *st, H, Nq, Nk, D, kw, scale)
-    dq32 = helpers.empty(B, H, Nq, D, dtype=torch.float32, device=dev) if HAS_REL else dq
+    if not HAS_REL:
+        dq_passes = [dict(REL_PART=False)]
+    elif DQ_ONE_PASS:
+        dq_passes = [dict(REL_PART=False, ONE_PASS=True)]
+    else:
+        dq_passes = [dict(REL_PART=False), dict(REL_PART=True)]
+    dq32 = helpers.empty(B, H, Nq, D, dtype=torch.float32, device=dev) if len(dq_passes) == 2 else dq
     dq_args = (q, k, v, dout, lse, delta, rel_h, rel_w, r["th"], r["tw"], r["idx_h"], r["idx_w"],
                dq, dq32, drel_h, drel_w, *st, *r["st"],
                H, Nq, Nk, D, qw, kh, kw, scale)
     meta = dict(SP=sp, HAS_REL=HAS_REL, FP32=fp32, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_D=BLOCK_D, ALIGN=a)
-    dq_parts = (False, True) if HAS_REL else (False,)
     if autotune:
         helpers.launch(_dkdv_tuned, lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H), dkdv_args, meta,
                        _dkdv_states)
-        for part in dq_parts:
+        for dq_pass in dq_passes:
             helpers.launch(_dq_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), dq_args,
-                           dict(meta, RESIDUAL=residual, REL_PART=part), _dq_states)
+                           dict(meta, RESIDUAL=residual, **dq_pass), _dq_states)
     else:
         c_kv, c_q = INTERPRETER_CONFIGS["dkdv"], INTERPRETER_CONFIGS["dq"]
         helpers.launch(pool_attention_bwd_dkdv_kernel, (triton.cdiv(Nk, c_kv["BLOCK_N"]), B * H), dkdv_args,
                        {**meta, **c_kv}, _dkdv_states)
-        for part in dq_parts:
+        for dq_pass in dq_passes:
             helpers.launch(pool_attention_bwd_dq_kernel, (triton.cdiv(Nq, c_q["BLOCK_M"]), B * H), dq_args,
-                           dict(meta, RESIDUAL=residual, REL_PART=part, **c_q), _dq_states)
+                           dict(meta, RESIDUAL=residual, **dq_pass, **c_q), _dq_states)
 
     if not HAS_REL:
         return dq, dk, dv, None, None

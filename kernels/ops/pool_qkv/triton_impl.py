@@ -56,8 +56,10 @@ FWD_WARPS = 4
 MAX_REGISTERS = 168
 BWD_WARPS = 8
 # A backward-rows program walks several row tiles so that the partial sums it writes stay small
-# next to the rows it reads: aim at about this many programs for the biggest of q, k, v.
-BWD_TARGET_PROGRAMS = 256
+# next to the rows it reads: aim at about this many programs for the biggest of q, k, v (times 3
+# for q, k, v: about 3 programs of 8 warps per SM of an H100). Each program writes
+# (KH * KW + 2) * D float32 partials, which the params kernel reads back (the statements below).
+BWD_TARGET_PROGRAMS = 128
 
 
 @triton.jit
