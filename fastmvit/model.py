@@ -24,13 +24,12 @@ of their own). What changes is the forward of each block:
   contiguous.
 - relative-position tables: resized only when the input size needs another length, decided from
   Python ints (shapes), so no op and no host-device sync runs at the construction size.
-- the attention's residual and stochastic depth: ``x + drop_path(a)`` is one ``addcmul`` (the
-  per-sample keep mask, scaled by 1 / keep through ``value``); in eval mode or at rate 0 no
-  drop-path op runs.
-- in the width-change blocks with ``dim_mul_in_attention`` (when nothing is dropped), the attention
-  ``proj``'s bias is folded into the shortcut ``proj`` (``b_proj + b``, a (dim,) add; max pooling
-  commutes with a per-channel constant), and the attention ``proj`` adds the shortcut as
-  ``addmm``'s input: one launch and one (B, N', dim) read + write less than Linear + add.
+- LayerNorms: ``norm1`` and ``norm2`` are folded into the GEMMs that read them (``norm_linear``:
+  qkv and fc1, and the width-change shortcut ``proj``): the normalisation is the GEMM's prologue,
+  so the normed activations are neither written nor kept for backward.
+- the attention projection: ``shortcut + drop_path(proj(a))`` is one ``gelu_linear`` launch with
+  its GELU off (bias, per-sample keep scale and residual add in the GEMM epilogue; in the
+  width-change blocks the shortcut is the pooled shortcut ``proj``).
 
 Which implementation the fused ops run is ``fastmvit.use_backend``'s choice: ``auto`` runs the
 Triton kernels on CUDA tensors and plain torch elsewhere, so the model works on any device.
@@ -48,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .kernels import gelu_linear, max_pool_tokens, pool_qkv_attention
+from .kernels import gelu_linear, max_pool_tokens, norm_linear, pool_qkv_attention
 from .reference import mvitv2 as _ref
 from .reference.config import rel_pos_length
 from .reference.layers import (DropPath, MultiScaleAttention, MultiScaleBlock, PatchEmbed, drop_path_mask,
@@ -68,8 +67,12 @@ class FusedMultiScaleAttention(MultiScaleAttention):
     """
 
     def attend(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
-        B = x.shape[0]
-        qkv = self.qkv(x)                                                  # (B, N, 3 * dim_att)
+        return self.attend_qkv(self.qkv(x), hw_shape)
+
+    def attend_qkv(self, qkv: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``attend`` from the qkv projection's output (B, N, 3 * dim_att) (the block computes it
+        with its norm folded in)."""
+        B = qkv.shape[0]
         # pool_qkv -> pool_attention; for backward only qkv is kept (q, k, v are recomputed).
         out, q_size = pool_qkv_attention(
             qkv, tuple(hw_shape), self.num_heads,
@@ -101,13 +104,6 @@ class FusedMultiScaleAttention(MultiScaleAttention):
         return self.proj(out), q_size
 
 
-def _linear_residual(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``residual + x @ weight^T`` as one ``addmm`` (the residual is the matmul's input C, read by
-    the GEMM epilogue): residual (B, N, out), x (B, N, in) -> (B, N, out), contiguous."""
-    out = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, x.shape[-1]), weight.t())
-    return out.view(residual.shape)
-
-
 class FusedMultiScaleBlock(MultiScaleBlock):
     """The reference block (same parameters, same plan) on the fused attention.
 
@@ -126,15 +122,6 @@ class FusedMultiScaleBlock(MultiScaleBlock):
         return float(self.drop_path.p)
 
     @staticmethod
-    def _add_dropped(residual: torch.Tensor, x: torch.Tensor, p: float) -> torch.Tensor:
-        """``residual + drop_path(x)``: one ``addcmul`` with the reference's per-sample keep mask
-        (``drop_path_mask``), scaled through ``value``; a plain add when nothing is dropped."""
-        if p == 0.0:
-            return residual + x
-        keep = 1.0 - p
-        return torch.addcmul(residual, x, drop_path_mask(x, keep), value=1.0 / keep)
-
-    @staticmethod
     def _keep_scale(x: torch.Tensor, p: float):
         """Stochastic depth as a per-sample multiplier (B,) for ``gelu_linear``: the keep mask
         (the reference's ``drop_path_mask``: (B, 1, 1) bernoulli(1 - p) in x's dtype) over
@@ -145,6 +132,12 @@ class FusedMultiScaleBlock(MultiScaleBlock):
         keep = 1.0 - p
         mask = drop_path_mask(x, keep)
         return mask.view(-1).to(torch.promote_types(mask.dtype, torch.float32)) / keep
+
+    @staticmethod
+    def _normed_linear(norm: torch.nn.LayerNorm, x: torch.Tensor, linear: torch.nn.Linear, keep_input: bool = False):
+        """``linear(norm(x))`` as one ``norm_linear`` (the LayerNorm in the GEMM's prologue); with
+        keep_input also x, to use in its place (see ``norm_linear``)."""
+        return norm_linear(x, norm.weight, norm.bias, linear.weight, linear.bias, eps=norm.eps, keep_input=keep_input)
 
     def _shortcut_pool(self, x: torch.Tensor, hw_shape: Sequence[int]) -> torch.Tensor:
         """Max-pool the grid tokens of x (B, N, C) where q is strided; the class token bypasses
@@ -158,25 +151,22 @@ class FusedMultiScaleBlock(MultiScaleBlock):
 
     def _forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         p = self._drop_path_rate()
-        x_norm = self.norm1(x)
         attn = self.attn
-        a, hw_new = attn.attend(x_norm, hw_shape)                         # (B, N', dim_att), before proj
+        # norm1 folded into the qkv GEMM (and into the shortcut proj's): the normed x is never stored.
+        # x comes back for its other uses, so that its two gradients add up in the norm's backward.
+        qkv, x = self._normed_linear(self.norm1, x, attn.qkv, keep_input=True)   # (B, N, 3 * dim_att)
+        a, hw_new = attn.attend_qkv(qkv, hw_shape)                         # (B, N', dim_att), before proj
         if self.dim_change == "attention":
-            # shortcut = proj(x_norm) (+ the attention's proj bias, folded in when nothing is dropped:
-            # max pooling commutes with adding a per-channel constant)
-            fold = p == 0.0
-            bias = self.proj.bias + attn.proj.bias if fold else self.proj.bias
-            shortcut = self._shortcut_pool(F.linear(x_norm, self.proj.weight, bias), hw_shape)
-            if fold:
-                x = _linear_residual(shortcut, a, attn.proj.weight)
-            else:
-                x = self._add_dropped(shortcut, attn.proj(a), p)
+            shortcut = self._shortcut_pool(self._normed_linear(self.norm1, x, self.proj), hw_shape)
         else:
-            x = self._add_dropped(self._shortcut_pool(x, hw_shape), attn.proj(a), p)
-        x_norm = self.norm2(x)
+            shortcut = self._shortcut_pool(x, hw_shape)
+        # x = shortcut + drop_path(proj(a)): the projection with its bias, the keep scale and the
+        # residual add in the GEMM epilogue (gelu_linear without its GELU)
+        x = gelu_linear(a, attn.proj.weight, attn.proj.bias, residual=shortcut,
+                        sample_scale=self._keep_scale(a, p), gelu=False)
         mlp = self.mlp
-        h = mlp.fc1(x_norm)                                               # (B, N', mlp_hidden)
-        shortcut = self.proj(x_norm) if self.dim_change == "mlp" else x
+        h, x = self._normed_linear(self.norm2, x, mlp.fc1, keep_input=True)   # (B, N', mlp_hidden)
+        shortcut = self._normed_linear(self.norm2, x, self.proj) if self.dim_change == "mlp" else x
         # GELU, fc2, stochastic depth and the residual add in one op (gelu(h) never stored)
         return gelu_linear(h, mlp.fc2.weight, mlp.fc2.bias, residual=shortcut,
                            sample_scale=self._keep_scale(h, p)), hw_new

@@ -22,9 +22,10 @@ from numerics import DTYPES, TOLERANCE, assert_matches_float64
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("poisoned_buffers")]
 
 
-def reference(h, w, b, r, s):
-    """residual + s[b] * (gelu(h) @ w^T + bias), in the arguments' dtype (float64 here)."""
-    a = 0.5 * h * (1 + torch.erf(h / math.sqrt(2.0)))
+def reference(h, w, b, r, s, gelu=True):
+    """residual + s[b] * (gelu(h) @ w^T + bias), in the arguments' dtype (float64 here); h
+    itself for gelu(h) when not gelu."""
+    a = 0.5 * h * (1 + torch.erf(h / math.sqrt(2.0))) if gelu else h
     y = a @ w.transpose(0, 1)
     if b is not None:
         y = y + b
@@ -49,18 +50,18 @@ def make_inputs(B, T, K, N, bias, residual, scale, dtype, param_dtype=None, resi
     return [h, w, b, r, s]
 
 
-def run(values, backend, dy):
+def run(values, backend, dy, gelu=True):
     """y and the gradients of h, weight, bias, residual (None where absent or not differentiable)."""
     leaves = [None if v is None else v.clone().requires_grad_(i < 4) for i, v in enumerate(values)]
     with fastmvit.use_backend(backend):
-        y = gelu_linear(*leaves)
+        y = gelu_linear(*leaves, gelu=gelu)
     diff = [t for t in leaves[:4] if t is not None]
     grads = iter(torch.autograd.grad(y, diff, dy))
     return y, [None if t is None else next(grads) for t in leaves[:4]]
 
 
 def check_against_float64(B, T, K, N, dtype, *, bias=True, residual=True, scale=True, param_dtype=None,
-                          residual_dtype=None, device="cpu"):
+                          residual_dtype=None, device="cpu", gelu=True):
     """Forward values and every gradient of the Triton path against float64; the eager torch path in
     the same dtype sets how far the fused path may be (at most twice its error). The float64
     reference starts from the same (rounded) values."""
@@ -68,15 +69,15 @@ def check_against_float64(B, T, K, N, dtype, *, bias=True, residual=True, scale=
     values = [None if v is None else v.to(device) for v in values]   # tests/test_cuda.py: "cuda"
     y_dtype = residual_dtype if residual and residual_dtype else dtype
     exact_leaves = [None if v is None else v.double().requires_grad_(i < 4) for i, v in enumerate(values)]
-    exact = reference(*exact_leaves)
+    exact = reference(*exact_leaves, gelu=gelu)
     gen = torch.Generator().manual_seed(1)
     dy = torch.randn(exact.shape, generator=gen, dtype=torch.float64).to(y_dtype).to(device)
     diff = [t for t in exact_leaves[:4] if t is not None]
     grads = iter(torch.autograd.grad(exact, diff, dy.double()))
     exact_grads = [None if t is None else next(grads) for t in exact_leaves[:4]]
 
-    y, fused = run(values, "triton", dy)
-    y_eager, eager = run(values, "torch", dy)
+    y, fused = run(values, "triton", dy, gelu)
+    y_eager, eager = run(values, "torch", dy, gelu)
     assert y.dtype == y_dtype and y.shape == (B, T, N) and y.is_contiguous()
     assert_matches_float64(y, y_eager, exact.detach(), name="y", tolerance=TOLERANCE[dtype])
     for name, g, e, ref, v in zip(("d_h", "d_weight", "d_bias", "d_residual"), fused, eager,
@@ -109,6 +110,12 @@ def test_all_extras(shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_without_extras(extras, dtype):
     check_against_float64(2, 50, 40, 24, dtype, **extras)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_without_gelu(dtype):
+    """gelu=False: the Linear with bias, sample scale and residual (the attention projection)."""
+    check_against_float64(2, 50, 40, 24, dtype, gelu=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])

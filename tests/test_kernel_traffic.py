@@ -13,6 +13,7 @@ import torch
 
 from fastmvit.kernels.ops.gelu_linear import triton_impl as gelu_impl
 from fastmvit.kernels.ops.max_pool_tokens import triton_impl as maxpool_impl
+from fastmvit.kernels.ops.norm_linear import triton_impl as norm_impl
 from fastmvit.kernels.ops.pool_attention import triton_impl as attn_impl
 from fastmvit.kernels.ops.pool_qkv import triton_impl as qkv_impl
 from fastmvit.kernels.args import pooled_size
@@ -125,15 +126,35 @@ def test_max_pool_tokens_statements(hw, stride, sp):
 # ------------------------------------------------------------------------------------------------
 # gelu_linear
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("B,T,scaled", [(2, 21, True), (3, 200, False)])   # 600 rows: dW in splits
-def test_gelu_linear_statements(B, T, scaled):
+@pytest.mark.parametrize("B,T,scaled,gelu", [(2, 21, True, True), (3, 200, False, True),   # 600 rows: dW in splits
+                                             (2, 21, True, False)])
+def test_gelu_linear_statements(B, T, scaled, gelu):
     torch.manual_seed(0)
     K, N, dtype = 40, 24, torch.bfloat16
     h = torch.randn(B, T, K, dtype=dtype)
     w, b = torch.randn(N, K, dtype=dtype), torch.randn(N, dtype=dtype)
     res = torch.randn(B, T, N, dtype=dtype)
     scale = torch.rand(B) + 0.5 if scaled else None
-    _agree(gelu_impl.forward, h, w, b, res, scale, autotune=False)
+    _agree(gelu_impl.forward, h, w, b, res, scale, autotune=False, gelu=gelu)
     launches = _agree(gelu_impl.backward, torch.randn(B, T, N, dtype=dtype), h, w, True, dtype, scale,
-                      autotune=False)
-    assert len(launches) == (2 if B * T < 2 * gelu_impl.DW_MIN_ROWS else 4)
+                      autotune=False, gelu=gelu)
+    assert len(launches) == (2 if B * T < 2 * gelu_impl.DW_MIN_ROWS else 3)   # dh, dW (+ one sum of dW and db)
+
+
+# ------------------------------------------------------------------------------------------------
+# norm_linear
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B,T,dtype", [(2, 37, torch.bfloat16), (3, 200, torch.float32)])   # 600 rows: dW in splits
+def test_norm_linear_statements(B, T, dtype):
+    torch.manual_seed(0)
+    K, N = 40, 56
+    x = torch.randn(B, T, K, dtype=dtype)
+    g, beta = torch.randn(K, dtype=dtype), torch.randn(K, dtype=dtype)
+    w, b = torch.randn(N, K, dtype=dtype), torch.randn(N, dtype=dtype)
+    _agree(norm_impl.forward, x, g, beta, w, b, 1e-6, dtype, autotune=False)
+    y, mean, rstd = norm_impl.forward(x, g, beta, w, b, 1e-6, dtype, autotune=False)
+    launches = _agree(norm_impl.backward, torch.randn_like(y), x, g, beta, w, mean, rstd, True, dtype, 1e-6,
+                      autotune=False, dres=torch.randn_like(x))
+    # d normed x, the norm backward and its sum, dW (and its split sum)
+    assert [l.kernel for l in launches][:3] == ["gelu_linear_bwd_dh_kernel", "norm_linear_bwd_norm_kernel",
+                                                "gelu_linear_sum_splits_kernel"]

@@ -110,8 +110,11 @@ def _check(h, weight, bias, residual, sample_scale) -> None:
 
 def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                 residual: Optional[torch.Tensor] = None,
-                sample_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                sample_scale: Optional[torch.Tensor] = None, *, gelu: bool = True) -> torch.Tensor:
     """residual + sample_scale[b] * (gelu(h) @ weight^T + bias), gelu the exact erf GELU.
+
+    ``gelu=False`` drops the GELU: a Linear with the bias, stochastic depth and the residual add
+    in its epilogue (the model's attention projection, ``x + drop_path(proj(a))``).
 
     Args:
         h: (B, T, K) float32 / float16 / bfloat16 (float64 on the torch backend), any strides.
@@ -123,6 +126,6 @@ def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """
     _check(h, weight, bias, residual, sample_scale)
     if resolve_backend(h.device) == "torch":
-        return gelu_linear_torch(h, weight, bias, residual, sample_scale)
+        return gelu_linear_torch(h, weight, bias, residual, sample_scale, gelu)
     require_triton_runnable(h.device, "gelu_linear", h.dtype)
-    return torch.ops.fastmvit.gelu_linear(h, weight, bias, residual, sample_scale)
+    return torch.ops.fastmvit.gelu_linear(h, weight, bias, residual, sample_scale, bool(gelu))

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 
-def gelu_linear_torch(h, weight, bias=None, residual=None, sample_scale=None) -> torch.Tensor:
+def gelu_linear_torch(h, weight, bias=None, residual=None, sample_scale=None, gelu: bool = True) -> torch.Tensor:
     """The plain torch path (the eager model's ops), on checked arguments: the readable math."""
-    out = F.linear(F.gelu(h), weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
+    out = F.linear(F.gelu(h) if gelu else h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
     if residual is None:
         return out
     if sample_scale is None:

@@ -38,6 +38,11 @@ from ... import triton_helpers as helpers
 from ...traffic import tensor_bytes
 from ...triton_helpers import TRITON_VERSION, mma
 
+# What the GEMMs do to their A operand (x) as it is loaded, the PROLOGUE constexpr:
+PLAIN = tl.constexpr(0)        # cast only (a plain Linear)
+GELU = tl.constexpr(1)         # gelu(x): the MLP tail
+LAYER_NORM = tl.constexpr(2)   # (x - mean[row]) * rstd[row] * g[col] + beta[col]: a LayerNorm (norm_linear)
+
 SQRT1_2 = tl.constexpr(0.7071067811865476)       # 1 / sqrt(2)
 INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
 
@@ -68,15 +73,30 @@ def _rows(rows, T, stride_b, stride_t):
 
 
 @triton.jit
+def _prologue(x, PROLOGUE: tl.constexpr, mean, rstd, g_ptr, beta_ptr, offs_col, col_ok):
+    """x (float32, rows x cols of the A operand) through the GEMM prologue (see PLAIN, GELU,
+    LAYER_NORM); mean, rstd: (rows,) float32 and g, beta indexed by the columns, for LAYER_NORM."""
+    if PROLOGUE == GELU:
+        x = _gelu(x)
+    elif PROLOGUE == LAYER_NORM:
+        g = tl.load(g_ptr + offs_col, mask=col_ok, other=0.0).to(tl.float32)
+        beta = tl.load(beta_ptr + offs_col, mask=col_ok, other=0.0).to(tl.float32)
+        x = (x - mean[:, None]) * rstd[:, None] * g[None, :] + beta[None, :]
+    return x
+
+
+@triton.jit
 def _gemm(M, N_OUT, RED, T, a_ptr, stride_ab, stride_at, stride_ared, w_ptr, stride_wout, stride_wred,
-          ELEM: tl.constexpr, GELU_A: tl.constexpr, FP32: tl.constexpr,
-          BLOCK_M: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_RED: tl.constexpr):
+          ELEM: tl.constexpr, PROLOGUE: tl.constexpr, FP32: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_RED: tl.constexpr,
+          mean=0.0, rstd=0.0, g_ptr=None, beta_ptr=None):
     """This program's tile of the GEMM A @ W: (M, RED) @ (RED, N_OUT), tiles in row-major order (a
     row block's column tiles side by side), A's rows the flat (b, t) rows of a (B, T, .) tensor,
     stride_wout / stride_wred the weight's strides along the output / reduction dims.
 
-    Each A tile is upcast, put through the GELU (GELU_A: the GEMM prologue) and rounded to ELEM
-    where eager rounds gelu's output, or just rounded to ELEM (a float32 dy under autocast); the W
+    Each A tile is upcast, put through the prologue (GELU, or LAYER_NORM with the rows' mean and
+    rstd) and rounded to ELEM where eager rounds gelu's (or the norm's) output, or just rounded to
+    ELEM (PLAIN: a float32 dy under autocast); the W
     tile is cast to ELEM in registers (float32 master weights). Returns (float32 acc (BLOCK_M,
     BLOCK_OUT), rows, output cols, rows in range, cols in range, each row's sample)."""
     pid = tl.program_id(0)
@@ -95,10 +115,10 @@ def _gemm(M, N_OUT, RED, T, a_ptr, stride_ab, stride_at, stride_ared, w_ptr, str
     for r0 in range(0, RED, BLOCK_RED):
         r_ok = offs_red < RED - r0
         a = tl.load(a_ptrs, mask=row_ok[:, None] & r_ok[None, :], other=0.0)
-        if GELU_A:
-            a = _gelu(a.to(tl.float32)).to(ELEM)
-        else:
+        if PROLOGUE == PLAIN:
             a = a.to(ELEM)
+        else:
+            a = _prologue(a.to(tl.float32), PROLOGUE, mean, rstd, g_ptr, beta_ptr, r0 + offs_red, r_ok).to(ELEM)
         w = tl.load(w_ptrs, mask=r_ok[:, None] & col_ok[None, :], other=0.0).to(ELEM)
         acc = mma(a, w, acc, FP32)
         a_ptrs += BLOCK_RED * stride_ared
@@ -118,11 +138,11 @@ def gelu_linear_fwd_kernel(
     y_ptr,                                        # (M, N) contiguous, ELEM
     M, N, K, T,
     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PROLOGUE: tl.constexpr = GELU,
 ):
     ELEM = h_ptr.dtype.element_ty
     acc, rows, cols, row_ok, col_ok, b = _gemm(M, N, K, T, h_ptr, stride_hb, stride_ht, stride_hk,      # gelu(h) @ W^T
-                                               w_ptr, stride_wn, stride_wk, ELEM, True, FP32, BLOCK_M, BLOCK_N, BLOCK_K)
+                                               w_ptr, stride_wn, stride_wk, ELEM, PROLOGUE, FP32, BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols * stride_bias, mask=col_ok, other=0.0)
         acc += bias.to(ELEM).to(tl.float32)[None, :]
@@ -146,18 +166,21 @@ def gelu_linear_bwd_dh_kernel(
     dh_ptr,                                       # (M, K) contiguous, ELEM
     M, N, K, T,
     HAS_SCALE: tl.constexpr, FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PROLOGUE: tl.constexpr = GELU,
 ):
-    ELEM = h_ptr.dtype.element_ty
+    ELEM = dh_ptr.dtype.element_ty              # h's dtype (gelu_linear), dy's (norm_linear's d normed x)
     acc, rows, cols, row_ok, col_ok, b = _gemm(M, K, N, T, dy_ptr, stride_db, stride_dt, stride_dn,     # dy @ W
-                                               w_ptr, stride_wk, stride_wn, ELEM, False, FP32, BLOCK_M, BLOCK_K, BLOCK_N)
+                                               w_ptr, stride_wk, stride_wn, ELEM, PLAIN, FP32, BLOCK_M, BLOCK_K, BLOCK_N)
     if HAS_SCALE:   # (s dy) @ W = s (dy @ W): the per-row scale goes in the epilogue, unrounded
         s = tl.load(scale_ptr + b, mask=row_ok, other=0.0).to(tl.float32)
         acc = acc * s[:, None]
     mask = row_ok[:, None] & col_ok[None, :]
-    h_row, _ = _rows(rows, T, stride_hb, stride_ht)
-    x = tl.load(h_ptr + h_row[:, None] + cols[None, :] * stride_hk, mask=mask, other=0.0).to(tl.float32)
-    dh = acc * _gelu_grad(x)
+    if PROLOGUE == GELU:
+        h_row, _ = _rows(rows, T, stride_hb, stride_ht)
+        x = tl.load(h_ptr + h_row[:, None] + cols[None, :] * stride_hk, mask=mask, other=0.0).to(tl.float32)
+        dh = acc * _gelu_grad(x)
+    else:   # a plain linear (or a norm_linear's d normed input): dh = dy @ W, h not read
+        dh = acc
     tl.store(dh_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], dh.to(ELEM), mask=mask)
 
 
@@ -170,9 +193,11 @@ def gelu_linear_bwd_dw_kernel(
     part_b_ptr,                                   # float32 (S, N) partial db (unused without HAS_BIAS)
     M, N, K, T, rows_per_split,                   # rows_per_split: a multiple of BLOCK_M
     HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, FP32: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr, PROLOGUE: tl.constexpr = GELU,
+    mean_ptr=None, rstd_ptr=None, g_ptr=None, beta_ptr=None,   # LAYER_NORM: (M,) float32 stats, (K,) affine
 ):
-    ELEM = h_ptr.dtype.element_ty
+    # the GEMM dtype: h's, or with LAYER_NORM dy's (h is the norm's input, float32 under autocast)
+    ELEM = dy_ptr.dtype.element_ty if PROLOGUE == LAYER_NORM else h_ptr.dtype.element_ty
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -198,7 +223,13 @@ def gelu_linear_bwd_dw_kernel(
         h_row, _ = _rows(rows, T, stride_hb, stride_ht)
         x = tl.load(h_ptr + h_row[:, None] + offs_k[None, :] * stride_hk,
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        acc = mma(g.to(ELEM), _gelu(x).to(ELEM), acc, FP32)
+        if PROLOGUE == LAYER_NORM:
+            mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+            rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+            x = _prologue(x, PROLOGUE, mean, rstd, g_ptr, beta_ptr, offs_k, k_ok)
+        else:
+            x = _prologue(x, PROLOGUE, 0.0, 0.0, g_ptr, beta_ptr, offs_k, k_ok)
+        acc = mma(g.to(ELEM), x.to(ELEM), acc, FP32)
     # float32 partials, or with a single split dW and db themselves (in their own dtypes)
     part = part_w_ptr + pid_s.to(tl.int64) * N * K
     tl.store(part + offs_n[:, None] * K + offs_k[None, :], acc.to(part_w_ptr.dtype.element_ty),
@@ -209,10 +240,9 @@ def gelu_linear_bwd_dw_kernel(
                      mask=n_ok)
 
 
-@triton.jit(do_not_specialize=["S", "L"])
-def gelu_linear_sum_splits_kernel(part_ptr, out_ptr, S, L, BLOCK: tl.constexpr):
-    """out (L,) = sum over s of part (S, L) float32, in the order s = 0, 1, ..., cast to out's dtype."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+@triton.jit
+def _sum_rows(part_ptr, out_ptr, S, L, block, BLOCK: tl.constexpr):
+    offs = block * BLOCK + tl.arange(0, BLOCK)
     ok = offs < L
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     ptrs = part_ptr + offs
@@ -220,6 +250,17 @@ def gelu_linear_sum_splits_kernel(part_ptr, out_ptr, S, L, BLOCK: tl.constexpr):
         acc += tl.load(ptrs, mask=ok, other=0.0)
         ptrs += L
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit(do_not_specialize=["S", "L", "L2", "tiles"])
+def gelu_linear_sum_splits_kernel(part_ptr, out_ptr, part2_ptr, out2_ptr, S, L, L2, tiles, BLOCK: tl.constexpr):
+    """out (L,) = sum over s of part (S, L) float32, and out2 (L2,) the same of part2 (S, L2), in
+    the order s = 0, 1, ..., cast to the outputs' dtypes: the first `tiles` programs do part."""
+    pid = tl.program_id(0)
+    if pid < tiles:
+        _sum_rows(part_ptr, out_ptr, S, L, pid, BLOCK)
+    else:
+        _sum_rows(part2_ptr, out2_ptr, S, L2, pid - tiles, BLOCK)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,11 +364,15 @@ _prune_dw_by_dtype = _prune(DW_FP32_CONFIGS)
 def _prune_dw(configs, named_args, **kwargs):
     """dW's prune, and no 64-row step with 4 warps where it spilled on sm_80: with a float32 dy (half
     h, float32 residual: autocast; 104 B, the float32 dy tiles of 3 stages), and under an older
-    compiler with a sample scale (see OLDER_COMPILER)."""
+    compiler with a sample scale (see OLDER_COMPILER). Without the GELU (the attention projection)
+    and a float32 dy the 8-warp 64-row step spilled too (8 B, sm_80): 32-row steps only there."""
     kept = _prune_dw_by_dtype(configs, named_args, **kwargs)
     half = not kwargs.get("FP32", False)
-    if half and (named_args["dy_ptr"].dtype == torch.float32 or (OLDER_COMPILER and kwargs.get("HAS_SCALE", False))):
+    fp32_dy = named_args["dy_ptr"].dtype == torch.float32
+    if half and (fp32_dy or (OLDER_COMPILER and kwargs.get("HAS_SCALE", False))):
         kept = [c for c in kept if not (c.kwargs["BLOCK_M"] == 64 and c.num_warps == 4)] or kept
+    if half and fp32_dy and kwargs.get("PROLOGUE", GELU.value) == PLAIN.value:
+        kept = [c for c in kept if c.kwargs["BLOCK_M"] != 64] or kept
     return kept
 
 
@@ -352,31 +397,35 @@ def _fwd_states(a, grid):
 
 
 def _dh_states(a, grid):
-    """dy, the weight, h (+ sample scale) in; dh out."""
-    read = (tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["w_ptr"]) + tensor_bytes(a["h_ptr"])
-            + _optional(a, "scale_ptr", "HAS_SCALE"))
+    """dy, the weight, h (with the GELU) (+ sample scale) in; dh out."""
+    read = (tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["w_ptr"])
+            + (tensor_bytes(a["h_ptr"]) if a["PROLOGUE"] == GELU.value else 0) + _optional(a, "scale_ptr", "HAS_SCALE"))
     return read, tensor_bytes(a["dh_ptr"])
 
 
 def _dw_states(a, grid):
-    """dy, h (+ sample scale) in; the dW (and db) partials of every split out (or dW and db
-    themselves with one split)."""
+    """dy, h (+ sample scale, + the norm's statistics and affine) in; the dW (and db) partials of
+    every split out (or dW and db themselves with one split)."""
     read = tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["h_ptr"]) + _optional(a, "scale_ptr", "HAS_SCALE")
+    if a["PROLOGUE"] == LAYER_NORM.value:   # the rows' mean and rstd, the norm's weight and bias
+        read += sum(tensor_bytes(a[n]) for n in ("mean_ptr", "rstd_ptr", "g_ptr", "beta_ptr"))
     return read, tensor_bytes(a["part_w_ptr"]) + _optional(a, "part_b_ptr", "HAS_BIAS")
 
 
 def _sum_splits_states(a, grid):
-    """The (S, L) partials in, the (L,) sum out."""
-    return tensor_bytes(a["part_ptr"]), tensor_bytes(a["out_ptr"])
+    """The (S, L) partials (and the (S, L2) ones) in, the (L,) (and (L2,)) sums out."""
+    second = a["L2"] > 0
+    read = tensor_bytes(a["part_ptr"]) + (tensor_bytes(a["part2_ptr"]) if second else 0)
+    return read, tensor_bytes(a["out_ptr"]) + (tensor_bytes(a["out2_ptr"]) if second else 0)
 
 
 def _scale_args(sample_scale, like):
     return (sample_scale, True) if sample_scale is not None else (like, False)
 
 
-def forward(h, weight, bias, residual, sample_scale, autotune: bool = True) -> torch.Tensor:
+def forward(h, weight, bias, residual, sample_scale, autotune: bool = True, gelu: bool = True) -> torch.Tensor:
     """y (B, T, N) contiguous = residual + sample_scale[b] * (gelu(h) @ weight^T + bias), in the
-    residual's dtype (h's, or float32 under autocast), else h's.
+    residual's dtype (h's, or float32 under autocast), else h's; h instead of gelu(h) when not gelu.
 
     h (B, T, K) and residual (B, T, N): any strides; weight (N, K); bias (N,) or None; sample_scale
     (B,) contiguous or None (only with residual)."""
@@ -390,7 +439,7 @@ def forward(h, weight, bias, residual, sample_scale, autotune: bool = True) -> t
     args = (h, *h.stride(), weight, *weight.stride(), bias_t, bias_t.stride(0),
             res_t, *res_t.stride(), scale_t, y, M, N, K, T)
     meta = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, HAS_SCALE=has_scale,
-                FP32=h.dtype == torch.float32)
+                FP32=h.dtype == torch.float32, PROLOGUE=(GELU if gelu else PLAIN).value)
     if M == 0:
         return y
     if autotune:
@@ -413,23 +462,34 @@ def dw_splits(M: int, N: int, K: int, block_n: int, block_k: int, row_align: int
     return triton.cdiv(M, rows), rows
 
 
-def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: bool = True):
+def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: bool = True, gelu: bool = True):
     """dh (B, T, K) contiguous in h's dtype, dW (N, K) in weight's dtype, db (N,) in bias_dtype (None
     without bias), for y = gelu_linear(h, weight, bias, residual, sample_scale) and its gradient dy
     (B, T, N, any strides, h's dtype). Deterministic: fixed-order sums, no atomics."""
     B, T, K = h.shape
     N = weight.shape[0]
-    M = B * T
     dev = h.device
-    fp32 = h.dtype == torch.float32
-    scale_t, has_scale = _scale_args(sample_scale, h)
-    if M == 0:                                     # no rows: nothing to launch, zero dW and db
+    if B * T == 0:                                 # no rows: nothing to launch, zero dW and db
         db = torch.zeros(N, dtype=bias_dtype, device=dev) if has_bias else None
         return torch.empty_like(h), torch.zeros(N, K, dtype=weight.dtype, device=dev), db
+    prologue = (GELU if gelu else PLAIN).value
+    dh = input_grad(dy, weight, h, sample_scale, prologue, autotune)
+    dw, db = weight_grads(dy, h, weight, has_bias, bias_dtype, sample_scale, prologue, autotune)
+    return dh, dw, db
 
-    dh = helpers.empty(B, T, K, dtype=h.dtype, device=dev)
+
+def input_grad(dy, weight, h, sample_scale, prologue: int, autotune: bool, out_dtype=None):
+    """dh (B, T, K) contiguous = (s[b] dy) @ weight, times gelu'(h) with the GELU prologue; in
+    out_dtype (h's by default). dy (B, T, N) any strides; h (B, T, K) (read only with the GELU).
+    Also the d(normed input) of ``norm_linear`` (PLAIN)."""
+    B, T, K = h.shape[0], h.shape[1], weight.shape[1]
+    N = weight.shape[0]
+    M = B * T
+    out_dtype = out_dtype or h.dtype
+    scale_t, has_scale = _scale_args(sample_scale, h)
+    dh = helpers.empty(B, T, K, dtype=out_dtype, device=h.device)
     dh_args = (dy, *dy.stride(), weight, *weight.stride(), h, *h.stride(), scale_t, dh, M, N, K, T)
-    dh_meta = dict(HAS_SCALE=has_scale, FP32=fp32)
+    dh_meta = dict(HAS_SCALE=has_scale, FP32=out_dtype == torch.float32, PROLOGUE=prologue)
     if autotune:
         helpers.launch(_dh_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),),
                        dh_args, dh_meta, _dh_states)
@@ -437,7 +497,20 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
         c = INTERPRETER_CONFIGS["dh"]
         helpers.launch(gelu_linear_bwd_dh_kernel, (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),),
                        dh_args, {**dh_meta, **c}, _dh_states)
+    return dh
 
+
+def weight_grads(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, prologue: int, autotune: bool,
+                 norm=None):
+    """(dW (N, K) in weight's dtype, db (N,) in bias_dtype or None): dW = (s[b] dy)^T @ prologue(h)
+    reduced over the rows in S splits (float32 partials summed in a fixed order; with one split the
+    kernel writes dW and db). norm: (mean, rstd, g, beta) for the LAYER_NORM prologue."""
+    B, T, K = h.shape
+    N = weight.shape[0]
+    M = B * T
+    dev = h.device
+    fp32 = (dy.dtype if prologue == LAYER_NORM.value else h.dtype) == torch.float32
+    scale_t, has_scale = _scale_args(sample_scale, h)
     c_dw = INTERPRETER_CONFIGS["dw"]
     bn, bk = (DW_BLOCK_N, DW_BLOCK_K) if autotune else (c_dw["BLOCK_N"], c_dw["BLOCK_K"])
     row_align = (max(c.kwargs["BLOCK_M"] for c in DW_CONFIGS + DW_FP32_CONFIGS) if autotune
@@ -450,7 +523,9 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
         part_w = helpers.empty(S, N, K, dtype=torch.float32, device=dev)
         part_b = helpers.empty(S, N, dtype=torch.float32, device=dev) if has_bias else part_w
     dw_args = (dy, *dy.stride(), h, *h.stride(), scale_t, part_w, part_b, M, N, K, T, rows)
-    dw_meta = dict(HAS_BIAS=has_bias, HAS_SCALE=has_scale, FP32=fp32, BLOCK_N=bn, BLOCK_K=bk)
+    dw_meta = dict(HAS_BIAS=has_bias, HAS_SCALE=has_scale, FP32=fp32, BLOCK_N=bn, BLOCK_K=bk, PROLOGUE=prologue)
+    if norm is not None:
+        dw_meta.update(zip(("mean_ptr", "rstd_ptr", "g_ptr", "beta_ptr"), norm))
     grid = (triton.cdiv(N, bn), triton.cdiv(K, bk), S)
     if autotune:
         helpers.launch(_dw_tuned, grid, dw_args, dw_meta, _dw_states)
@@ -458,13 +533,22 @@ def backward(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, autotune: 
         helpers.launch(gelu_linear_bwd_dw_kernel, grid, dw_args, dict(dw_meta, BLOCK_M=c_dw["BLOCK_M"]), _dw_states)
 
     if S == 1:
-        return dh, part_w, part_b if has_bias else None
-    dw = helpers.empty(N, K, dtype=weight.dtype, device=dev)
-    helpers.launch(gelu_linear_sum_splits_kernel, (triton.cdiv(N * K, SUM_BLOCK),), (part_w, dw, S, N * K),
+        return part_w, part_b if has_bias else None
+    if not has_bias:
+        return sum_splits(part_w.view(S, N * K), weight.dtype)[0].view(N, K), None
+    dw, db = sum_splits(part_w.view(S, N * K), weight.dtype, part_b, bias_dtype)
+    return dw.view(N, K), db
+
+
+def sum_splits(part, dtype, part2=None, dtype2=None):
+    """[The (L,) sum over s of float32 partials (S, L) contiguous, in a fixed order, in `dtype`]
+    and with part2 (S, L2) its sum as well, in dtype2: one launch either way."""
+    S, L = part.shape
+    out = helpers.empty(L, dtype=dtype, device=part.device)
+    L2 = part2.shape[1] if part2 is not None else 0
+    out2 = helpers.empty(L2, dtype=dtype2, device=part.device) if part2 is not None else out
+    tiles = triton.cdiv(L, SUM_BLOCK)
+    helpers.launch(gelu_linear_sum_splits_kernel, (tiles + triton.cdiv(L2, SUM_BLOCK),),
+                   (part, out, part if part2 is None else part2, out2, S, L, L2, tiles),
                    dict(BLOCK=SUM_BLOCK), _sum_splits_states)
-    db = None
-    if has_bias:
-        db = helpers.empty(N, dtype=bias_dtype, device=dev)
-        helpers.launch(gelu_linear_sum_splits_kernel, (triton.cdiv(N, SUM_BLOCK),), (part_b, db, S, N),
-                       dict(BLOCK=SUM_BLOCK), _sum_splits_states)
-    return dh, dw, db
+    return [out] if part2 is None else [out, out2]
