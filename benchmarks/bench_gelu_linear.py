@@ -17,13 +17,10 @@ Uses the suite fixtures of benchmarks/conftest.py (`record`, `measure`, `device`
   bytes read + written and launches of an inference call ("fwd", no_grad) and of a training call
   ("fwd+bwd": forward with grad, then ``torch.autograd.grad`` of h, weight, bias and residual with a
   given dy), and the activation bytes saved for backward (weight and bias excluded, as parameters).
-  The fused backward is one custom op at the op boundary, but inside it launches the dh GEMM, the dW
-  GEMM (reading dy and h a second time, writing float32 partials over S row splits) and one or two
-  split-sum kernels (reading the partials back; with S = 1 the dW GEMM writes dW itself and there
-  are none): those hidden bytes and launches are added to the
-  fused figures (``hidden_bytes``, ``hidden_launches``; S from the kernels' own ``dw_splits`` at the
-  GPU block sizes), so the ratios compare kernels with kernels. Eager's cuBLAS internals are not
-  modeled (one launch per aten op, as everywhere in the cost model).
+  The fused ops are counted launch by launch through their kernels' traffic statements (the dh
+  GEMM, the dW GEMM re-reading dy and h and writing float32 partials over its row splits, the
+  split sum reading them back), so the ratios compare kernels with kernels. Eager's cuBLAS
+  internals are not modeled (one launch per aten op, as everywhere in the cost model).
 - MEASURED, CUDA only (test_speed): forward (no_grad) and forward+backward times of both, warm-up
   outside the timed region, peak memory (the `measure` fixture). Skipped without CUDA: a
   Triton-interpreter run is never timed.
@@ -68,25 +65,6 @@ def call(impl, h, weight, bias, residual, scale):
         return gelu_linear(h, weight, bias, residual, scale)
 
 
-def hidden_backward(shape, batch=BATCH, dtype=DTYPE, has_bias=True) -> tuple[int, int, int]:
-    """(bytes read, bytes written, launches) the fused backward adds inside its one custom op to
-    "read each input, write each output once": the dW kernel reads dy and h again (a launch apart
-    from dh's), and writes the float32 dW (and db) partials of its S row splits, which the split-sum
-    kernels read back. S is what the launcher computes at the autotuned (GPU) block sizes."""
-    from fastmvit.kernels.ops.gelu_linear.triton_impl import (DW_BLOCK_K, DW_BLOCK_N, DW_CONFIGS,
-                                                     DW_FP32_CONFIGS, dw_splits)
-    e = torch.finfo(dtype).bits // 8
-    M, K, N = batch * shape.tokens, shape.k, shape.n
-    row_align = max(c.kwargs["BLOCK_M"] for c in DW_CONFIGS + DW_FP32_CONFIGS)
-    S, _ = dw_splits(M, N, K, DW_BLOCK_N, DW_BLOCK_K, row_align)
-    if S == 1:   # one split: the dW kernel writes dW and db itself (counted as the op's outputs)
-        return M * N * e + M * K * e + batch * e, 0, 1
-    partials = 4 * S * (N * K + (N if has_bias else 0))        # float32, written once, read once
-    read = M * N * e + M * K * e + batch * e + partials         # dy, h, the scale again; partials
-    launches = 1 + 1 + int(has_bias)                            # dW kernel, sum for dW, sum for db
-    return read, partials, launches
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.label.replace(" ", "-") for s in SHAPES])
 def test_modeled(shape, variant, record):
@@ -96,27 +74,21 @@ def test_modeled(shape, variant, record):
         h, w, b, r, s = make_inputs(shape, variant, "meta", requires_grad=True)
         dy = torch.empty(BATCH, shape.tokens, shape.n, device="meta", dtype=DTYPE)
         costs = common.op_costs(lambda: call(impl, h, w, b, r, s), (h, w, b, r), dy, params=(w, b))
-        hid_r, hid_w, hid_l = hidden_backward(shape) if impl == "fastmvit" else (0, 0, 0)
         labels = dict(suite="op", op=OP, case=f"{shape.label} {variant}", impl=impl, dtype=DTYPE,
                       batch=BATCH, img=IMG, tokens=shape.tokens, k=shape.k, n=shape.n,
                       blocks=dict(shape.blocks), variant=variant, device="meta")
-        total = costs["fwd+bwd"]
         entries[impl, "fwd"] = record.modeled(pass_="fwd", traffic=costs["fwd"], **labels)
         entries[impl, "fwd+bwd"] = record.modeled(
-            pass_="fwd+bwd", traffic=total, **labels,
-            bytes_read=total.bytes_read + hid_r, bytes_written=total.bytes_written + hid_w,
-            bytes=total.bytes + hid_r + hid_w, launches=total.launches + hid_l,
-            op_boundary_bytes=total.bytes, op_boundary_launches=total.launches,
-            hidden_bytes=hid_r + hid_w, hidden_launches=hid_l,
+            pass_="fwd+bwd", traffic=costs["fwd+bwd"], **labels,
             forward_bytes=costs["forward"].bytes, forward_launches=costs["forward"].launches,
-            backward_bytes=costs["backward"].bytes + hid_r + hid_w,
-            backward_launches=costs["backward"].launches + hid_l, saved_bytes=costs["saved_bytes"])
+            backward_bytes=costs["backward"].bytes, backward_launches=costs["backward"].launches,
+            saved_bytes=costs["saved_bytes"])
     line = f"\n{shape.label} {variant} (fused / eager):"
     for pass_ in ("fwd", "fwd+bwd"):
         f, e = entries["fastmvit", pass_], entries["eager", pass_]
-        for key in ("bytes", "launches", "op_boundary_bytes", "saved_bytes"):
+        for key in ("bytes", "launches", "saved_bytes"):
             if key in f:
-                f[f"{key}_ratio"] = f[key] / e.get(key, e["bytes"])
+                f[f"{key}_ratio"] = f[key] / e[key]
         line += (f" {pass_} {f['bytes'] / 1e6:.1f}/{e['bytes'] / 1e6:.1f} MB ({f['bytes_ratio']:.2f}x), "
                  f"{f['launches']}/{e['launches']} launches;")
         # the design's claims: fewer launches and fewer bytes, the kernels' hidden traffic included

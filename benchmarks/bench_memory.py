@@ -1,7 +1,7 @@
 """Memory and traffic of the models, MODELED on any device (fastmvit.costmodel on meta tensors).
 
 Per arch (the profile's modeled size: tiny, small, base, large at 224x224, batch 8, bf16, the
-setting of the issue-5 targets), for the eager reference and fastmvit.MViTv2:
+setting of the cost-model targets, fastmvit.costmodel.MODEL_TARGETS), for the eager reference and fastmvit.MViTv2:
 - bytes read + written and kernels launched by one inference forward;
 - the same for one training step (forward + backward of a sum; no optimizer step);
 - activation bytes saved for backward, per image.

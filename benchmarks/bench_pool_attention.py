@@ -6,9 +6,9 @@ torch, SDPA with an additive bias and compiled FlexAttention, at the MViTv2 shap
 Uses the suite fixtures of benchmarks/conftest.py (`attention_shape`, `bench_dtype`, `measure`,
 `record`, `on_meta`). On CUDA: forward and forward+backward times of every contender. Without
 CUDA the timings are skipped (a Triton-interpreter run is never timed) and what is recorded is the
-modeled memory traffic per call: the fused op (analytic: q, k, v and the tables read once, out and
-lse written once; backward: its four passes) against eager torch (every dispatched aten op's inputs
-read and outputs written, counted by fastmvit.costmodel on meta tensors).
+modeled memory traffic per call, both counted by fastmvit.costmodel on meta tensors: the fused op
+(every kernel launch by its launcher's traffic statement, the backward's passes and scratch
+included) against eager torch (every dispatched aten op's inputs read and outputs written).
 """
 from __future__ import annotations
 
@@ -30,36 +30,6 @@ def _inputs(shape, dtype, device, batch=BATCH, requires_grad=False):
     th = torch.randn(shape.rel_len[0], D, **g) * 0.1
     tw = torch.randn(shape.rel_len[1], D, **g) * 0.1
     return [t.requires_grad_(requires_grad) for t in (q, k, v, th, tw)]
-
-
-def fused_bytes(shape, dtype, batch=BATCH, backward=False) -> dict:
-    """Analytic HBM traffic of the fused op (K/V re-reads across query tiles hit L2, not counted).
-
-    Forward: read q, k, v, tables; write out and lse (float32). Backward: pass 1 reads q, k, v,
-    dout, writes delta and rel terms (float32, Nq * (KH_PAD + KW_PAD)); dK/dV reads q, k, v, dout,
-    lse, delta, rel and writes dk, dv; dQ (two launches with rel-pos) reads the same twice plus its
-    float32 partial dq, and writes that, dq and drel; the table gradients read drel and q (a
-    float32 copy in torch) and write the tables' gradients."""
-    e = torch.finfo(dtype).bits // 8
-    B, H, D, Nq, Nk = batch, shape.heads, shape.head_dim, shape.nq, shape.nk
-    pad = lambda n: max(16, 1 << (n - 1).bit_length())
-    rel = (pad(shape.kv_grid[0]) + pad(shape.kv_grid[1])) * 4
-    tables = (shape.rel_len[0] + shape.rel_len[1]) * D * e
-    qb, kb, lse = B * H * Nq * D * e, B * H * Nk * D * e, B * H * Nq * 4
-    read = qb + 2 * kb + tables
-    written = qb + lse
-    if backward:
-        relb = B * H * Nq * rel
-        read += qb + 2 * kb + qb + tables                                    # pass 1 (dout in q's place)
-        written += lse + relb
-        read += 2 * qb + 2 * kb + 2 * lse + relb                             # dK/dV
-        written += 2 * kb
-        dq32 = B * H * Nq * D * 4
-        read += 2 * (2 * qb + 2 * kb + 2 * lse + relb) + dq32 + tables       # dQ, two launches
-        written += dq32 + qb + relb                                          # dq32, dq, drel
-        read += relb + qb                                                    # table gradients
-        written += tables
-    return dict(bytes_read=read, bytes_written=written, bytes=read + written)
 
 
 def _eager(q, k, v, th, tw, shape):
@@ -120,18 +90,20 @@ def test_modeled_traffic(attention_shape, record, on_meta):
     shape = attention_shape
     dtype = torch.bfloat16
     case = shape.label
-    inputs = on_meta(*_inputs(shape, dtype, "cpu", requires_grad=True))
 
-    def eager_fwd_bwd(*xs):
-        out = _eager(*xs, shape)
-        out.backward(torch.ones_like(out))
+    def fwd_bwd(impl):
+        def run(*xs):
+            out = impl(*xs, shape)
+            out.backward(torch.ones_like(out))
+        return run
 
-    for pass_, fn, backward in (("fwd", lambda *xs: _eager(*xs, shape), False), ("fwd+bwd", eager_fwd_bwd, True)):
-        eager = count_traffic(fn, *inputs)
-        fused = fused_bytes(shape, dtype, backward=backward)
-        record.modeled(suite="op", case=case, impl="eager", pass_=pass_, dtype=dtype, traffic=eager)
-        record.modeled(suite="op", case=case, impl="fastmvit", pass_=pass_, dtype=dtype, **fused)
-        assert fused["bytes"] < eager.bytes, (pass_, fused["bytes"], eager.bytes)
+    for pass_, backward in (("fwd", False), ("fwd+bwd", True)):
+        counts = {name: count_traffic(fwd_bwd(impl) if backward else (lambda *xs, impl=impl: impl(*xs, shape)),
+                                      *on_meta(*_inputs(shape, dtype, "cpu", requires_grad=True)))  # fresh leaves: no .grad
+                  for name, impl in (("eager", _eager), ("fastmvit", _fused))}
+        for name, traffic in counts.items():
+            record.modeled(suite="op", case=case, impl=name, pass_=pass_, dtype=dtype, traffic=traffic)
+        assert counts["fastmvit"].bytes < counts["eager"].bytes, (pass_, counts)
 
 
 CONTENDERS = ("eager", "fastmvit", "sdpa", "flex")

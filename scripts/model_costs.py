@@ -1,15 +1,15 @@
-"""The issue-5 cost-model ratios of fastmvit.MViTv2 against the eager reference, on the meta device.
+"""The cost-model target ratios of fastmvit.MViTv2 against the eager reference, on the meta device.
 
     .venv/bin/python scripts/model_costs.py                 # tiny, 224x224, bf16, batch 8
     .venv/bin/python scripts/model_costs.py --arch small --ops 12
     .venv/bin/python scripts/model_costs.py --time-cpu 15     # + CPU inference, fastmvit auto vs reference
 
-Prints forward bytes, training-step bytes, forward launches and saved-activation bytes of both
-models (fastmvit with the "triton" backend: its fused ops modeled through their fake
-implementations; the reference with "torch"), the ratios against MODEL_TARGETS, and with --ops the
-most expensive ops of fastmvit's forward and backward (fastmvit.costmodel's rules: every
-dispatched op one kernel reading its inputs and writing its outputs once, views free). No memory
-is allocated and nothing runs on a device.
+Prints forward bytes, training-step bytes, saved-activation bytes and training-step launches of
+both models (fastmvit with the "triton" backend: every fused op counted launch by launch through
+its kernels' traffic statements; the reference with "torch"), the ratios against MODEL_TARGETS,
+and with --ops the most expensive ops and kernels of fastmvit's forward and backward
+(fastmvit.costmodel's rules: every dispatched op one kernel reading its inputs and writing its
+outputs once, views free). No memory is allocated and nothing runs on a device.
 
 --time-cpu N also times inference on the CPU (float32, eval, inference_mode, batch --cpu-batch):
 fastmvit with the "auto" backend (its torch path on CPU) and the reference, same weights,

@@ -22,6 +22,7 @@ import torch
 import test_gelu_linear as t_gelu
 import test_max_pool_tokens as t_maxpool
 import test_model as t_model
+import test_norm_linear as t_norm
 import test_pool_attention as t_attn
 import test_pool_qkv as t_qkv
 import test_pool_qkv_attention as t_qkv_attn
@@ -104,6 +105,23 @@ def test_gelu_linear_autocast_case_matches_float64():
                                  residual_dtype=torch.float32, device=CUDA)
 
 
+def test_gelu_linear_without_gelu_matches_float64():
+    """The attention projection's path (gelu=False) at MViTv2-T's stage-1 width."""
+    t_gelu.check_against_float64(2, 3137, 96, 96, torch.bfloat16, device=CUDA, gelu=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+@pytest.mark.parametrize("shape", [(2, 3137, 96, 288), (2, 50, 768, 3072), (1, 197, 136, 24)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_norm_linear_matches_float64(shape, dtype):
+    t_norm.check_against_float64(*shape, dtype, device=CUDA)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=ids)
+def test_norm_linear_autocast_matches_float64(dtype):
+    t_norm.check_against_float64(2, 785, 192, 768, torch.float32, autocast_dtype=dtype, device=CUDA)
+
+
 # ------------------------------------------------------------------------------------------------
 # The model against the reference on CUDA
 # ------------------------------------------------------------------------------------------------
@@ -181,6 +199,13 @@ def test_gelu_linear_backward_is_deterministic(shape, dtype):
     values = t_gelu.make_inputs(B, T, K, N, True, True, True, dtype)
     leaves = [v.to(CUDA).requires_grad_(i < 4) for i, v in enumerate(values)]
     _twice(lambda *t: fastmvit.kernels.gelu_linear(*t), leaves, "gelu_linear")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+def test_norm_linear_backward_is_deterministic(dtype):
+    """Stage 1: dW over row splits and the norm's partials, both fixed-order sums."""
+    values = [v.to(CUDA).requires_grad_() for v in t_norm.make_inputs(8, 3136, 96, 288, dtype)]
+    _twice(lambda *t: fastmvit.kernels.norm_linear(*t), values, "norm_linear")
 
 
 def test_model_training_step_is_deterministic(monkeypatch):

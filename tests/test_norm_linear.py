@@ -40,7 +40,8 @@ def make_inputs(B, T, K, N, dtype, bias=True, param_dtype=None, seed=0):
 
 def run(values, backend, dy, autocast_dtype=None):
     leaves = [None if v is None else v.clone().requires_grad_() for v in values]
-    with fastmvit.use_backend(backend), torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16,
+    kind = values[0].device.type
+    with fastmvit.use_backend(backend), torch.autocast(kind, dtype=autocast_dtype or torch.bfloat16,
                                                        enabled=autocast_dtype is not None):
         y = norm_linear(*leaves, eps=1e-6)
     diff = [t for t in leaves if t is not None]
@@ -48,13 +49,13 @@ def run(values, backend, dy, autocast_dtype=None):
     return y, [None if t is None else next(grads) for t in leaves]
 
 
-def check_against_float64(B, T, K, N, dtype, bias=True, param_dtype=None, autocast_dtype=None):
+def check_against_float64(B, T, K, N, dtype, bias=True, param_dtype=None, autocast_dtype=None, device="cpu"):
     """Values and every gradient; the eager torch path in the same dtypes sets how far the fused
-    one may be (at most twice its error)."""
-    values = make_inputs(B, T, K, N, dtype, bias, param_dtype)
+    one may be (at most twice its error). device: "cuda" in tests/test_cuda.py."""
+    values = [None if v is None else v.to(device) for v in make_inputs(B, T, K, N, dtype, bias, param_dtype)]
     exact_leaves = [None if v is None else v.double().requires_grad_() for v in values]
     exact = reference(*exact_leaves, 1e-6)
-    dy = torch.randn(exact.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dy = torch.randn(exact.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
     diff = [t for t in exact_leaves if t is not None]
     grads = iter(torch.autograd.grad(exact, diff, dy))
     exact_grads = [None if t is None else next(grads) for t in exact_leaves]

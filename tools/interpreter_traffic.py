@@ -34,14 +34,32 @@ def _distinct_bytes(accesses: dict[int, list[np.ndarray]]) -> int:
     return sum(np.unique(np.concatenate(parts)).size * size for size, parts in accesses.items() if parts)
 
 
-class InterpreterTraffic:
-    """A context manager that records every interpreted Triton launch (see the module docstring)."""
+class _InlineCustomOps(TrafficCounter):
+    """TrafficCounter that runs fastmvit's custom ops inline: their Python implementation executes
+    inside this mode, so the torch ops they run are counted one by one and their kernels reach the
+    interpreter hooks. (The cost model states them instead; this measures them.) The
+    implementations are found through torch's custom-op registry, so any version of the ops works."""
 
-    def __init__(self) -> None:
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = getattr(getattr(func, "_schema", None), "name", "")
+        if name.startswith("fastmvit::"):
+            from torch._library.custom_ops import OPDEFS
+            with self:
+                return OPDEFS[name]._init_fn(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+class InterpreterTraffic:
+    """A context manager that records every interpreted Triton launch (see the module docstring).
+
+    inline_custom_ops: count the torch ops inside fastmvit's custom ops too (whole-model
+    measurements; ``eager`` then holds every torch op that ran, the custom ops' own included)."""
+
+    def __init__(self, inline_custom_ops: bool = False) -> None:
         self.launches: list[Launch] = []
         self._reads: dict[int, list[np.ndarray]] | None = None
         self._writes: dict[int, list[np.ndarray]] | None = None
-        self._counter = TrafficCounter()
+        self._counter = _InlineCustomOps() if inline_custom_ops else TrafficCounter()
 
     @property
     def eager(self):
