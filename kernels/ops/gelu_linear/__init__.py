@@ -31,17 +31,23 @@ epilogue adds the bias, multiplies by the row's sample scale, adds the residual,
 Backward: dh = ((dy @ W) * s[b]) * gelu'(h), gelu'(x) = Phi(x) + x phi(x) in float32: one GEMM over
 N with the gelu' in its epilogue (it reads h; dy @ W is never written). dW = g^T @ gelu(h) with
 g = dy * s[b] is a reduction over the M = B * T rows (up to ~200k) into a small (N, K) matrix (as
-little as 96 x 384): the rows are split into S chunks so that N tiles x K tiles x S ~ 264 programs
-(2 waves of 132 SMs), each writing a float32 partial, summed over S in a fixed order by a tiny
-kernel (no atomics: bitwise repeatable); when the tiles alone fill the GPU (few rows, e.g. 49 tokens
-at stage 4) S is 1 and the kernel writes dW itself, no partials. db = sum of g over rows comes out of the same kernel (its
-first K tile's programs). gelu(h) is recomputed from h in the dW kernel. d residual is dy itself.
+little as 96 x 384): the rows are split into S chunks so that N tiles x K tiles x S ~ 132 programs
+(one wave of 132 SMs), each writing a float32 partial, summed over S in a fixed order by a tiny
+kernel, db's partials in the same launch (no atomics: bitwise repeatable); when the tiles alone
+fill the GPU (few rows, e.g. 49 tokens at stage 4) S is 1 and the kernel writes dW itself, no
+partials. db = sum of g over rows comes out of the same kernel (its first K tile's programs).
+gelu(h) is recomputed from h in the dW kernel. d residual is dy itself.
+
+``gelu=False`` runs the same three kernels without the GELU (the attention projection: dh is
+then dy @ W, h not read). The kernels' PROLOGUE constexpr also has a LayerNorm prologue, which
+``norm_linear`` uses: one GEMM, three prologues, written once.
 
 Memory traffic (E = element size of h; M = B * T): the fused forward reads h and the residual and
 writes y once (1 launch) where eager also writes and re-reads gelu(h) and the Linear's output; the
 backward reads dy and h in the dh GEMM and again in the dW GEMM (the second read may hit L2), and
-with S > 1 writes the float32 dW partials once and reads them back once. The modeled bytes and
-launches, fused against eager, at the MViTv2-T/S MLP shapes: ``benchmarks/bench_gelu_linear.py``.
+with S > 1 writes the float32 dW partials once and reads them back once. Each launch's bytes, as
+stated to the cost model: ``triton_impl``'s ``_*_states``; fused against eager at the MViTv2-T/S
+MLP shapes: ``benchmarks/bench_gelu_linear.py``.
 
 Saved for backward: h, weight and sample_scale only (not gelu(h), not y). Eager saves gelu(h) as
 well (the addmm input) and h (for gelu_backward): M K E more activation memory per block.

@@ -365,14 +365,20 @@ def _prune_dw(configs, named_args, **kwargs):
     """dW's prune, and no 64-row step with 4 warps where it spilled on sm_80: with a float32 dy (half
     h, float32 residual: autocast; 104 B, the float32 dy tiles of 3 stages), and under an older
     compiler with a sample scale (see OLDER_COMPILER). Without the GELU (the attention projection)
-    and a float32 dy the 8-warp 64-row step spilled too (8 B, sm_80): 32-row steps only there."""
+    and a float32 dy the 8-warp 64-row step spilled too (8 B, sm_80): 32-row steps only there.
+    With the GELU, a sample scale and bf16, the 8-warp 64-row step spilled 8 B on sm_80 (triton
+    3.9, K 384 and 1536): not launched there."""
     kept = _prune_dw_by_dtype(configs, named_args, **kwargs)
     half = not kwargs.get("FP32", False)
     fp32_dy = named_args["dy_ptr"].dtype == torch.float32
-    if half and (fp32_dy or (OLDER_COMPILER and kwargs.get("HAS_SCALE", False))):
+    scaled = kwargs.get("HAS_SCALE", False)
+    prologue = kwargs.get("PROLOGUE", GELU.value)
+    if half and (fp32_dy or (OLDER_COMPILER and scaled)):
         kept = [c for c in kept if not (c.kwargs["BLOCK_M"] == 64 and c.num_warps == 4)] or kept
-    if half and fp32_dy and kwargs.get("PROLOGUE", GELU.value) == PLAIN.value:
+    if half and fp32_dy and prologue == PLAIN.value:
         kept = [c for c in kept if c.kwargs["BLOCK_M"] != 64] or kept
+    if half and scaled and prologue == GELU.value and named_args["h_ptr"].dtype == torch.bfloat16:
+        kept = [c for c in kept if not (c.kwargs["BLOCK_M"] == 64 and c.num_warps == 8)] or kept
     return kept
 
 

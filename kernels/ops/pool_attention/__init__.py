@@ -32,7 +32,7 @@ the host so indices agree bit for bit). Inside the key loop the bias tile is exp
 with a one-hot matrix of the key coordinates: bias = rel_h @ onehot_h + rel_w @ onehot_w, on
 tensor cores. A register gather (tl.gather) would be the direct way but spills on sm_80/sm_90.
 No bias tile and no rel tensor goes through HBM in the forward. Compiled for sm_80 / sm_90 the
-forward and dK/dV use BLOCK_M x BLOCK_N = 64 x 64 with 8 warps, dQ 64 x 32 with 8 warps, no
+forward and dK/dV use BLOCK_M x BLOCK_N = 64 x 64 with 8 warps, dQ 32 x 32 with 8 warps, no
 spills on either target (tools/gpu_compile.py; what was tried is listed in
 `triton_impl.py`). The head dim is a constexpr and row
 strides are passed divided by their alignment, so D = 72 rows still load vectorised.
@@ -48,17 +48,23 @@ order):
    stored out, as FlashAttention-2 does: with residual pooling out = o + q, and its bf16 rounding
    (a few times larger than o) made dq 3x less accurate than eager torch in bf16.
 2. dK/dV (per key tile, looping over all query tiles): dv = P^T dout, dk = scale dS^T q.
-3. dQ (per query tile, looping over all key tiles): dq = scale dS k (+ dout on spatial rows);
-   with rel-pos a second launch of the same kernel (REL_PART) recomputes dS and accumulates
-   drel_h = dS @ onehot_h^T (the transposed one-hot matmul), drel_w likewise, then adds
-   drel_h @ Rh + drel_w @ Rw (gathered table rows) to the float32 partial dq. One kernel holding
-   both the dq accumulator and the drel accumulators spilled on sm_80 in every tiling tried.
-4. The table gradients, two small reductions in torch: dR[y, j] = sum_{b,h,x} drel_h q (an
-   einsum) and d table = onehot(idx)^T @ dR, a scatter-add written as a matmul (index_add_ uses
-   float atomics on CUDA).
+3. dQ (per query tile, looping over all key tiles): dq = scale dS k (+ dout on spatial rows),
+   and in the same pass drel_h = dS @ onehot_h^T (the transposed one-hot matmul), drel_w
+   likewise; then dq += drel_h @ Rh + drel_w @ Rw (gathered table rows), and drel_h / drel_w are
+   written (float32, Nq * (KH_PAD + KW_PAD)). One launch (ONE_PASS): with 32 x 32 tiles and 8
+   warps the dq and drel accumulators fit in registers without spills; the earlier two-launch
+   path (REL_PART: dS recomputed, a float32 partial dq written and read back) stays behind
+   `triton_impl.DQ_ONE_PASS`, tested.
+4. The table gradients, one launch: a program per table row t sums drel[.., j] * q over the
+   index-map cells (y, j) that name t (host-built lists sorted by t), in a fixed order (a scatter
+   as a gather: index_add_ would use float atomics on CUDA).
 Per-key-tile and per-query-tile kernels instead of one kernel with atomic dq (FlashAttention-2's
 choice) cost extra passes over K/V and q; both are small here (Nk is small, K/V of a head stay in
 L2), and the result is bitwise repeatable.
+
+Traffic: every launch states the distinct bytes it reads and writes (`triton_impl`'s `_*_states`,
+checked against the interpreter's loads and stores by tests/test_kernel_traffic.py); the cost
+model counts the op by them.
 
 Precision: the bias is expanded as bf16 hi + lo parts (16-bit mantissa) so half-precision inputs
 lose nothing to it; float32 inputs use IEEE float32 matmuls (no TF32) throughout.
