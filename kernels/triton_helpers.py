@@ -94,3 +94,14 @@ def launch(kernel, grid, args: tuple, meta: dict, states: Callable[[dict, tuple]
     resolved = grid(named) if callable(grid) else grid
     read, written = states(named, tuple(resolved))
     traffic.record(traffic.Launch(kernel_name(kernel), int(read), int(written)))
+
+
+def launch_tuned(tuned, grid: Callable[[dict], tuple], args: tuple, meta: dict, states, autotune: bool,
+                 interpreter_config: dict) -> None:
+    """``launch`` of an autotuned kernel (`autotune`: on a GPU), or of the kernel behind it with the
+    fixed `interpreter_config` tiles (the CPU interpreter: timing numpy would be pointless).
+    grid(config) -> the grid for a config's tiles."""
+    if autotune:
+        launch(tuned, grid, args, meta, states)
+    else:
+        launch(tuned.fn, grid(interpreter_config), args, {**meta, **interpreter_config}, states)

@@ -448,13 +448,8 @@ def forward(h, weight, bias, residual, sample_scale, autotune: bool = True, gelu
                 FP32=h.dtype == torch.float32, PROLOGUE=(GELU if gelu else PLAIN).value)
     if M == 0:
         return y
-    if autotune:
-        helpers.launch(_fwd_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),),
-                       args, meta, _fwd_states)
-    else:
-        c = INTERPRETER_CONFIGS["fwd"]
-        grid = (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),)
-        helpers.launch(gelu_linear_fwd_kernel, grid, args, {**meta, **c}, _fwd_states)
+    helpers.launch_tuned(_fwd_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),),
+                         args, meta, _fwd_states, autotune, INTERPRETER_CONFIGS["fwd"])
     return y
 
 
@@ -496,13 +491,8 @@ def input_grad(dy, weight, h, sample_scale, prologue: int, autotune: bool, out_d
     dh = helpers.empty(B, T, K, dtype=out_dtype, device=h.device)
     dh_args = (dy, *dy.stride(), weight, *weight.stride(), h, *h.stride(), scale_t, dh, M, N, K, T)
     dh_meta = dict(HAS_SCALE=has_scale, FP32=out_dtype == torch.float32, PROLOGUE=prologue)
-    if autotune:
-        helpers.launch(_dh_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),),
-                       dh_args, dh_meta, _dh_states)
-    else:
-        c = INTERPRETER_CONFIGS["dh"]
-        helpers.launch(gelu_linear_bwd_dh_kernel, (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),),
-                       dh_args, {**dh_meta, **c}, _dh_states)
+    helpers.launch_tuned(_dh_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(K, c["BLOCK_K"]),),
+                         dh_args, dh_meta, _dh_states, autotune, INTERPRETER_CONFIGS["dh"])
     return dh
 
 
@@ -533,10 +523,8 @@ def weight_grads(dy, h, weight, has_bias: bool, bias_dtype, sample_scale, prolog
     if norm is not None:
         dw_meta.update(zip(("mean_ptr", "rstd_ptr", "g_ptr", "beta_ptr"), norm))
     grid = (triton.cdiv(N, bn), triton.cdiv(K, bk), S)
-    if autotune:
-        helpers.launch(_dw_tuned, grid, dw_args, dw_meta, _dw_states)
-    else:
-        helpers.launch(gelu_linear_bwd_dw_kernel, grid, dw_args, dict(dw_meta, BLOCK_M=c_dw["BLOCK_M"]), _dw_states)
+    helpers.launch_tuned(_dw_tuned, lambda c: grid, dw_args, dw_meta, _dw_states, autotune,
+                         {"BLOCK_M": c_dw["BLOCK_M"]})   # the output tile is fixed: bn, bk above
 
     if S == 1:
         return part_w, part_b if has_bias else None

@@ -204,13 +204,8 @@ def forward(x, norm_weight, norm_bias, weight, bias, eps: float, out_dtype, auto
     args = (x, *x.stride(), norm_weight, norm_bias, weight, *weight.stride(), bias_t, y, mean, rstd,
             M, N, K, T, eps)
     meta = dict(HAS_BIAS=bias is not None, FP32=out_dtype == torch.float32)
-    if autotune:
-        helpers.launch(_fwd_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),),
-                       args, meta, _fwd_states)
-    else:
-        c = INTERPRETER_CONFIGS["fwd"]
-        helpers.launch(norm_linear_fwd_kernel, (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),),
-                       args, {**meta, **c}, _fwd_states)
+    helpers.launch_tuned(_fwd_tuned, lambda c: (triton.cdiv(M, c["BLOCK_M"]) * triton.cdiv(N, c["BLOCK_N"]),),
+                         args, meta, _fwd_states, autotune, INTERPRETER_CONFIGS["fwd"])
     return y, mean, rstd
 
 

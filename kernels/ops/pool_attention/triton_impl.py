@@ -286,6 +286,26 @@ def pool_attention_bwd_dkdv_kernel(
     tl.store(dv_ptr + out_off, dv.to(dv_ptr.dtype.element_ty), mask=mask_nd)
 
 
+@triton.jit
+def _rel_grads_out(dq, drel_h, drel_w, row, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
+                   stride_th0, stride_th1, stride_tw0, stride_tw1, drelh_ptr, drelw_ptr, offs_d, mask_d, mask_m,
+                   KH_PAD: tl.constexpr, KW_PAD: tl.constexpr):
+    """dq + sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ the same for w; gathered table rows), and
+    drel_h / drel_w (B*H, Nq, K*_PAD) float32 stored for the table-gradient kernel."""
+    cols_h = tl.arange(0, KH_PAD)
+    cols_w = tl.arange(0, KW_PAD)
+    mask_rows = row_sp[:, None] & mask_d[None, :]
+    for jj in range(0, kh):
+        r = _table_rows(th_ptr, stride_th0, stride_th1, idx_h_ptr, y, kh, jj, row_sp, offs_d, mask_rows)
+        dq += tl.sum(tl.where(cols_h[None, :] == jj, drel_h, 0.0), axis=1)[:, None] * r
+    for ll in range(0, kw):
+        r = _table_rows(tw_ptr, stride_tw0, stride_tw1, idx_w_ptr, x, kw, ll, row_sp, offs_d, mask_rows)
+        dq += tl.sum(tl.where(cols_w[None, :] == ll, drel_w, 0.0), axis=1)[:, None] * r
+    tl.store(drelh_ptr + row[:, None] * KH_PAD + cols_h[None, :], drel_h, mask=mask_m[:, None])
+    tl.store(drelw_ptr + row[:, None] * KW_PAD + cols_w[None, :], drel_w, mask=mask_m[:, None])
+    return dq
+
+
 @triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_dob", "stride_doh", "stride_don"])
 def pool_attention_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr,
@@ -363,15 +383,9 @@ def pool_attention_bwd_dq_kernel(
         if RESIDUAL:
             dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
         if HAS_REL:
-            mask_rows = row_sp[:, None] & mask_d[None, :]
-            for jj in range(0, kh):
-                r = _table_rows(th_ptr, stride_th0, stride_th1, idx_h_ptr, y, kh, jj, row_sp, offs_d, mask_rows)
-                dq += tl.sum(tl.where(cols_h[None, :] == jj, drel_h, 0.0), axis=1)[:, None] * r
-            for ll in range(0, kw):
-                r = _table_rows(tw_ptr, stride_tw0, stride_tw1, idx_w_ptr, x, kw, ll, row_sp, offs_d, mask_rows)
-                dq += tl.sum(tl.where(cols_w[None, :] == ll, drel_w, 0.0), axis=1)[:, None] * r
-            tl.store(drelh_ptr + row[:, None] * KH_PAD + cols_h[None, :], drel_h, mask=mask_m[:, None])
-            tl.store(drelw_ptr + row[:, None] * KW_PAD + cols_w[None, :], drel_w, mask=mask_m[:, None])
+            dq = _rel_grads_out(dq, drel_h, drel_w, row, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr,
+                                tw_ptr, stride_th0, stride_th1, stride_tw0, stride_tw1, drelh_ptr, drelw_ptr,
+                                offs_d, mask_d, mask_m, KH_PAD, KW_PAD)
         tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
     elif not REL_PART:
         dq *= scale
@@ -386,15 +400,9 @@ def pool_attention_bwd_dq_kernel(
         # dq[r] += sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ the same for w): gathered rows.
         dq = tl.load(dq32_ptr + out_off, mask=mask_md, other=0.0)
         row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
-        mask_rows = row_sp[:, None] & mask_d[None, :]
-        for jj in range(0, kh):
-            r = _table_rows(th_ptr, stride_th0, stride_th1, idx_h_ptr, y, kh, jj, row_sp, offs_d, mask_rows)
-            dq += tl.sum(tl.where(cols_h[None, :] == jj, drel_h, 0.0), axis=1)[:, None] * r
-        for ll in range(0, kw):
-            r = _table_rows(tw_ptr, stride_tw0, stride_tw1, idx_w_ptr, x, kw, ll, row_sp, offs_d, mask_rows)
-            dq += tl.sum(tl.where(cols_w[None, :] == ll, drel_w, 0.0), axis=1)[:, None] * r
-        tl.store(drelh_ptr + row[:, None] * KH_PAD + cols_h[None, :], drel_h, mask=mask_m[:, None])
-        tl.store(drelw_ptr + row[:, None] * KW_PAD + cols_w[None, :], drel_w, mask=mask_m[:, None])
+        dq = _rel_grads_out(dq, drel_h, drel_w, row, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
+                            stride_th0, stride_th1, stride_tw0, stride_tw1, drelh_ptr, drelw_ptr,
+                            offs_d, mask_d, mask_m, KH_PAD, KW_PAD)
         tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
 
 
@@ -658,8 +666,6 @@ def forward(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, sp: int, residual: bo
     q's dtype, and lse (B, H, Nq) float32: the log-sum-exp of each score row in base 2
     (log2 sum exp(s), i.e. the natural one times log2(e))."""
     B, H, Nq, D = q.shape
-    Nk = k.shape[2]
-    (qh, qw), (kh, kw) = q_size, k_size
     out = helpers.empty(B, Nq, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = helpers.empty(B, H, Nq, dtype=torch.float32, device=q.device)
     r = _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size)
@@ -673,7 +679,7 @@ def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, sc
     receive the backward's first pass (see `pool_attention_fwd_kernel`)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    (qh, qw), (kh, kw) = q_size, k_size
+    (_, qw), (kh, kw) = q_size, k_size
     a = _align(q, k, v, out)
     args = (q, k, v, r["th"], r["tw"], r["idx_h"], r["idx_w"], out, lse, *pre_bufs,
             *_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(out, a), *r["st"],
@@ -681,12 +687,8 @@ def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, sc
     meta = dict(SP=sp, HAS_REL=r["HAS_REL"], RESIDUAL=residual,
                 FP32=q.dtype == torch.float32, BWD_PRE=bwd_pre, KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"],
                 BLOCK_D=_pad16(D), ALIGN=a)
-    if autotune:
-        helpers.launch(_fwd_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), args, meta, _fwd_states)
-    else:
-        c = INTERPRETER_CONFIGS["fwd"]
-        grid = (triton.cdiv(Nq, c["BLOCK_M"]), B * H)
-        helpers.launch(pool_attention_fwd_kernel, grid, args, {**meta, **c}, _fwd_states)
+    helpers.launch_tuned(_fwd_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), args, meta, _fwd_states,
+                         autotune, INTERPRETER_CONFIGS["fwd"])
 
 
 def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
@@ -734,19 +736,11 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
                dq, dq32, drel_h, drel_w, *st, *r["st"],
                H, Nq, Nk, D, qw, kh, kw, scale)
     meta = dict(SP=sp, HAS_REL=HAS_REL, FP32=fp32, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_D=BLOCK_D, ALIGN=a)
-    if autotune:
-        helpers.launch(_dkdv_tuned, lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H), dkdv_args, meta,
-                       _dkdv_states)
-        for dq_pass in dq_passes:
-            helpers.launch(_dq_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), dq_args,
-                           dict(meta, RESIDUAL=residual, **dq_pass), _dq_states)
-    else:
-        c_kv, c_q = INTERPRETER_CONFIGS["dkdv"], INTERPRETER_CONFIGS["dq"]
-        helpers.launch(pool_attention_bwd_dkdv_kernel, (triton.cdiv(Nk, c_kv["BLOCK_N"]), B * H), dkdv_args,
-                       {**meta, **c_kv}, _dkdv_states)
-        for dq_pass in dq_passes:
-            helpers.launch(pool_attention_bwd_dq_kernel, (triton.cdiv(Nq, c_q["BLOCK_M"]), B * H), dq_args,
-                           dict(meta, RESIDUAL=residual, **dq_pass, **c_q), _dq_states)
+    helpers.launch_tuned(_dkdv_tuned, lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H), dkdv_args, meta,
+                         _dkdv_states, autotune, INTERPRETER_CONFIGS["dkdv"])
+    for dq_pass in dq_passes:
+        helpers.launch_tuned(_dq_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), dq_args,
+                             dict(meta, RESIDUAL=residual, **dq_pass), _dq_states, autotune, INTERPRETER_CONFIGS["dq"])
 
     if not HAS_REL:
         return dq, dk, dv, None, None

@@ -40,7 +40,7 @@ import triton.language as tl
 
 from ... import triton_helpers as helpers
 from ...args import window_coverage
-from ...traffic import nbytes, tensor_bytes
+from ...traffic import tensor_bytes
 
 # Register tile of a program: BLOCK_M rows x BLOCK_D (head dim, next power of two) float32 values.
 # The compiler issues the KH * KW tap loads of a tile together (memory-level parallelism), so the
