@@ -12,14 +12,13 @@ without a class token; batch 8, bf16.
 
 Uses the suite fixtures of benchmarks/conftest.py (`record`, `measure`, `device`).
 
-- MODELED, any device (test_modeled): fastmvit.costmodel on meta tensors, the fused op through its
-  fake implementations under ``use_backend("triton")``, eager under ``use_backend("torch")``:
+- MODELED, any device (test_modeled): fastmvit.costmodel on meta tensors, the fused op counted by
+  its kernels' traffic statements under ``use_backend("triton")``, eager under ``use_backend("torch")``:
   bytes read + written and launches of an inference call ("fwd", no_grad: the fused op writes no
   argmax) and of a training call ("fwd+bwd": forward with grad, then ``torch.autograd.grad`` of x
   with a given dy), and the activation bytes saved for backward (the uint8 argmax against eager's
-  x and int64 indices). The custom ops' boundary is the whole story here: one kernel each way,
-  reading each input once and writing each output once (overlapping windows' halo re-reads are
-  cache hits, not counted, on either side).
+  x and int64 indices). One kernel each way (overlapping windows' halo re-reads are cache hits,
+  not counted, on either side).
 - MEASURED, CUDA only (test_speed): forward (no_grad) and forward+backward times of both, warm-up
   outside the timed region, peak memory (the `measure` fixture). Skipped without CUDA: a
   Triton-interpreter run is never timed.

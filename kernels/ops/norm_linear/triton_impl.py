@@ -13,6 +13,10 @@ contiguous in ELEM, the GEMM dtype (x's, or the autocast dtype). mean, rstd: (M,
   then runs the GEMM with the normalisation as the prologue of each x tile:
   (x - mean) * rstd * g + beta, rounded to ELEM where eager rounds the LayerNorm's output. The
   programs of the first N tile store mean and rstd for the backward. x's second pass hits L1/L2.
+- ``norm_linear_bwd_norm_kernel``: grid (about NORM_TARGET_PROGRAMS,). The LayerNorm backward over
+  whole rows (BLOCK_K >= K), a program walking its share of the rows: dx from d(normed x), x, mean,
+  rstd and g, plus x's gradient from its other use when given; per-program float32 partials of
+  d g and d beta, summed in a fixed order by gelu_linear's split-sum kernel. No atomics.
 """
 from __future__ import annotations
 
