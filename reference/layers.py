@@ -12,6 +12,7 @@ Notation: B batch, n heads, N tokens (1 + H*W with a class token, else H*W), hd 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -115,18 +116,37 @@ def add_decomposed_rel_pos(attn: torch.Tensor, q: torch.Tensor, rel_pos_h: torch
     attn: (B, n, Nq, Nk) logits; q: (B, n, Nq, hd) pooled, normed, UNSCALED queries; tables:
     (Lh, hd) and (Lw, hd); q_shape (qh, qw), k_shape (kh, kw). For grid query (y, x) and key (j, l):
     ``bias = q[y, x] . Rh[y, j] + q[y, x] . Rw[x, l]``. The class-token row and column get nothing.
-    Returns a new tensor (B, n, Nq, Nk).
+    Returns a new tensor (B, n, Nq, Nk). (The image case of ``add_decomposed_rel_pos_nd``.)
     """
-    qh, qw = q_shape
-    kh, kw = k_shape
+    return add_decomposed_rel_pos_nd(attn, q, (rel_pos_h, rel_pos_w), q_shape, k_shape, has_cls_token)
+
+
+def add_decomposed_rel_pos_nd(attn: torch.Tensor, q: torch.Tensor, tables: Sequence[torch.Tensor],
+                              q_shape: Sequence[int], k_shape: Sequence[int], has_cls_token: bool) -> torch.Tensor:
+    """The decomposed relative-position bias over a grid of any number of axes: (h, w) for images,
+    (t, h, w) for video, one table per axis in that order.
+
+    For grid query p = (p_1, ..., p_d) and key r = (r_1, ..., r_d):
+    ``bias[p, r] = sum over axes a of q[p] . R_a[p_a, r_a]``, with R_a the axis's table resized to
+    ``2 * max(q_a, k_a) - 1`` where needed and indexed by ``rel_pos_index(q_a, k_a)``. attn:
+    (B, n, Nq, Nk); q: (B, n, Nq, hd) pooled, normed, unscaled. The class-token row and column get
+    nothing. Returns a new tensor (B, n, Nq, Nk).
+    """
+    if not (len(tables) == len(q_shape) == len(k_shape)):
+        raise ValueError(f"add_decomposed_rel_pos_nd: {len(tables)} tables for a {len(q_shape)}-axis q grid "
+                         f"and a {len(k_shape)}-axis k grid")
     sp = 1 if has_cls_token else 0
     B, n, _, hd = q.shape
-    Rh = get_rel_pos(rel_pos_h, qh, kh)                          # (qh, kh, hd)
-    Rw = get_rel_pos(rel_pos_w, qw, kw)                          # (qw, kw, hd)
-    r_q = q[:, :, sp:].reshape(B, n, qh, qw, hd)
-    rel_h = torch.einsum("bnyxc,yjc->bnyxj", r_q, Rh)            # (B, n, qh, qw, kh)
-    rel_w = torch.einsum("bnyxc,xlc->bnyxl", r_q, Rw)            # (B, n, qh, qw, kw)
-    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, n, qh * qw, kh * kw)
+    axes = "tyx"[-len(q_shape):] if len(q_shape) <= 3 else None
+    if axes is None:
+        raise ValueError(f"add_decomposed_rel_pos_nd: grids of 1 to 3 axes, got {len(q_shape)}")
+    r_q = q[:, :, sp:].reshape(B, n, *q_shape, hd)
+    bias = 0
+    for a, (table, qa, ka) in enumerate(zip(tables, q_shape, k_shape)):
+        R = get_rel_pos(table, qa, ka)                                      # (q_a, k_a, hd)
+        rel = torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", r_q, R)    # (B, n, *q_shape, k_a)
+        bias = bias + rel.reshape(B, n, *q_shape, *[ka if i == a else 1 for i in range(len(k_shape))])
+    bias = bias.reshape(B, n, math.prod(q_shape), math.prod(k_shape))
     return attn + F.pad(bias, (sp, 0, sp, 0))                    # zero row/column for the class token
 
 

@@ -6,6 +6,7 @@ the relative positions.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 
@@ -164,6 +165,31 @@ def test_get_rel_pos_resizes_only_when_the_grid_needs_it():
     table = torch.randn(7, 3, dtype=torch.float64)
     torch.testing.assert_close(get_rel_pos(table, 4, 2), table[rel_pos_index(4, 2)])
     torch.testing.assert_close(get_rel_pos(table, 5, 5), resize_rel_pos(table, 9)[rel_pos_index(5, 5)])
+
+
+@pytest.mark.parametrize("q_shape,k_shape,cls", [((3, 4, 5), (3, 2, 3), True), ((2, 3, 3), (1, 3, 2), False)])
+def test_decomposed_rel_pos_over_three_axes(q_shape, k_shape, cls):
+    """The (t, h, w) bias (the video model's) against the formula written out element by element:
+    bias[(t, y, x), (i, j, l)] = q . Rt[t, i] + q . Rh[y, j] + q . Rw[x, l], nothing on the class
+    token's row and column; tables of the lengths the grids need, and one to be resized."""
+    from fastmvit.reference.layers import add_decomposed_rel_pos_nd
+    torch.manual_seed(0)
+    B, n, hd, sp = 2, 2, 5, int(cls)
+    Nq, Nk = sp + math.prod(q_shape), sp + math.prod(k_shape)
+    q = torch.randn(B, n, Nq, hd, dtype=torch.float64)
+    attn = torch.randn(B, n, Nq, Nk, dtype=torch.float64)
+    tables = [torch.randn(2 * max(a, b) - 1 + (3 if i == 0 else 0), hd, dtype=torch.float64)   # t's resized
+              for i, (a, b) in enumerate(zip(q_shape, k_shape))]
+    got = add_decomposed_rel_pos_nd(attn, q, tables, q_shape, k_shape, cls)
+    R = [get_rel_pos(t, a, b) for t, a, b in zip(tables, q_shape, k_shape)]
+    want = attn.clone()
+    for p, (t, y, x) in enumerate(itertools.product(*map(range, q_shape))):
+        for r, (i, j, l) in enumerate(itertools.product(*map(range, k_shape))):
+            qq = q[:, :, sp + p]
+            want[:, :, sp + p, sp + r] += qq @ R[0][t, i] + qq @ R[1][y, j] + qq @ R[2][x, l]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="2 tables for a 3-axis q grid"):
+        add_decomposed_rel_pos_nd(attn, q, tables[1:], q_shape, k_shape, cls)
 
 
 def test_model_resizes_tables_at_run_time():
