@@ -141,11 +141,12 @@ def add_decomposed_rel_pos_nd(attn: torch.Tensor, q: torch.Tensor, tables: Seque
     if axes is None:
         raise ValueError(f"add_decomposed_rel_pos_nd: grids of 1 to 3 axes, got {len(q_shape)}")
     r_q = q[:, :, sp:].reshape(B, n, *q_shape, hd)
-    bias = 0
+    bias = None
     for a, (table, qa, ka) in enumerate(zip(tables, q_shape, k_shape)):
         R = get_rel_pos(table, qa, ka)                                      # (q_a, k_a, hd)
         rel = torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", r_q, R)    # (B, n, *q_shape, k_a)
-        bias = bias + rel.reshape(B, n, *q_shape, *[ka if i == a else 1 for i in range(len(k_shape))])
+        term = rel.reshape(B, n, *q_shape, *[ka if i == a else 1 for i in range(len(k_shape))])
+        bias = term if bias is None else bias + term                        # broadcast over the key grid
     bias = bias.reshape(B, n, math.prod(q_shape), math.prod(k_shape))
     return attn + F.pad(bias, (sp, 0, sp, 0))                    # zero row/column for the class token
 
