@@ -2,7 +2,7 @@
 
 A fused op is several launches, scratch buffers and a few torch ops, not one op reading its
 inputs and writing its outputs. So every Triton launch goes through ``triton_helpers.launch``
-with a *traffic statement*: a function of the launch's arguments (shapes, dtypes, grid, tiles)
+with a *traffic statement*: a function of the launch's arguments (shapes, dtypes, tiles)
 giving the distinct bytes the launch reads and the distinct bytes it writes. Distinct means
 each byte once per launch however many programs touch it, and masked-off lanes do not count:
 the convention ``fastmvit.costmodel`` uses for eager ops (an L2-resident re-read is free).
@@ -53,7 +53,7 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 def nbytes(numel: int, dtype: torch.dtype) -> int:
     """Bytes of `numel` elements of `dtype`."""
-    return int(numel) * torch.empty((), dtype=dtype, device="meta").element_size()
+    return int(numel) * dtype.itemsize
 
 
 _stated: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("fastmvit_stated", default=None)

@@ -75,24 +75,23 @@ def kernel_name(kernel) -> str:
     return kernel.__name__
 
 
-def launch(kernel, grid, args: tuple, meta: dict, states: Callable[[dict, tuple], tuple[int, int]]) -> None:
+def launch(kernel, grid, args: tuple, meta: dict, states: Callable[[dict], tuple[int, int]]) -> None:
     """``kernel[grid](*args, **meta)``: every launch of the ops goes through here with `states`,
-    its traffic statement: ``states(named, grid) -> (bytes read, bytes written)``, the distinct
-    bytes of the launch (see ``fastmvit.kernels.traffic``), where `named` maps the kernel's
-    argument names to this launch's values (tensors, ints, constexprs; an autotuned kernel adds
-    its first config's) and `grid` is the resolved grid.
+    its traffic statement: ``states(named) -> (bytes read, bytes written)``, the distinct bytes of
+    the launch (see ``fastmvit.kernels.traffic``), where `named` maps the kernel's argument names
+    to this launch's values (tensors, ints, constexprs; an autotuned kernel adds its first
+    config's tiles).
 
     Inside ``traffic.stating_launches()`` (meta tensors) nothing is launched and the statement
     is recorded instead."""
     if not traffic.stating():
         kernel[grid](*args, **meta)
         return
-    named = dict(zip(kernel.arg_names if hasattr(kernel, "arg_names") else kernel.fn.arg_names, args))
+    named = dict(zip(kernel.arg_names, args))       # a JITFunction's, or an Autotuner's (the same)
     if hasattr(kernel, "configs"):                  # an Autotuner: tiles of its first config
         named.update(kernel.configs[0].kwargs)
     named.update(meta)
-    resolved = grid(named) if callable(grid) else grid
-    read, written = states(named, tuple(resolved))
+    read, written = states(named)
     traffic.record(traffic.Launch(kernel_name(kernel), int(read), int(written)))
 
 

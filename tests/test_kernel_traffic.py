@@ -71,8 +71,8 @@ def test_a_planted_wrong_statement_fails(monkeypatch):
     out, lse = attn_impl.forward(q, k, v, th, tw, (5, 7), (3, 4), 1, True, scale, autotune=False)
     honest = attn_impl._dkdv_states
 
-    def planted(named, grid):
-        read, written = honest(named, grid)
+    def planted(named):
+        read, written = honest(named)
         return int(read * 1.03), written
 
     monkeypatch.setattr(attn_impl, "_dkdv_states", planted)

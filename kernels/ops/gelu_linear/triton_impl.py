@@ -395,21 +395,21 @@ def _optional(a, name, flag) -> int:
     return tensor_bytes(a[name]) if a[flag] else 0
 
 
-def _fwd_states(a, grid):
+def _fwd_states(a):
     """h, the weight (+ bias, residual, sample scale) in; y out."""
     read = (tensor_bytes(a["h_ptr"]) + tensor_bytes(a["w_ptr"]) + _optional(a, "bias_ptr", "HAS_BIAS")
             + _optional(a, "res_ptr", "HAS_RES") + _optional(a, "scale_ptr", "HAS_SCALE"))
     return read, tensor_bytes(a["y_ptr"])
 
 
-def _dh_states(a, grid):
+def _dh_states(a):
     """dy, the weight, h (with the GELU) (+ sample scale) in; dh out."""
     read = (tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["w_ptr"])
             + (tensor_bytes(a["h_ptr"]) if a["PROLOGUE"] == GELU.value else 0) + _optional(a, "scale_ptr", "HAS_SCALE"))
     return read, tensor_bytes(a["dh_ptr"])
 
 
-def _dw_states(a, grid):
+def _dw_states(a):
     """dy, h (+ sample scale, + the norm's statistics and affine) in; the dW (and db) partials of
     every split out (or dW and db themselves with one split)."""
     read = tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["h_ptr"]) + _optional(a, "scale_ptr", "HAS_SCALE")
@@ -418,7 +418,7 @@ def _dw_states(a, grid):
     return read, tensor_bytes(a["part_w_ptr"]) + _optional(a, "part_b_ptr", "HAS_BIAS")
 
 
-def _sum_splits_states(a, grid):
+def _sum_splits_states(a):
     """The (S, L) partials (and the (S, L2) ones) in, the (L,) (and (L2,)) sums out."""
     second = a["L2"] > 0
     read = tensor_bytes(a["part_ptr"]) + (tensor_bytes(a["part2_ptr"]) if second else 0)

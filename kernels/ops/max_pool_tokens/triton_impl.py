@@ -159,7 +159,7 @@ def max_pool_tokens_bwd_kernel(
 # --------------------------------------------------------------------------------------------
 
 # Traffic statements (distinct bytes per launch, see fastmvit.kernels.traffic).
-def _fwd_states(a, grid):
+def _fwd_states(a):
     """The grid tokens the windows cover and the class tokens in; y (and the argmax) out."""
     x = a["x_ptr"]
     tokens = a["SP"] + window_coverage((a["H"], a["W"]), (a["KH"], a["KW"]), (a["SH"], a["SW"]))
@@ -167,7 +167,7 @@ def _fwd_states(a, grid):
     return x.shape[0] * tokens * a["C"] * x.element_size(), written
 
 
-def _bwd_states(a, grid):
+def _bwd_states(a):
     """dy (every output is its window winner's: padding never wins) and the argmax in; dx out."""
     return tensor_bytes(a["dy_ptr"]) + tensor_bytes(a["arg_ptr"]), tensor_bytes(a["dx_ptr"])
 

@@ -142,23 +142,18 @@ FWD_FP32_CONFIGS = [gemm._cfg(gemm._MNK, (64, 64, 16), 8, 3)]
 INTERPRETER_CONFIGS = {"fwd": {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}}
 
 
-def _prune_fwd(configs, named_args, **kwargs):
-    fp32 = kwargs.get("FP32", False)
-    return [c for c in configs if any(c is f for f in FWD_FP32_CONFIGS) == fp32]
-
-
 _fwd_tuned = triton.autotune(FWD_CONFIGS + FWD_FP32_CONFIGS, key=["M", "N", "K"], prune_configs_by={
-    "early_config_prune": _prune_fwd})(norm_linear_fwd_kernel)
+    "early_config_prune": gemm._prune(FWD_FP32_CONFIGS)})(norm_linear_fwd_kernel)   # float32 or half configs
 
 
-def _fwd_states(a, grid):
+def _fwd_states(a):
     """x, the norm's weight and bias, the weight (+ bias) in; y, mean and rstd out."""
     read = sum(tensor_bytes(a[n]) for n in ("x_ptr", "g_ptr", "beta_ptr", "w_ptr"))
     read += tensor_bytes(a["bias_ptr"]) if a["HAS_BIAS"] else 0
     return read, sum(tensor_bytes(a[n]) for n in ("y_ptr", "mean_ptr", "rstd_ptr"))
 
 
-def _bwd_norm_states(a, grid):
+def _bwd_norm_states(a):
     """d(normed x), x, the norm's weight, mean and rstd (+ dres) in; dx and the partial sums out."""
     read = sum(tensor_bytes(a[n]) for n in ("dxn_ptr", "x_ptr", "g_ptr", "mean_ptr", "rstd_ptr"))
     read += tensor_bytes(a["dres_ptr"]) if a["HAS_DRES"] else 0
@@ -224,7 +219,6 @@ def backward(dy, x, norm_weight, norm_bias, weight, mean, rstd, has_bias: bool, 
        is never stored), ``norm_linear_bwd_norm_kernel`` and a fixed-order sum of its partials;
     3. dW = dy^T @ LayerNorm(x) and db = sum of dy: gelu_linear's dW kernel with the LAYER_NORM
        prologue (the normed x recomputed tile by tile), fixed-order split sums."""
-    B, T, K = x.shape
     dxn = gemm.input_grad(dy, weight, x, None, PLAIN.value, autotune, out_dtype=dy.dtype)
     if dxn.dtype != x.dtype:            # autocast: the norm ran in x's dtype (float32)
         dxn = dxn.to(x.dtype)

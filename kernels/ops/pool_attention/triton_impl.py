@@ -525,11 +525,6 @@ def _table_rows_read(q_side: int, k_side: int) -> int:
     return _DISTINCT_TABLE_ROWS[key]
 
 
-def _rows(t) -> int:
-    """Elements of a (B, H, N, D) tensor (its distinct elements: numel)."""
-    return t.numel()
-
-
 def _rel_inputs_read(a) -> int:
     """Index maps and table rows read by a launch that adds the rel-pos terms in the prologue (or
     gathers table rows for dq): all of each (q side, k side) map, the rows they name."""
@@ -559,10 +554,10 @@ def _rel_rows(a) -> int:
 
 def _qkv_read(a, dout=None) -> int:
     """Bytes of q, k, v (and dout when given): every row, D lanes."""
-    return sum(nbytes(_rows(t), t.dtype) for t in (a["q_ptr"], a["k_ptr"], a["v_ptr"], dout) if t is not None)
+    return sum(tensor_bytes(t) for t in (a["q_ptr"], a["k_ptr"], a["v_ptr"], dout) if t is not None)
 
 
-def _fwd_states(a, grid):
+def _fwd_states(a):
     """Forward: q, k, v (+ tables) in; out and lse out. BWD_PRE: dout in as well; delta and the
     float32 rel terms out instead."""
     read = (_qkv_read(a, a["out_ptr"] if a["BWD_PRE"] else None)      # BWD_PRE: out_ptr is dout
@@ -571,17 +566,17 @@ def _fwd_states(a, grid):
         written = _per_row(a, 1) + (_rel_rows(a) if a["HAS_REL"] else 0)
     else:
         out = a["out_ptr"]
-        written = nbytes(_rows(out), out.dtype) + _per_row(a, 1)
+        written = tensor_bytes(out) + _per_row(a, 1)
     return read, written
 
 
-def _dkdv_states(a, grid):
+def _dkdv_states(a):
     """dK/dV: q, k, v, dout, lse, delta (+ the rel terms) in; dk, dv out."""
     read = _qkv_read(a, a["do_ptr"]) + 2 * _per_row(a, 1) + (_rel_rows(a) if a["HAS_REL"] else 0)
-    return read, sum(nbytes(_rows(t), t.dtype) for t in (a["dk_ptr"], a["dv_ptr"]))
+    return read, sum(tensor_bytes(t) for t in (a["dk_ptr"], a["dv_ptr"]))
 
 
-def _tables_states(a, grid):
+def _tables_states(a):
     """Table gradients: the cell lists, drel_h / drel_w at the k_side columns of the spatial rows,
     and q's spatial rows (read by both tables, counted once) in; both table gradients out."""
     q = a["q_ptr"]
@@ -593,21 +588,21 @@ def _tables_states(a, grid):
             tensor_bytes(a["dth_ptr"]) + tensor_bytes(a["dtw_ptr"]))
 
 
-def _dq_states(a, grid):
+def _dq_states(a):
     """dQ: q, k, v, dout, lse, delta (+ the rel terms) in. Without rel-pos: dq out. With rel-pos,
     part 1: the float32 partial dq out; part 2 (REL_PART): the partial dq, index maps and table
     rows in as well, drel_h, drel_w and dq out."""
     read = _qkv_read(a, a["do_ptr"]) + 2 * _per_row(a, 1)
     dq, dq32 = a["dq_ptr"], a["dq32_ptr"]
     if not a["HAS_REL"]:
-        return read, nbytes(_rows(dq), dq.dtype)
+        return read, tensor_bytes(dq)
     read += _rel_rows(a)
     if a.get("ONE_PASS", False):
-        return read + _rel_inputs_read(a), _rel_rows(a) + nbytes(_rows(dq), dq.dtype)
+        return read + _rel_inputs_read(a), _rel_rows(a) + tensor_bytes(dq)
     if not a["REL_PART"]:
-        return read, nbytes(_rows(dq32), torch.float32)
-    read += nbytes(_rows(dq32), torch.float32) + _rel_inputs_read(a)
-    return read, _rel_rows(a) + nbytes(_rows(dq), dq.dtype)
+        return read, tensor_bytes(dq32)
+    read += tensor_bytes(dq32) + _rel_inputs_read(a)
+    return read, _rel_rows(a) + tensor_bytes(dq)
 
 
 # ----------------------------------------------------------------------------------------------

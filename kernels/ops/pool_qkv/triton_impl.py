@@ -378,14 +378,14 @@ def _pooled_inputs_read(a) -> int:
     return B * heads * tokens * D * E + params
 
 
-def _fwd_states(a, grid):
+def _fwd_states(a):
     """qkv's pooled tokens, conv and norm weights and biases in; q, k, v out."""
     biases = sum(tensor_bytes(a[n]) for n in ("bq_ptr", "bk_ptr", "bv_ptr"))
     return (_pooled_inputs_read(a) + biases,
             sum(tensor_bytes(a[n]) for n in ("q_ptr", "k_ptr", "v_ptr")))
 
 
-def _bwd_rows_states(a, grid):
+def _bwd_rows_states(a):
     """As the forward, plus the q, k, v gradients in; the pre-norm gradient (qkv's dtype) of the grid
     rows, the class-token rows of d(qkv) and the float32 partial sums out."""
     grads = sum(tensor_bytes(a[n]) for n in ("dq_ptr", "dk_ptr", "dv_ptr"))
@@ -394,7 +394,7 @@ def _bwd_rows_states(a, grid):
     return _pooled_inputs_read(a) + grads, tensor_bytes(a["g_ptr"]) + cls_rows + tensor_bytes(a["part_ptr"])
 
 
-def _bwd_input_states(a, grid):
+def _bwd_input_states(a):
     """The pre-norm gradients and the conv weights in; the grid rows of d(qkv) out."""
     dqkv = a["dqkv_ptr"]
     weights = sum(tensor_bytes(a[n]) for n in ("wq_ptr", "wk_ptr", "wv_ptr"))
@@ -402,7 +402,7 @@ def _bwd_input_states(a, grid):
             dqkv.shape[0] * a["H"] * a["W"] * dqkv.shape[2] * dqkv.element_size())
 
 
-def _bwd_params_states(a, grid):
+def _bwd_params_states(a):
     """The partial sums in; the nine parameter gradients out."""
     names = [f"d{p}{t}_ptr" for p in "wgb" for t in "qkv"]
     return tensor_bytes(a["part_ptr"]), sum(tensor_bytes(a[n]) for n in names)
