@@ -50,22 +50,33 @@ def _(dy, x, norm_weight, norm_bias, weight, bias, mean, rstd, eps, dres=None):
     return grads + ([torch.empty_like(bias)] if bias is not None else [])
 
 
+def _save(ctx, x, norm_weight, norm_bias, weight, bias, eps, mean, rstd) -> None:
+    """What both autograd wirings keep: x and the parameters, mean and rstd; not the normed x."""
+    ctx.save_for_backward(x, norm_weight, norm_bias, weight, bias, mean, rstd)
+    ctx.eps = eps
+    ctx.set_materialize_grads(False)    # no zero-filled gradients for unused outputs
+
+
+def _input_grads(ctx, dy, dres=None) -> tuple:
+    """(dx, d norm_weight, d norm_bias, dW, db, None, None) from the saved tensors; dres, x's
+    gradient from its other use, is added into dx by the backward kernels."""
+    x, norm_weight, norm_bias, weight, bias, mean, rstd = ctx.saved_tensors
+    grads = _norm_linear_backward_op(dy, x, norm_weight, norm_bias, weight, bias, mean, rstd, ctx.eps, dres)
+    db = grads[4] if bias is not None else None
+    return grads[0], grads[1], grads[2], grads[3], db, None, None
+
+
 def _setup_context(ctx, inputs, output):
     x, norm_weight, norm_bias, weight, bias, eps, out_dtype = inputs
     _, mean, rstd = output
-    ctx.save_for_backward(x, norm_weight, norm_bias, weight, bias, mean, rstd)   # not the normed x
-    ctx.eps = eps
+    _save(ctx, x, norm_weight, norm_bias, weight, bias, eps, mean, rstd)
     ctx.mark_non_differentiable(mean, rstd)
-    ctx.set_materialize_grads(False)    # no zero-filled gradients for mean and rstd
 
 
 def _backward(ctx, dy, dmean, drstd):
     if dy is None:                      # y unused (grads are not materialized)
         return None, None, None, None, None, None, None
-    x, norm_weight, norm_bias, weight, bias, mean, rstd = ctx.saved_tensors
-    grads = _norm_linear_backward_op(dy, x, norm_weight, norm_bias, weight, bias, mean, rstd, ctx.eps)
-    db = grads[4] if bias is not None else None
-    return grads[0], grads[1], grads[2], grads[3], db, None, None
+    return _input_grads(ctx, dy)
 
 
 _norm_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -81,17 +92,11 @@ class NormLinearKeepInput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, weight, bias, eps, out_dtype):
         y, mean, rstd = torch.ops.fastmvit.norm_linear(x, norm_weight, norm_bias, weight, bias, eps, out_dtype)
-        ctx.save_for_backward(x, norm_weight, norm_bias, weight, bias, mean, rstd)
-        ctx.eps = eps
-        ctx.set_materialize_grads(False)
+        _save(ctx, x, norm_weight, norm_bias, weight, bias, eps, mean, rstd)
         return y, x.view_as(x)
 
     @staticmethod
     def backward(ctx, dy, dres):
-        x, norm_weight, norm_bias, weight, bias, mean, rstd = ctx.saved_tensors
         if dy is None:
             return dres, None, None, None, None, None, None
-        grads = torch.ops.fastmvit.norm_linear_backward(dy, x, norm_weight, norm_bias, weight, bias, mean, rstd,
-                                                        ctx.eps, dres)
-        db = grads[4] if bias is not None else None
-        return grads[0], grads[1], grads[2], grads[3], db, None, None
+        return _input_grads(ctx, dy, dres)
