@@ -47,6 +47,7 @@ if not torch.cuda.is_available():  # op suites may check kernels in the interpre
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from benchmarks import common  # noqa: E402
+from fastmvit.costmodel import meta_like  # noqa: E402
 from fastmvit.kernels.backend import use_backend  # noqa: E402
 
 PROFILES = {
@@ -196,8 +197,7 @@ def record() -> _RecordFixture:
 @pytest.fixture
 def on_meta():
     def convert(*tensors):
-        out = tuple(torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-                    .requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+        out = tuple(meta_like(t).requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
                     for t in tensors)
         return out[0] if len(out) == 1 else out
     return convert

@@ -66,7 +66,7 @@ from .kernels.traffic import tensor_bytes
 
 __all__ = [
     "FREE_OPS", "MODEL_TARGETS", "OVERWRITE_OPS", "OpCost", "Traffic", "TrafficCounter",
-    "TrainingTraffic", "cost_ratios", "count_traffic", "saved_activation_bytes", "tensor_bytes",
+    "TrainingTraffic", "cost_ratios", "count_traffic", "meta_like", "saved_activation_bytes", "tensor_bytes",
     "training_step_traffic",
 ]
 
@@ -111,6 +111,14 @@ MODEL_TARGETS = {
 }
 
 
+
+
+def meta_like(x: Any) -> Any:
+    """A meta tensor of x's shape, strides and dtype (x itself when it is on meta already, or not
+    a tensor): what a launcher needs to state its traffic without touching memory."""
+    if isinstance(x, torch.Tensor) and x.device.type != "meta":
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+    return x
 
 
 def _key(t: torch.Tensor) -> tuple:
@@ -255,11 +263,7 @@ class TrafficCounter(TorchDispatchMode):
     def _count_inside(self, name: str, impl: Callable, args, kwargs) -> None:
         """A fastmvit custom op: run its implementation on meta copies of the inputs, stating each
         launch (module docstring), and count the torch ops it runs with a nested counter."""
-        def to_meta(x):
-            if isinstance(x, torch.Tensor) and x.device.type != "meta":
-                return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
-            return x
-        args, kwargs = tree_map(to_meta, (args, kwargs))
+        args, kwargs = tree_map(meta_like, (args, kwargs))
         with _kernel_traffic.stating_launches() as launches, TrafficCounter() as inner:
             impl(*args, **kwargs)
         for launch in launches:

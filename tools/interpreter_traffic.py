@@ -21,11 +21,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_map
 
-from fastmvit.costmodel import TrafficCounter
+from fastmvit.costmodel import TrafficCounter, meta_like
 from fastmvit.kernels.traffic import Launch, stating_launches
 
 
@@ -111,12 +110,6 @@ class InterpreterTraffic:
         self._restore()
 
 
-def _meta_copy(x):
-    if isinstance(x, torch.Tensor):
-        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
-    return x
-
-
 def compare_with_statements(fn, *args, rel: float = 0.02, **kwargs):
     """Run launcher ``fn(*args, **kwargs)`` in the interpreter, counting, and on meta copies of the
     arguments, stating. Returns (problems, counted launches, stated launches): problems lists each
@@ -125,7 +118,7 @@ def compare_with_statements(fn, *args, rel: float = 0.02, **kwargs):
     with InterpreterTraffic() as counted:
         fn(*args, **kwargs)
     with stating_launches() as stated, TrafficCounter() as eager:
-        fn(*tree_map(_meta_copy, args), **tree_map(_meta_copy, kwargs))
+        fn(*tree_map(meta_like, args), **tree_map(meta_like, kwargs))
     problems = []
     if [c.kernel for c in counted.launches] != [s.kernel for s in stated]:
         problems.append(f"launches: counted {[c.kernel for c in counted.launches]}, "
