@@ -110,14 +110,6 @@ def test_speed(shape, variant, pass_, impl, measure, device):
         pytest.skip("GPU timings need CUDA (the Triton kernels are never timed in the interpreter)")
     backward = pass_ == "fwd+bwd"
     h, w, b, r, s = make_inputs(shape, variant, device, requires_grad=backward)
-    if backward:
-        dy = torch.randn(BATCH, shape.tokens, shape.n, device=device, dtype=DTYPE)
-
-        def fn():
-            torch.autograd.grad(call(impl, h, w, b, r, s), (h, w, b, r), dy)
-    else:
-        def fn():
-            with torch.no_grad():
-                call(impl, h, w, b, r, s)
-    measure(fn, suite="op", op=OP, case=f"{shape.label} {variant}", impl=impl, pass_=pass_, dtype=DTYPE,
+    dy = torch.randn(BATCH, shape.tokens, shape.n, device=device, dtype=DTYPE) if backward else None
+    measure(common.op_call(lambda: call(impl, h, w, b, r, s), (h, w, b, r), dy), suite="op", op=OP, case=f"{shape.label} {variant}", impl=impl, pass_=pass_, dtype=DTYPE,
             batch=BATCH, tokens=shape.tokens, k=shape.k, n=shape.n)

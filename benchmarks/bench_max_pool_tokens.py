@@ -95,14 +95,6 @@ def test_speed(shape, pass_, impl, measure, device):
         pytest.skip("GPU timings need CUDA (the Triton kernels are never timed in the interpreter)")
     backward = pass_ == "fwd+bwd"
     x = make_input(shape, device, requires_grad=backward)
-    if backward:
-        dy = torch.randn(BATCH, out_tokens(shape), shape.channels, device=device, dtype=DTYPE)
-
-        def fn():
-            torch.autograd.grad(call(impl, x, shape), (x,), dy)
-    else:
-        def fn():
-            with torch.no_grad():
-                call(impl, x, shape)
-    measure(fn, suite="op", op=OP, case=shape.label, impl=impl, pass_=pass_, dtype=DTYPE, batch=BATCH,
+    dy = torch.randn(BATCH, out_tokens(shape), shape.channels, device=device, dtype=DTYPE) if backward else None
+    measure(common.op_call(lambda: call(impl, x, shape), (x,), dy), suite="op", op=OP, case=shape.label, impl=impl, pass_=pass_, dtype=DTYPE, batch=BATCH,
             channels=shape.channels, cls=shape.cls)

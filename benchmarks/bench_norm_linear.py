@@ -82,14 +82,6 @@ def test_speed(shape, pass_, impl, measure, device):
         pytest.skip("GPU timings need CUDA (the Triton kernels are never timed in the interpreter)")
     backward = pass_ == "fwd+bwd"
     leaves = make_inputs(shape, device, requires_grad=backward)
-    if backward:
-        dy = torch.randn(BATCH, shape.tokens, shape.n, device=device, dtype=DTYPE)
-
-        def fn():
-            torch.autograd.grad(call(impl, leaves), leaves, dy)
-    else:
-        def fn():
-            with torch.no_grad():
-                call(impl, leaves)
-    measure(fn, suite="op", op=OP, case=shape.label, impl=impl, pass_=pass_, dtype=DTYPE, batch=BATCH,
+    dy = torch.randn(BATCH, shape.tokens, shape.n, device=device, dtype=DTYPE) if backward else None
+    measure(common.op_call(lambda: call(impl, leaves), leaves, dy), suite="op", op=OP, case=shape.label, impl=impl, pass_=pass_, dtype=DTYPE, batch=BATCH,
             tokens=shape.tokens, k=shape.k, n=shape.n)

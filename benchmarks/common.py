@@ -292,6 +292,19 @@ def op_costs(fn: Callable[[], torch.Tensor], leaves, grad_out: torch.Tensor, par
             "fwd+bwd": forward.traffic + backward.traffic, "saved_bytes": saved}
 
 
+def op_call(fn: Callable[[], torch.Tensor], leaves, grad_out: torch.Tensor | None = None) -> Callable[[], None]:
+    """What an op's speed test times: ``fn()`` under no_grad (an inference call), or with grad_out
+    forward + ``torch.autograd.grad(out, leaves, grad_out)`` (a training call), as op_costs counts."""
+    if grad_out is None:
+        def call() -> None:
+            with torch.no_grad():
+                fn()
+    else:
+        def call() -> None:
+            torch.autograd.grad(fn(), list(leaves), grad_out)
+    return call
+
+
 # ----------------------------------------------------------------------------- models
 
 class Unavailable(Exception):
