@@ -3,14 +3,17 @@
 It is the oracle the optimized model and the kernels are tested against. It owns the
 architecture configs. It imports neither ``fastmvit``'s model code nor ``fastmvit.kernels``.
 """
-from .config import (ARCH_SETTINGS, ARCHS, BlockSpec, MViTv2Config, block_specs, conv_out_size, get_config,
-                     patch_grid, rel_pos_length)
+from .config import (ARCH_SETTINGS, ARCHS, VIDEO_ARCH_SETTINGS, BlockSpec, MViTv2Config, MViTv2VideoConfig,
+                     block_specs, conv_out_size, get_config, get_video_config, patch_grid, rel_pos_length)
 from .layers import (DropPath, Mlp, MultiScaleAttention, MultiScaleBlock, PatchEmbed, add_decomposed_rel_pos,
                      drop_path, drop_path_mask, get_rel_pos, pool_tokens, pooling_attention, rel_pos_index, resize_rel_pos)
+from .video import MViTv2Video, PatchEmbed3d, mvit_v2_s, mvitv2_video_base, mvitv2_video_large, mvitv2_video_small
 from .mvitv2 import (ClassifierHead, MViTv2, mvitv2_base, mvitv2_base_cls, mvitv2_huge_cls, mvitv2_large,
                      mvitv2_large_cls, mvitv2_small, mvitv2_small_cls, mvitv2_tiny)
 
-__all__ = ["ARCHS", "ARCH_SETTINGS", "BlockSpec", "ClassifierHead", "DropPath", "MViTv2", "MViTv2Config", "Mlp",
+__all__ = ["ARCHS", "ARCH_SETTINGS", "BlockSpec", "ClassifierHead", "DropPath", "MViTv2", "MViTv2Config",
+           "MViTv2Video", "MViTv2VideoConfig", "Mlp", "PatchEmbed3d", "VIDEO_ARCH_SETTINGS", "get_video_config",
+           "mvit_v2_s", "mvitv2_video_base", "mvitv2_video_large", "mvitv2_video_small",
            "MultiScaleAttention", "MultiScaleBlock", "PatchEmbed", "add_decomposed_rel_pos", "block_specs",
            "conv_out_size", "drop_path", "drop_path_mask", "get_config", "get_rel_pos", "mvitv2_base", "mvitv2_base_cls",
            "mvitv2_huge_cls", "mvitv2_large", "mvitv2_large_cls", "mvitv2_small", "mvitv2_small_cls",

@@ -21,10 +21,21 @@ The plan follows the official code (facebookresearch/mvit, ``mvit_model.py``,
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import ClassVar, Sequence
 
-__all__ = ["ARCHS", "ARCH_SETTINGS", "BlockSpec", "MViTv2Config", "block_specs", "conv_out_size",
-           "get_config", "patch_grid", "rel_pos_length", "round_width"]
+__all__ = ["ARCHS", "ARCH_SETTINGS", "BlockSpec", "MViTv2Config", "MViTv2VideoConfig", "VIDEO_ARCH_SETTINGS",
+           "as_axes", "block_specs", "conv_out_size", "get_config", "get_video_config", "patch_grid",
+           "rel_pos_length", "round_width", "video_rel_pos_lengths"]
+
+
+def as_axes(value: int | Sequence[int], ndim: int, name: str = "value") -> tuple[int, ...]:
+    """An int (the same on every axis) or a sequence of ``ndim`` ints, as a tuple of ``ndim`` ints."""
+    if isinstance(value, int):
+        return (int(value),) * ndim
+    out = tuple(int(v) for v in value)
+    if len(out) != ndim:
+        raise ValueError(f"{name} must be an int or {ndim} ints, got {value!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -60,11 +71,11 @@ class MViTv2Config:
     patch_stride: int = 4
     patch_padding: int = 3
     norm_eps: float = 1e-6
+    ndim: ClassVar[int] = 2          # token grid axes: (H, W)
 
     def __post_init__(self):
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-        pk = self.pool_kernel
-        object.__setattr__(self, "pool_kernel", (int(pk), int(pk)) if isinstance(pk, int) else tuple(int(k) for k in pk))
+        object.__setattr__(self, "pool_kernel", as_axes(self.pool_kernel, self.ndim, "pool_kernel"))
         if len(self.depths) == 0 or min(self.depths) < 1:
             raise ValueError(f"depths must be a non-empty sequence of positive block counts, got {self.depths}")
         if self.embed_dims < 1 or self.num_heads < 1:
@@ -73,9 +84,10 @@ class MViTv2Config:
             # (The official round_width would silently widen block 0 to a multiple of the heads.)
             raise ValueError(f"num_heads ({self.num_heads}) do not divide embed_dims ({self.embed_dims}): "
                              f"heads do not divide the width")
-        if len(self.pool_kernel) != 2 or min(self.pool_kernel) < 1 or any(k % 2 == 0 for k in self.pool_kernel):
-            raise ValueError(f"pool_kernel must be two odd positive sizes, got {self.pool_kernel}")
-        if self.adaptive_kv_stride < 1 or self.downscale_stride < 1 or self.patch_stride < 1:
+        if min(self.pool_kernel) < 1 or any(k % 2 == 0 for k in self.pool_kernel):
+            raise ValueError(f"pool_kernel must be {self.ndim} odd positive sizes, got {self.pool_kernel}")
+        if (self.adaptive_kv_stride < 1 or self.downscale_stride < 1
+                or min(as_axes(self.patch_stride, self.ndim, "patch_stride")) < 1):
             raise ValueError("adaptive_kv_stride, downscale_stride and patch_stride must be >= 1")
 
     # Names used by fastmvit.checkpoint (ArchInfo) for the same fields.
@@ -111,21 +123,74 @@ ARCH_SETTINGS: dict[str, MViTv2Config] = {
 ARCHS = ARCH_SETTINGS  # the name fastmvit.checkpoint looks up
 
 
-def get_config(arch: str | MViTv2Config, **overrides) -> MViTv2Config:
+@dataclass(frozen=True)
+class MViTv2VideoConfig(MViTv2Config):
+    """A video MViTv2 (docs/design.md, "The video model"): the image fields over a (T, H, W) grid.
+
+    The defaults are torchvision's ``mvit_v2_s`` / SlowFast's MViTv2-S 16x4: a class token, 3x3x3
+    pooling kernels, a (3, 7, 7) / (2, 4, 4) patch embedding, the key/value stride starting at
+    (``adaptive_kv_stride_t``, ``adaptive_kv_stride``, ``adaptive_kv_stride``) = (1, 8, 8).
+    temporal_stride: q's temporal stride at each stage start (1 in every public model); the
+    spatial one is ``downscale_stride``. head_drop_rate: the head's dropout (0.5).
+    """
+    depths: tuple[int, ...] = (1, 2, 11, 2)
+    with_cls_token: bool = True
+    pool_kernel: tuple[int, ...] = (3, 3, 3)
+    adaptive_kv_stride: int = 8
+    adaptive_kv_stride_t: int = 1
+    temporal_stride: int = 1
+    drop_path_rate: float = 0.2
+    head_drop_rate: float = 0.5
+    patch_kernel: tuple[int, ...] = (3, 7, 7)
+    patch_stride: tuple[int, ...] = (2, 4, 4)
+    patch_padding: tuple[int, ...] = (1, 3, 3)
+    ndim: ClassVar[int] = 3          # token grid axes: (T, H, W)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("patch_kernel", "patch_stride", "patch_padding"):
+            object.__setattr__(self, name, as_axes(getattr(self, name), 3, name))
+        if self.adaptive_kv_stride_t < 1 or self.temporal_stride < 1:
+            raise ValueError("adaptive_kv_stride_t and temporal_stride must be >= 1")
+
+
+# SlowFast's MViTv2 video models (configs/Kinetics/MVITv2_{S_16x4,B_32x3,L_40x3_test}); "small" is
+# torchvision's mvit_v2_s.
+VIDEO_ARCH_SETTINGS: dict[str, MViTv2VideoConfig] = {
+    "small": MViTv2VideoConfig(96, 1, (1, 2, 11, 2), drop_path_rate=0.2),
+    "base": MViTv2VideoConfig(96, 1, (2, 3, 16, 3), drop_path_rate=0.3),
+    "large": MViTv2VideoConfig(144, 2, (2, 6, 36, 4), drop_path_rate=0.75),
+}
+
+
+def get_config(arch: str | MViTv2Config, _settings: dict | None = None, _kind: type = MViTv2Config,
+               **overrides) -> MViTv2Config:
     """The config of a public arch name (``"tiny"``, ``"mvitv2_tiny"`` ...) or a given config,
     with ``overrides`` (config field names) applied. Raises ``ValueError`` for an unknown name."""
-    if isinstance(arch, MViTv2Config):
+    settings = ARCH_SETTINGS if _settings is None else _settings
+    if isinstance(arch, _kind):
         cfg = arch
+    elif isinstance(arch, MViTv2Config):
+        want = "a video" if _kind is MViTv2VideoConfig else "an image"
+        raise TypeError(f"expected {want} config ({_kind.__name__}), got {type(arch).__name__}")
     elif isinstance(arch, str):
         name = arch.lower().removeprefix("mvitv2_").removeprefix("mvitv2-").replace("-", "_")
-        if name not in ARCH_SETTINGS:
-            raise ValueError(f"unknown MViTv2 arch {arch!r}; choose one of {sorted(ARCH_SETTINGS)} "
-                             f"or pass an MViTv2Config")
-        cfg = ARCH_SETTINGS[name]
+        if name not in settings:
+            raise ValueError(f"unknown MViTv2 arch {arch!r}; choose one of {sorted(settings)} "
+                             f"or pass an {_kind.__name__}")
+        cfg = settings[name]
     else:
-        raise TypeError(f"arch must be an arch name or an MViTv2Config, got {type(arch).__name__}")
+        raise TypeError(f"arch must be an arch name or an {_kind.__name__}, got {type(arch).__name__}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return replace(cfg, **overrides) if overrides else cfg
+
+
+def get_video_config(arch: str | MViTv2VideoConfig, **overrides) -> MViTv2VideoConfig:
+    """``get_config`` for the video archs (``"small"``, ``"base"``, ``"large"``, or
+    ``"mvit_v2_s"``, torchvision's name for small)."""
+    if isinstance(arch, str) and arch.lower() in ("mvit_v2_s", "mvit-v2-s"):
+        arch = "small"
+    return get_config(arch, VIDEO_ARCH_SETTINGS, MViTv2VideoConfig, **overrides)
 
 
 def round_width(width: int, multiplier: float, min_width: int = 1, divisor: int = 1) -> int:
@@ -147,10 +212,12 @@ def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def patch_grid(config: MViTv2Config, img_size: tuple[int, int]) -> tuple[int, int]:
-    """Token grid (H, W) after the patch embedding of an (H_img, W_img) image."""
-    return tuple(conv_out_size(s, config.patch_kernel, config.patch_stride, config.patch_padding)
-                 for s in img_size)
+def patch_grid(config: MViTv2Config, img_size: Sequence[int]) -> tuple[int, ...]:
+    """Token grid after the patch embedding: (H, W) of an (H_img, W_img) image, or (T, H, W) of a
+    (frames, H_img, W_img) clip with a video config."""
+    n = config.ndim
+    return tuple(conv_out_size(s, k, st, p) for s, k, st, p in zip(
+        img_size, as_axes(config.patch_kernel, n), as_axes(config.patch_stride, n), as_axes(config.patch_padding, n)))
 
 
 def rel_pos_length(q_size: int, k_size: int) -> int:
@@ -168,6 +235,8 @@ class BlockSpec:
     stride_q / stride_kv: pooling strides of q and of k, v; pool_kernel: the conv pooling kernel.
     input_size: grid entering the block; q_size: grid after q pooling (= the block's output grid);
     kv_size: grid after k/v pooling. rel_pos_len: (len_h, len_w) of the tables rel_pos_h / rel_pos_w.
+    Video plans hold 3-tuples over (t, h, w) in every grid, stride and kernel field, and
+    rel_pos_len = (len_t, len_h, len_w).
     dim_change: None, "attention" or "mlp" (where ``proj`` sits). drop_path: stochastic depth rate.
     """
     index: int
@@ -195,14 +264,21 @@ class BlockSpec:
 
 def block_specs(config: MViTv2Config, img_size: int | Sequence[int] = 224,
                 drop_path_rate: float | None = None) -> list[BlockSpec]:
-    """The per-block plan of ``config`` for ``img_size`` (int or (H, W)) input images.
+    """The per-block plan of ``config`` for ``img_size`` input: an int or (H, W) for an image
+    config, (frames, H, W) for a video config (``MViTv2VideoConfig``).
 
     ``drop_path_rate`` overrides ``config.drop_path_rate``. Raises ``ValueError`` when the heads do
-    not divide a block's attention width or the image is smaller than the patch stride.
+    not divide a block's attention width or the input is smaller than the patch stride.
     """
-    h_img, w_img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if min(h_img, w_img) < config.patch_stride:
-        raise ValueError(f"img_size {(h_img, w_img)} is smaller than the patch stride {config.patch_stride}")
+    n = config.ndim
+    video = n == 3
+    if video:
+        size_in = as_axes(img_size, 3, "video input size (frames, H, W)")
+    else:
+        size_in = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    patch_stride = as_axes(config.patch_stride, n)
+    if len(size_in) != n or any(s < st for s, st in zip(size_in, patch_stride)):
+        raise ValueError(f"input size {size_in} is smaller than the patch stride {patch_stride}")
     depth = config.depth
     rate = config.drop_path_rate if drop_path_rate is None else drop_path_rate
     # Stochastic depth grows linearly over the blocks (official: torch.linspace(0, rate, depth)).
@@ -212,16 +288,18 @@ def block_specs(config: MViTv2Config, img_size: int | Sequence[int] = 224,
     # dim_mul / head_mul over depth + 1 positions, as in the official _prepare_mvit_configs.
     dim_mul = [config.dim_mul if i in starts else 1.0 for i in range(depth + 1)]
     head_mul = [config.head_mul if i in starts else 1.0 for i in range(depth + 1)]
-    kh, kw = config.pool_kernel
-    pad = (kh // 2, kw // 2)
+    kernel = config.pool_kernel
+    pad = tuple(k // 2 for k in kernel)
+    # Strides per axis: a stage start strides q by downscale_stride on the spatial axes (and by
+    # temporal_stride on t); the key/value stride starts adaptive and is divided by q's stride.
+    down = ((config.temporal_stride,) if video else ()) + (config.downscale_stride,) * 2
+    kv_stride = ((config.adaptive_kv_stride_t,) if video else ()) + (config.adaptive_kv_stride,) * 2
 
     specs = []
     dim, heads = config.embed_dims, config.num_heads
-    size = patch_grid(config, (h_img, w_img))
-    kv_stride = (config.adaptive_kv_stride, config.adaptive_kv_stride)
+    size = patch_grid(config, size_in)
     for i in range(depth):
-        s = config.downscale_stride if i in starts else 1
-        stride_q = (s, s)
+        stride_q = down if i in starts else (1,) * n
         kv_stride = tuple(max(k // sq, 1) for k, sq in zip(kv_stride, stride_q))
         heads = round_width(heads, head_mul[i])
         if config.dim_mul_in_attention:
@@ -232,15 +310,29 @@ def block_specs(config: MViTv2Config, img_size: int | Sequence[int] = 224,
         if dim_att % heads:
             raise ValueError(f"block {i}: {heads} heads do not divide the attention width {dim_att} "
                              f"(embed_dims {config.embed_dims}, num_heads {config.num_heads})")
-        q_size = tuple(conv_out_size(n, k, st, p) for n, k, st, p in zip(size, (kh, kw), stride_q, pad))
-        kv_size = tuple(conv_out_size(n, k, st, p) for n, k, st, p in zip(size, (kh, kw), kv_stride, pad))
+        q_size = tuple(conv_out_size(a, k, st, p) for a, k, st, p in zip(size, kernel, stride_q, pad))
+        kv_size = tuple(conv_out_size(a, k, st, p) for a, k, st, p in zip(size, kernel, kv_stride, pad))
+        if video:
+            rel_len = video_rel_pos_lengths(size, stride_q, kv_stride)
+        else:
+            rel_len = tuple(rel_pos_length(a, b) for a, b in zip(q_size, kv_size))
         specs.append(BlockSpec(
             index=i, stage=stage_of[i], dim=dim, dim_out=dim_out, dim_att=dim_att,
             mlp_hidden=int(dim_att * config.mlp_ratio), num_heads=heads, head_dim=dim_att // heads,
-            stride_q=stride_q, stride_kv=kv_stride, pool_kernel=(kh, kw), input_size=size,
-            q_size=q_size, kv_size=kv_size,
-            rel_pos_len=(rel_pos_length(q_size[0], kv_size[0]), rel_pos_length(q_size[1], kv_size[1])),
+            stride_q=stride_q, stride_kv=kv_stride, pool_kernel=kernel, input_size=size,
+            q_size=q_size, kv_size=kv_size, rel_pos_len=rel_len,
             dim_change=None if dim == dim_out else ("attention" if config.dim_mul_in_attention else "mlp"),
             drop_path=dpr[i]))
         size, dim = q_size, dim_out
     return specs
+
+
+def video_rel_pos_lengths(input_size: Sequence[int], stride_q: Sequence[int],
+                          stride_kv: Sequence[int]) -> tuple[int, int, int]:
+    """(len_t, len_h, len_w) of a video block's tables, as torchvision and SlowFast size them:
+    ``2 * T_in - 1`` along t; ``2 * max(S // sq, S // skv) - 1`` along h and w, with S the larger
+    spatial side of the block's input grid and sq, skv the spatial strides of q and of k, v."""
+    t, h, w = input_size
+    side = max(h, w)
+    spatial = rel_pos_length(side // stride_q[1], side // stride_kv[1])
+    return 2 * t - 1, spatial, spatial

@@ -30,13 +30,13 @@ __all__ = ["DropPath", "Mlp", "MultiScaleAttention", "MultiScaleBlock", "PatchEm
 # Functions
 # ------------------------------------------------------------------------------------------------
 def pool_tokens(x: torch.Tensor, pool: nn.Module | None, hw_shape: Sequence[int], has_cls_token: bool,
-                norm: nn.Module | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pool the grid tokens of ``x`` with ``pool`` (a conv or max pool on NCHW), then ``norm``.
+                norm: nn.Module | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pool the grid tokens of ``x`` with ``pool`` (a conv or max pool on NCHW, or NCTHW), then ``norm``.
 
-    x: (B, n, N, C) per-head tokens, or (B, N, C). hw_shape: the (H, W) grid, H * W = N - sp.
-    The class token (row 0 when ``has_cls_token``) is split off, the grid pooled over (H, W) with
-    every (batch, head) as its own image of C channels, the token put back in front, and then
-    ``norm`` (LayerNorm over C) is applied to all rows, the class token included (official
+    x: (B, n, N, C) per-head tokens, or (B, N, C). hw_shape: the grid, (H, W) or (T, H, W), its
+    product = N - sp. The class token (row 0 when ``has_cls_token``) is split off, the grid pooled
+    with every (batch, head) as its own image (or clip) of C channels, the token put back in front,
+    and then ``norm`` (LayerNorm over C) is applied to all rows, the class token included (official
     ``attention_pool``). Returns the pooled tokens (B, n, N', C) or (B, N', C) and the new grid.
     With ``pool`` None, ``x`` and ``hw_shape`` come back unchanged (and ``norm`` is not applied).
     """
@@ -47,20 +47,22 @@ def pool_tokens(x: torch.Tensor, pool: nn.Module | None, hw_shape: Sequence[int]
         x = x.unsqueeze(1)                                       # (B, 1, N, C)
     elif x.dim() != 4:
         raise ValueError(f"pool_tokens expects (B, N, C) or (B, heads, N, C) tokens, got shape {tuple(x.shape)}")
-    H, W = hw_shape
+    grid_shape = tuple(hw_shape)
     sp = 1 if has_cls_token else 0
     B, n, N, C = x.shape
-    if N - sp != H * W:
-        raise ValueError(f"{N} tokens do not fit the grid {H}x{W}" + (" plus a class token" if sp else ""))
+    if N - sp != math.prod(grid_shape):
+        raise ValueError(f"{N} tokens do not fit the grid {'x'.join(map(str, grid_shape))}"
+                         + (" plus a class token" if sp else ""))
+    d = len(grid_shape)
     cls_tok, grid = x[:, :, :sp], x[:, :, sp:]
-    grid = grid.reshape(B * n, H, W, C).permute(0, 3, 1, 2)       # (B*n, C, H, W)
-    grid = pool(grid)                                            # (B*n, C, H', W')
-    h, w = grid.shape[-2:]
-    grid = grid.reshape(B, n, C, h * w).transpose(2, 3)          # (B, n, H'*W', C)
+    grid = grid.reshape(B * n, *grid_shape, C).permute(0, d + 1, *range(1, d + 1))  # (B*n, C, *grid)
+    grid = pool(grid)                                            # (B*n, C, *grid')
+    new_shape = tuple(grid.shape[2:])
+    grid = grid.reshape(B, n, C, math.prod(new_shape)).transpose(2, 3)  # (B, n, N' - sp, C)
     x = torch.cat((cls_tok, grid), dim=2)
     if norm is not None:
         x = norm(x)
-    return (x.squeeze(1) if squeeze else x), (h, w)
+    return (x.squeeze(1) if squeeze else x), new_shape
 
 
 def rel_pos_index(q_size: int, k_size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -153,17 +155,19 @@ def add_decomposed_rel_pos_nd(attn: torch.Tensor, q: torch.Tensor, tables: Seque
 
 def pooling_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_shape: Sequence[int],
                       k_shape: Sequence[int], rel_pos_h: torch.Tensor | None, rel_pos_w: torch.Tensor | None,
-                      has_cls_token: bool, residual_pooling: bool) -> torch.Tensor:
+                      has_cls_token: bool, residual_pooling: bool, rel_pos_t: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of pooled, normed q (B, n, Nq, hd) over k, v (B, n, Nk, hd) -> (B, n, Nq, hd).
 
     ``softmax(q * hd**-0.5 @ k^T + rel-pos bias) @ v``, plus the residual q on the grid rows (not on
     the class-token row: official convention) when ``residual_pooling``. No rel-pos bias when the
-    tables are None.
+    tables are None. Grids (qh, qw) and (kh, kw), or (qt, qh, qw) and (kt, kh, kw) with the
+    temporal table ``rel_pos_t`` (video: three decomposed terms).
     """
     scale = q.shape[-1] ** -0.5
     attn = (q * scale) @ k.transpose(-2, -1)                     # (B, n, Nq, Nk)
     if rel_pos_h is not None:
-        attn = add_decomposed_rel_pos(attn, q, rel_pos_h, rel_pos_w, q_shape, k_shape, has_cls_token)
+        tables = (rel_pos_h, rel_pos_w) if rel_pos_t is None else (rel_pos_t, rel_pos_h, rel_pos_w)
+        attn = add_decomposed_rel_pos_nd(attn, q, tables, q_shape, k_shape, has_cls_token)
     attn = attn.softmax(dim=-1)
     out = attn @ v                                               # (B, n, Nq, hd)
     if residual_pooling:
@@ -230,12 +234,15 @@ class Mlp(nn.Module):
 
 
 class MultiScaleAttention(nn.Module):
-    """Pooling attention (docs/design.md, "Pooling attention"): (B, N, dim) tokens on an (H, W) grid -> (B, N', dim_att).
+    """Pooling attention (docs/design.md, "Pooling attention"): (B, N, dim) tokens on an (H, W) grid
+    (or a (T, H, W) one) -> (B, N', dim_att).
 
     Parameters (official names): ``qkv`` Linear(dim, 3 dim_att); ``pool_{q,k,v}`` depthwise
     Conv2d(hd, hd, 3, stride, pad 1, groups hd, no bias), weight (hd, 1, 3, 3) shared by the heads;
     ``norm_{q,k,v}`` LayerNorm(hd); ``rel_pos_{h,w}`` (len_h, hd), (len_w, hd) when ``rel_pos_len``
     is given; ``proj`` Linear(dim_att, dim_att). q, k and v are pooled even with stride 1.
+    Video (a 3-axis ``pool_kernel``): Conv3d pools, weight (hd, 1, kt, kh, kw), and a third table
+    ``rel_pos_t`` (len_t, hd), with ``rel_pos_len`` = (len_t, len_h, len_w).
     """
 
     def __init__(self, dim: int, dim_att: int, num_heads: int, *, pool_kernel: Sequence[int] = (3, 3),
@@ -258,21 +265,36 @@ class MultiScaleAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim_att, bias=qkv_bias)
         self.proj = nn.Linear(dim_att, dim_att)
 
+        self.ndim = len(pool_kernel)
+        conv_cls = {2: nn.Conv2d, 3: nn.Conv3d}[self.ndim]
+
         def conv(stride):
-            return nn.Conv2d(hd, hd, tuple(pool_kernel), stride=tuple(stride), padding=padding, groups=hd, bias=False)
+            return conv_cls(hd, hd, tuple(pool_kernel), stride=tuple(stride), padding=padding, groups=hd, bias=False)
 
         self.pool_q, self.pool_k, self.pool_v = conv(stride_q), conv(stride_kv), conv(stride_kv)
         self.norm_q, self.norm_k, self.norm_v = (nn.LayerNorm(hd, eps=norm_eps) for _ in range(3))
         self.rel_pos_spatial = rel_pos_len is not None
+        self.rel_pos_t = None
         if self.rel_pos_spatial:
-            len_h, len_w = rel_pos_len
+            if len(rel_pos_len) != self.ndim:
+                raise ValueError(f"rel_pos_len {tuple(rel_pos_len)}: one table length per grid axis ({self.ndim})")
+            len_h, len_w = rel_pos_len[-2:]
             self.rel_pos_h = nn.Parameter(torch.zeros(len_h, hd))
             self.rel_pos_w = nn.Parameter(torch.zeros(len_w, hd))
+            if self.ndim == 3:
+                self.rel_pos_t = nn.Parameter(torch.zeros(rel_pos_len[0], hd))
             if not rel_pos_zero_init:
-                nn.init.trunc_normal_(self.rel_pos_h, std=0.02)
-                nn.init.trunc_normal_(self.rel_pos_w, std=0.02)
+                for table in self.rel_pos_tables_nd():
+                    nn.init.trunc_normal_(table, std=0.02)
         else:
             self.rel_pos_h = self.rel_pos_w = None
+
+    def rel_pos_tables_nd(self) -> tuple[torch.Tensor, ...]:
+        """The tables in grid-axis order: (rel_pos_h, rel_pos_w), or (rel_pos_t, rel_pos_h,
+        rel_pos_w) for video; () without relative positions."""
+        if not self.rel_pos_spatial:
+            return ()
+        return (self.rel_pos_h, self.rel_pos_w) if self.rel_pos_t is None else (self.rel_pos_t, self.rel_pos_h, self.rel_pos_w)
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, N, dim) -> q, k, v, each (B, n, N, hd), before pooling."""
@@ -280,8 +302,8 @@ class MultiScaleAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
-    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """x: (B, N, dim) normed tokens on the (H, W) grid -> (B, Nq, dim_att) and the q grid."""
+    def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """x: (B, N, dim) normed tokens on the (H, W) (or (T, H, W)) grid -> (B, Nq, dim_att) and the q grid."""
         if x.dim() != 3 or x.shape[-1] != self.qkv.in_features:
             raise ValueError(f"MultiScaleAttention expects tokens (B, N, {self.qkv.in_features}), "
                              f"got shape {tuple(x.shape)}")
@@ -291,7 +313,7 @@ class MultiScaleAttention(nn.Module):
         k, k_shape = pool_tokens(k, self.pool_k, hw_shape, self.has_cls_token, self.norm_k)  # (B, n, Nk, hd)
         v, _ = pool_tokens(v, self.pool_v, hw_shape, self.has_cls_token, self.norm_v)
         out = pooling_attention(q, k, v, q_shape, k_shape, self.rel_pos_h, self.rel_pos_w,
-                                self.has_cls_token, self.residual_pooling)           # (B, n, Nq, hd)
+                                self.has_cls_token, self.residual_pooling, self.rel_pos_t)  # (B, n, Nq, hd)
         out = out.transpose(1, 2).reshape(B, -1, self.dim_att)                       # (B, Nq, dim_att)
         return self.proj(out), q_shape
 
@@ -327,7 +349,8 @@ class MultiScaleBlock(nn.Module):
             self.proj = nn.Linear(spec.dim, spec.dim_out)
         if max(spec.stride_q) > 1:
             kernel = tuple(s + 1 if s > 1 else s for s in spec.stride_q)
-            self.pool_skip = nn.MaxPool2d(kernel, spec.stride_q, tuple(k // 2 for k in kernel))
+            pool_cls = {2: nn.MaxPool2d, 3: nn.MaxPool3d}[len(spec.stride_q)]
+            self.pool_skip = pool_cls(kernel, spec.stride_q, tuple(k // 2 for k in kernel))
         else:
             self.pool_skip = None
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .config import BlockSpec, MViTv2Config, block_specs, get_config
+from .config import BlockSpec, MViTv2Config, as_axes, block_specs, get_config
 from .layers import MultiScaleBlock, PatchEmbed
 
 __all__ = ["ClassifierHead", "MViTv2", "mvitv2_base", "mvitv2_base_cls", "mvitv2_huge_cls", "mvitv2_large",
@@ -70,15 +70,22 @@ class MViTv2(nn.Module):
                          rel_pos_spatial=rel_pos_spatial, residual_pooling=residual_pooling,
                          dim_mul_in_attention=dim_mul_in_attention, with_cls_token=with_cls_token,
                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate)
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
+        if len(img_size) != 2:
+            raise ValueError(f"img_size must be an int or (H, W), got {img_size}")
+        self._build(cfg, img_size, num_classes, in_channels, out_scales, drop_rate, rel_pos_zero_init)
+
+    def _build(self, cfg: MViTv2Config, input_size: tuple[int, ...], num_classes: int, in_channels: int,
+               out_scales, drop_rate: float, rel_pos_zero_init: bool) -> None:
+        """Build the layers of ``cfg`` for inputs of ``input_size`` ((H, W), or (T, H, W) for video)."""
         if num_classes < 0 or in_channels < 1:
             raise ValueError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}")
         self.config = cfg
-        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
-        if len(self.img_size) != 2:
-            raise ValueError(f"img_size must be an int or (H, W), got {img_size}")
+        self.img_size = tuple(input_size[-2:])
+        self.input_size = tuple(input_size)
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.specs: list[BlockSpec] = block_specs(cfg, self.img_size)
+        self.specs: list[BlockSpec] = block_specs(cfg, self.input_size)
         self.num_stages = len(cfg.depths)
         self.out_scales = self._stage_indices(out_scales)
         self.rel_pos_zero_init = rel_pos_zero_init
@@ -134,24 +141,28 @@ class MViTv2(nn.Module):
         """Full names of the parameters to train without weight decay: the relative-position tables
         and the class token (official ZERO_DECAY_POS_CLS)."""
         return {name for name, _ in self.named_parameters()
-                if name == "cls_token" or name.endswith((".rel_pos_h", ".rel_pos_w"))}
+                if name == "cls_token" or name.endswith((".rel_pos_h", ".rel_pos_w", ".rel_pos_t"))}
 
     # -- forward -----------------------------------------------------------------------------------
+    input_kind = "image batch (B, C, H, W)"
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the problem for a batch the model cannot take."""
+        ndim = self.config.ndim
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected an image batch tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"expected a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}")
+            raise TypeError(f"expected an {self.input_kind} tensor, got {type(x).__name__}")
+        if x.dim() != ndim + 2:
+            raise ValueError(f"expected a {ndim + 2}-D {self.input_kind}, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        stride = self.config.patch_stride
-        if x.shape[-2] < stride or x.shape[-1] < stride:
-            raise ValueError(f"image {x.shape[-2]}x{x.shape[-1]} is smaller than the patch stride {stride}")
+        stride = as_axes(self.config.patch_stride, ndim)
+        if any(s < st for s, st in zip(x.shape[2:], stride)):
+            raise ValueError(f"input {'x'.join(map(str, x.shape[2:]))} is smaller than the patch stride "
+                             f"{'x'.join(map(str, stride))}")
         if x.shape[0] == 0:
             raise ValueError("empty batch")
         if not x.is_floating_point():
-            raise TypeError(f"expected a floating-point image batch, got {x.dtype}")
+            raise TypeError(f"expected a floating-point input batch, got {x.dtype}")
         weight = self.patch_embed.proj.weight
         if x.device != weight.device or x.dtype != weight.dtype:
             raise ValueError(f"input is {x.dtype} on {x.device} but the model is {weight.dtype} on {weight.device}")
@@ -202,13 +213,13 @@ class MViTv2(nn.Module):
         return self.norm(x), maps
 
 
-def named_constructor(cls: type, arch: str, doc: str):
-    """``mvitv2_<arch>(**kwargs) -> cls(arch, **kwargs)``, named and documented (``doc`` is its
-    docstring); shared by the reference and the fused model's module-level constructors."""
+def named_constructor(cls: type, arch: str, doc: str, name: str | None = None):
+    """``mvitv2_<arch>(**kwargs) -> cls(arch, **kwargs)`` (or another ``name``), documented (``doc``
+    is its docstring); shared by the reference and the fused models' module-level constructors."""
     def build(**kwargs):
         return cls(arch, **kwargs)
 
-    build.__name__ = build.__qualname__ = f"mvitv2_{arch}"
+    build.__name__ = build.__qualname__ = name or f"mvitv2_{arch}"
     build.__doc__ = doc
     return build
 
