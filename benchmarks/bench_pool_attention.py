@@ -48,7 +48,7 @@ def _sdpa(q, k, v, th, tw, shape):
     B, H, Nq, D = q.shape
     sp = int(shape.cls)
     (qh, qw), (kh, kw) = shape.q_grid, shape.kv_grid
-    rel_h, rel_w = rel_terms(q[:, :, sp:], th, tw, shape.q_grid, shape.kv_grid)
+    rel_h, rel_w = rel_terms(q[:, :, sp:], (th, tw), shape.q_grid, shape.kv_grid)
     bias = q.new_zeros(B, H, Nq, k.shape[2])
     bias[:, :, sp:, sp:] = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, H, qh * qw, kh * kw)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -68,7 +68,7 @@ def _flex_fn(shape):
 
     def run(q, k, v, th, tw, shape):
         B, H = q.shape[:2]
-        rel_h, rel_w = rel_terms(q[:, :, sp:], th, tw, shape.q_grid, shape.kv_grid)
+        rel_h, rel_w = rel_terms(q[:, :, sp:], (th, tw), shape.q_grid, shape.kv_grid)
         rel_h = rel_h.reshape(B, H, qh * qw, kh)
         rel_w = rel_w.reshape(B, H, qh * qw, kw)
 

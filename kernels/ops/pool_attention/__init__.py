@@ -72,6 +72,7 @@ lose nothing to it; float32 inputs use IEEE float32 matmuls (no TF32) throughout
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -88,24 +89,27 @@ __all__ = ["check_inputs", "check_tables", "pool_attention", "pool_attention_tor
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: torch backend only
 
 
-def _pair(size: Sequence[int], name: str) -> tuple[int, int]:
+def _grid(size: Sequence[int], name: str) -> tuple[int, ...]:
     try:
-        h, w = (int(s) for s in size)
+        grid = tuple(int(s) for s in size)
     except (TypeError, ValueError):
-        raise ValueError(f"pool_attention: {name} must be a pair (height, width), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"pool_attention: {name} must be positive, got {(h, w)}")
-    return h, w
+        raise ValueError(f"pool_attention: {name} must be (height, width) or (time, height, width), got {size!r}") from None
+    if len(grid) not in (2, 3):
+        raise ValueError(f"pool_attention: {name} must be (height, width) or (time, height, width), got {size!r}")
+    if min(grid) < 1:
+        raise ValueError(f"pool_attention: {name} must be positive, got {grid}")
+    return grid
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, rel_pos_h: Optional[Tensor], rel_pos_w: Optional[Tensor],
-                 q_size: Sequence[int], k_size: Sequence[int], has_cls_token: bool
-                 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Validate the op's arguments; return (q_size, k_size) as int pairs. Raises a TypeError for a
-    dtype fault and a ValueError for any other (rank, B/heads/D mismatch, token count vs grid,
-    table length, device), naming the problem, as every op does."""
-    qh, qw = _pair(q_size, "q_size")
-    kh, kw = _pair(k_size, "k_size")
+                 q_size: Sequence[int], k_size: Sequence[int], has_cls_token: bool,
+                 rel_pos_t: Optional[Tensor] = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate the op's arguments; return (q_size, k_size) as int tuples (2 or 3 each, the same
+    number). Raises a TypeError for a dtype fault and a ValueError for any other (rank, B/heads/D
+    mismatch, token count vs grid, table length, device), naming the problem, as every op does."""
+    q_grid, k_grid = _grid(q_size, "q_size"), _grid(k_size, "k_size")
+    if len(q_grid) != len(k_grid):
+        raise ValueError(f"pool_attention: q_size {q_grid} and k_size {k_grid} have different numbers of axes")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"pool_attention: {name} must be a Tensor, got {type(t).__name__}")
@@ -125,40 +129,53 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, rel_pos_h: Optional[Tensor], r
     if v.shape[2] != k.shape[2]:
         raise ValueError(f"pool_attention: k has {k.shape[2]} tokens but v has {v.shape[2]}")
     sp = int(bool(has_cls_token))
-    if Nq != sp + qh * qw:
-        raise ValueError(f"pool_attention: q has {Nq} tokens but q_size {(qh, qw)} with "
-                         f"has_cls_token={bool(has_cls_token)} needs {sp + qh * qw}")
-    if k.shape[2] != sp + kh * kw:
-        raise ValueError(f"pool_attention: k/v have {k.shape[2]} tokens but k_size {(kh, kw)} with "
-                         f"has_cls_token={bool(has_cls_token)} needs {sp + kh * kw}")
-    check_tables(rel_pos_h, rel_pos_w, (qh, qw), (kh, kw), D, q.dtype, q.device)
-    return (qh, qw), (kh, kw)
+    if Nq != sp + math.prod(q_grid):
+        raise ValueError(f"pool_attention: q has {Nq} tokens but q_size {q_grid} with "
+                         f"has_cls_token={bool(has_cls_token)} needs {sp + math.prod(q_grid)}")
+    if k.shape[2] != sp + math.prod(k_grid):
+        raise ValueError(f"pool_attention: k/v have {k.shape[2]} tokens but k_size {k_grid} with "
+                         f"has_cls_token={bool(has_cls_token)} needs {sp + math.prod(k_grid)}")
+    check_tables(rel_pos_h, rel_pos_w, q_grid, k_grid, D, q.dtype, q.device, rel_pos_t)
+    return q_grid, k_grid
 
 
 def check_tables(rel_pos_h: Optional[Tensor], rel_pos_w: Optional[Tensor], q_size: Sequence[int],
-                 k_size: Sequence[int], D: int, dtype: torch.dtype, device: torch.device) -> None:
-    """Validate the rel-pos tables for q and k grids (int pairs), head dim D and q's dtype and
-    device: both or neither, 2-D, exactly 2 * max(q, k) - 1 rows per axis, D columns."""
+                 k_size: Sequence[int], D: int, dtype: torch.dtype, device: torch.device,
+                 rel_pos_t: Optional[Tensor] = None) -> None:
+    """Validate the rel-pos tables for q and k grids (int tuples, (h, w) or (t, h, w)), head dim D
+    and q's dtype and device: h and w both or neither, t exactly when the grids have a time axis
+    (and there are tables), 2-D, exactly 2 * max(q, k) - 1 rows per axis, D columns."""
     if (rel_pos_h is None) != (rel_pos_w is None):
         raise ValueError("pool_attention: give both rel_pos_h and rel_pos_w, or neither")
-    if rel_pos_h is not None:
-        axes = (("rel_pos_h", rel_pos_h, q_size[0], k_size[0]), ("rel_pos_w", rel_pos_w, q_size[1], k_size[1]))
-        for name, t, qs, ks in axes:
-            if not isinstance(t, Tensor) or t.dim() != 2:
-                raise ValueError(f"pool_attention: {name} must be a 2-D tensor (length, D), got "
-                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-            length = 2 * max(qs, ks) - 1
-            if t.shape[0] != length:
-                raise ValueError(f"pool_attention: {name} has {t.shape[0]} rows but grids q {qs} / k {ks} "
-                                 f"need exactly 2*max({qs}, {ks})-1 = {length} (resize the table with "
-                                 f"linear interpolation first)")
-            if t.shape[1] != D:
-                raise ValueError(f"pool_attention: {name} has width {t.shape[1]}, expected the head dim {D}")
-            if t.dtype != dtype:
-                raise TypeError(f"pool_attention: {name} has dtype {t.dtype} but q has {dtype}")
-            if t.device != device:
-                raise ValueError(f"pool_attention: {name} is on {t.device} but q is on {device}")
-
+    video = len(q_size) == 3
+    if rel_pos_h is None:
+        if rel_pos_t is not None:
+            raise ValueError("pool_attention: rel_pos_t given without rel_pos_h and rel_pos_w")
+        return
+    if video and rel_pos_t is None:
+        raise ValueError(f"pool_attention: a (time, height, width) grid {tuple(q_size)} needs rel_pos_t "
+                         "beside rel_pos_h and rel_pos_w")
+    if not video and rel_pos_t is not None:
+        raise ValueError(f"pool_attention: rel_pos_t given for a 2-D grid {tuple(q_size)}; "
+                         "pass (time, height, width) sizes")
+    axes = [("rel_pos_h", rel_pos_h, q_size[-2], k_size[-2]), ("rel_pos_w", rel_pos_w, q_size[-1], k_size[-1])]
+    if video:
+        axes.insert(0, ("rel_pos_t", rel_pos_t, q_size[0], k_size[0]))
+    for name, t, qs, ks in axes:
+        if not isinstance(t, Tensor) or t.dim() != 2:
+            raise ValueError(f"pool_attention: {name} must be a 2-D tensor (length, D), got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        length = 2 * max(qs, ks) - 1
+        if t.shape[0] != length:
+            raise ValueError(f"pool_attention: {name} has {t.shape[0]} rows but grids q {qs} / k {ks} "
+                             f"need exactly 2*max({qs}, {ks})-1 = {length} (resize the table with "
+                             f"linear interpolation first)")
+        if t.shape[1] != D:
+            raise ValueError(f"pool_attention: {name} has width {t.shape[1]}, expected the head dim {D}")
+        if t.dtype != dtype:
+            raise TypeError(f"pool_attention: {name} has dtype {t.dtype} but q has {dtype}")
+        if t.device != device:
+            raise ValueError(f"pool_attention: {name} is on {t.device} but q is on {device}")
 
 
 @torch.compiler.assume_constant_result
@@ -170,25 +187,27 @@ def _resolve_backend(device_type: str) -> str:
 
 def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
-                   q_size: Sequence[int], k_size: Sequence[int], *, has_cls_token: bool = False,
-                   residual_pooling: bool = True, scale: Optional[float] = None) -> torch.Tensor:
-    """MViTv2 pooling attention: softmax(scale q k^T + rel_h + rel_w) v (+ q on spatial rows).
+                   q_size: Sequence[int], k_size: Sequence[int], *, rel_pos_t: Optional[torch.Tensor] = None,
+                   has_cls_token: bool = False, residual_pooling: bool = True,
+                   scale: Optional[float] = None) -> torch.Tensor:
+    """MViTv2 pooling attention: softmax(scale q k^T + rel_h + rel_w (+ rel_t)) v (+ q on spatial rows).
 
     q: (B, H, Nq, D); k, v: (B, H, Nk, D); rel_pos_h: (2*max(qh, kh) - 1, D) and rel_pos_w:
     (2*max(qw, kw) - 1, D), or both None. q_size = (qh, qw), k_size = (kh, kw); Nq = qh*qw and
-    Nk = kh*kw, +1 each with a class token (token 0: no rel-pos, no residual). scale defaults to
-    D ** -0.5. Returns (B, H, Nq, D) in q's dtype, a view of a (B, Nq, H, D) contiguous buffer.
-    Differentiable in q, k, v and both tables."""
-    q_size, k_size = check_inputs(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size,
-                                   has_cls_token)
+    Nk = kh*kw, +1 each with a class token (token 0: no rel-pos, no residual). Video:
+    q_size = (qt, qh, qw), k_size = (kt, kh, kw) and rel_pos_t (2*max(qt, kt) - 1, D) as well.
+    scale defaults to D ** -0.5. Returns (B, H, Nq, D) in q's dtype, a view of a (B, Nq, H, D)
+    contiguous buffer. Differentiable in q, k, v and every table."""
+    q_size, k_size = check_inputs(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, rel_pos_t)
     D = q.shape[-1]
     scale = float(D ** -0.5 if scale is None else scale)
     if _resolve_backend(q.device.type) == "torch":
-        return pool_attention_torch(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size,
-                                    has_cls_token, residual_pooling, scale)
+        tables = None if rel_pos_h is None else (rel_pos_h, rel_pos_w) if rel_pos_t is None else \
+            (rel_pos_t, rel_pos_h, rel_pos_w)
+        return pool_attention_torch(q, k, v, tables, q_size, k_size, has_cls_token, residual_pooling, scale)
     require_triton_attention(q.dtype, D, q.device)
     out, _ = torch.ops.fastmvit.pool_attention(q, k, v, rel_pos_h, rel_pos_w, list(q_size), list(k_size),
-                                               bool(has_cls_token), bool(residual_pooling), scale)
+                                               bool(has_cls_token), bool(residual_pooling), scale, rel_pos_t)
     return out
 
 

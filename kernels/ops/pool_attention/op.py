@@ -20,15 +20,16 @@ from ...traffic import implementation
 def pool_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
                        q_size: list[int], k_size: list[int], has_cls_token: bool,
-                       residual_pooling: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       residual_pooling: bool, scale: float,
+                       rel_pos_t: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns out (B, H, Nq, D), a view of a (B, Nq, H, D) buffer, and lse (B, H, Nq) float32."""
     from .triton_impl import forward
     return forward(q, k, v, rel_pos_h, rel_pos_w, tuple(q_size), tuple(k_size), int(has_cls_token),
-                       residual_pooling, scale, autotune=autotune_on(q.device))
+                   residual_pooling, scale, autotune=autotune_on(q.device), rel_pos_t=rel_pos_t)
 
 
 @pool_attention_fwd.register_fake
-def _(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_pooling, scale):
+def _(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_pooling, scale, rel_pos_t=None):
     B, H, Nq, D = q.shape
     out = q.new_empty(B, Nq, H, D).transpose(1, 2)
     return out, q.new_empty(B, H, Nq, dtype=torch.float32)
@@ -39,39 +40,39 @@ def _(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_poo
 def pool_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
                        lse: torch.Tensor, q_size: list[int], k_size: list[int],
-                       has_cls_token: bool, residual_pooling: bool, scale: float) -> list[torch.Tensor]:
-    """Returns [dq, dk, dv] + [d_rel_pos_h, d_rel_pos_w] when there are tables."""
+                       has_cls_token: bool, residual_pooling: bool, scale: float,
+                       rel_pos_t: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+    """Returns [dq, dk, dv] + [d_rel_pos_h, d_rel_pos_w] when there are tables (+ [d_rel_pos_t]
+    with a time table)."""
     from .triton_impl import backward
     grads = backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, tuple(q_size), tuple(k_size),
-                         int(has_cls_token), residual_pooling, scale, autotune=autotune_on(q.device))
+                     int(has_cls_token), residual_pooling, scale, autotune=autotune_on(q.device), rel_pos_t=rel_pos_t)
     return [g for g in grads if g is not None]
 
 
 @pool_attention_bwd.register_fake
-def _(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, has_cls_token, residual_pooling, scale):
-    grads = [torch.empty_like(q, memory_format=torch.contiguous_format),
-             torch.empty_like(k, memory_format=torch.contiguous_format),
-             torch.empty_like(v, memory_format=torch.contiguous_format)]
-    if rel_pos_h is not None:
-        grads += [torch.empty_like(rel_pos_h, memory_format=torch.contiguous_format),
-                  torch.empty_like(rel_pos_w, memory_format=torch.contiguous_format)]
-    return grads
+def _(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, has_cls_token, residual_pooling, scale,
+      rel_pos_t=None):
+    like = [q, k, v] + ([rel_pos_h, rel_pos_w] if rel_pos_h is not None else []) \
+        + ([rel_pos_t] if rel_pos_t is not None else [])
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in like]
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_pooling, scale = inputs
+    q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, residual_pooling, scale, rel_pos_t = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, rel_pos_h, rel_pos_w, lse)   # not out: see pool_attention_fwd_kernel's BWD_PRE
+    ctx.save_for_backward(q, k, v, rel_pos_h, rel_pos_w, rel_pos_t, lse)   # not out: see the fwd kernel's BWD_PRE
     ctx.args = (q_size, k_size, has_cls_token, residual_pooling, scale)
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, rel_pos_h, rel_pos_w, lse = ctx.saved_tensors
+    q, k, v, rel_pos_h, rel_pos_w, rel_pos_t, lse = ctx.saved_tensors
     grads = torch.ops.fastmvit.pool_attention_backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse,
-                                                       *ctx.args)
+                                                       *ctx.args, rel_pos_t)
     d_th, d_tw = (grads[3], grads[4]) if rel_pos_h is not None else (None, None)
-    return grads[0], grads[1], grads[2], d_th, d_tw, None, None, None, None, None
+    d_tt = grads[5] if rel_pos_t is not None else None
+    return grads[0], grads[1], grads[2], d_th, d_tw, None, None, None, None, None, d_tt
 
 
 pool_attention_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -6,8 +6,8 @@ itself). The fused path lives in ``triton_impl.py``; the public op that checks i
 picks one of them in the package's ``__init__``.
 
 Notation (docs/design.md, "Pooling attention"): ``q`` (B, heads, Nq, D), ``k``/``v`` (B, heads, Nk, D), query grid
-(qh, qw), key grid (kh, kw), ``sp`` = 1 with a class token (row / column 0), else 0, so
-Nq = sp + qh*qw and Nk = sp + kh*kw.
+(qh, qw), key grid (kh, kw), or (qt, qh, qw) and (kt, kh, kw) for video, ``sp`` = 1 with a class
+token (row / column 0), else 0, so Nq = sp + qh*qw (*qt) and Nk = sp + kh*kw (*kt).
 """
 
 from __future__ import annotations
@@ -30,42 +30,42 @@ def rel_pos_index(q_len: int, k_len: int, device: torch.device | str | None = No
     return (q_coords - k_coords + (k_len - 1) * k_ratio).long()
 
 
-def rel_terms(q_sp: Tensor, rel_pos_h: Tensor, rel_pos_w: Tensor, q_size: tuple[int, int],
-              k_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Per-row relative-position logits.
+def rel_terms(q_sp: Tensor, tables: tuple[Tensor, ...], q_size: tuple[int, ...],
+              k_size: tuple[int, ...]) -> list[Tensor]:
+    """Per-row relative-position logits, one per grid axis.
 
-    q_sp: (B, heads, qh*qw, D) spatial queries, unscaled, any strides.
-    Returns rel_h (B, heads, qh, qw, kh) and rel_w (B, heads, qh, qw, kw) in q_sp's dtype:
-    rel_h[..., y, x, j] = q[y, x] . rel_pos_h[dist_h[y, j]], rel_w likewise along the width.
+    q_sp: (B, heads, prod(q_size), D) spatial queries, unscaled, any strides; tables in grid-axis
+    order ((h, w) or (t, h, w)). Returns, per axis a, rel_a (B, heads, *q_size, k_size[a]) in
+    q_sp's dtype: rel_h[..., y, x, j] = q[y, x] . rel_pos_h[dist_h[y, j]], the others alike.
     """
-    (qh, qw), (kh, kw) = q_size, k_size
-    Rh = rel_pos_h[rel_pos_index(qh, kh, q_sp.device)]             # (qh, kh, D)
-    Rw = rel_pos_w[rel_pos_index(qw, kw, q_sp.device)]             # (qw, kw, D)
-    r_q = q_sp.unflatten(2, (qh, qw))                                # (B, heads, qh, qw, D)
-    rel_h = torch.einsum("bnyxc,yjc->bnyxj", r_q, Rh)
-    rel_w = torch.einsum("bnyxc,xlc->bnyxl", r_q, Rw)
-    return rel_h, rel_w
+    axes = "tyx"[-len(q_size):]
+    r_q = q_sp.unflatten(2, tuple(q_size))                           # (B, heads, *q_size, D)
+    out = []
+    for a, (table, qa, ka) in enumerate(zip(tables, q_size, k_size)):
+        R = table[rel_pos_index(qa, ka, q_sp.device)]                # (q_a, k_a, D)
+        out.append(torch.einsum(f"bn{axes}c,{axes[a]}kc->bn{axes}k", r_q, R))
+    return out
 
 
-def pool_attention_torch(q: Tensor, k: Tensor, v: Tensor, rel_pos_h: Optional[Tensor],
-                         rel_pos_w: Optional[Tensor], q_size: tuple[int, int], k_size: tuple[int, int],
+def pool_attention_torch(q: Tensor, k: Tensor, v: Tensor, tables: Optional[tuple[Tensor, ...]],
+                         q_size: tuple[int, ...], k_size: tuple[int, ...],
                          has_cls_token: bool, residual_pooling: bool, scale: float) -> Tensor:
-    """The op in plain torch, in the inputs' dtype (inputs already checked).
+    """The op in plain torch, in the inputs' dtype (inputs already checked); ``tables`` in
+    grid-axis order, or None.
 
     Materialises the (B, heads, Nq, Nk) scores once and adds the rel terms in place, broadcast
     over the key grid (no (Nq, Nk) bias tensor). Returns (B, heads, Nq, D) as a view of a
     contiguous (B, Nq, heads, D) buffer, like the fused path.
     """
     B, H, Nq, D = q.shape
-    Nk = k.shape[2]
     sp = int(bool(has_cls_token))
     attn = torch.matmul(q * scale, k.transpose(-2, -1))             # (B, heads, Nq, Nk)
-    if rel_pos_h is not None:
-        (qh, qw), (kh, kw) = q_size, k_size
-        rel_h, rel_w = rel_terms(q[:, :, sp:], rel_pos_h, rel_pos_w, q_size, k_size)
-        grid = attn[:, :, sp:, sp:].unflatten(3, (kh, kw)).unflatten(2, (qh, qw))  # (B, heads, qh, qw, kh, kw)
-        grid += rel_h[..., :, None]
-        grid += rel_w[..., None, :]
+    if tables is not None:
+        d = len(q_size)
+        grid = attn[:, :, sp:, sp:].unflatten(3, tuple(k_size)).unflatten(2, tuple(q_size))  # (B, heads, *q, *k)
+        for a, rel in enumerate(rel_terms(q[:, :, sp:], tables, q_size, k_size)):
+            # rel (B, heads, *q_size, k_a), broadcast over the other key axes
+            grid += rel.reshape(*rel.shape[:-1], *[k_size[a] if i == a else 1 for i in range(d)])
     attn = attn.softmax(dim=-1)
     out = torch.matmul(attn, v)                                       # (B, heads, Nq, D)
     result = out.new_empty(B, Nq, H, D).transpose(1, 2)              # the layout the output projection wants

@@ -35,43 +35,46 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # Shared pieces
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _grid_coords(offs, N, width, SP: tl.constexpr):
-    """Token rows (queries or keys) -> (the row is spatial and in range, its grid row, its grid
-    column), on a grid `width` wide behind SP class tokens."""
+def _grid_coords(offs, N, height, width, SP: tl.constexpr, HAS_T: tl.constexpr):
+    """Token rows (queries or keys) -> (the row is spatial and in range, its frame t, grid row y,
+    grid column x), on a grid `height` x `width` (per frame) behind SP class tokens. Without a
+    time axis (HAS_T False) t is 0 and y = s // width: today's 2-D arithmetic."""
     s = offs - SP
     spatial = (s >= 0) & (offs < N)
     s = tl.where(spatial, s, 0)
-    return spatial, s // width, s % width
+    y = s // width
+    x = s - y * width
+    if HAS_T:
+        t = y // height
+        y = y - t * height
+    else:
+        t = y * 0
+    return spatial, t, y, x
 
 
 @triton.jit
-def _rel_terms(q, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
-               stride_th0, stride_th1, stride_tw0, stride_tw1, offs_d, mask_d,
-               KH_PAD: tl.constexpr, KW_PAD: tl.constexpr):
-    """rel_h (BLOCK_M, KH_PAD) and rel_w (BLOCK_M, KW_PAD), float32, zero beyond kh / kw and on
-    non-spatial rows: rel_h[r, j] = q[r] . table_h[idx_h[y_r, j]] (q unscaled, float32).
+def _rel_term(q, row_sp, cell, k_side, idx_ptr, table_ptr, stride0, stride1, offs_d, mask_d,
+              K_PAD: tl.constexpr):
+    """One axis's rel term (BLOCK_M, K_PAD) float32, zero beyond k_side and on non-spatial rows:
+    rel[r, j] = q[r] . table[idx[cell_r, j]] (q unscaled, float32; cell_r the row's coordinate on
+    this axis: t, y or x).
 
-    One pass per key row j (key column l): gather the table row of every query row (from L1/L2:
-    the tables are a few KB) and reduce q * row over D. (kh + kw) * BLOCK_M * D FMAs per query
-    tile, against 2 * kh * kw * BLOCK_M * D for the attention itself."""
-    cols_h = tl.arange(0, KH_PAD)
-    rel_h = tl.zeros((q.shape[0], KH_PAD), dtype=tl.float32)
+    One pass per key coordinate j: gather the table row of every query row (from L1/L2: the tables
+    are a few KB) and reduce q * row over D. (kt +) kh + kw passes of BLOCK_M * D FMAs per query
+    tile, against 2 * Nk * BLOCK_M * D for the attention itself."""
+    cols = tl.arange(0, K_PAD)
+    rel = tl.zeros((q.shape[0], K_PAD), dtype=tl.float32)
     mask_rows = row_sp[:, None] & mask_d[None, :]
-    for j in range(0, kh):
-        r = _table_rows(th_ptr, stride_th0, stride_th1, idx_h_ptr, y, kh, j, row_sp, offs_d, mask_rows)
-        rel_h = tl.where(cols_h[None, :] == j, tl.sum(q * r, axis=1)[:, None], rel_h)
-    cols_w = tl.arange(0, KW_PAD)
-    rel_w = tl.zeros((q.shape[0], KW_PAD), dtype=tl.float32)
-    for l in range(0, kw):
-        r = _table_rows(tw_ptr, stride_tw0, stride_tw1, idx_w_ptr, x, kw, l, row_sp, offs_d, mask_rows)
-        rel_w = tl.where(cols_w[None, :] == l, tl.sum(q * r, axis=1)[:, None], rel_w)
-    return rel_h, rel_w
+    for j in range(0, k_side):
+        r = _table_rows(table_ptr, stride0, stride1, idx_ptr, cell, k_side, j, row_sp, offs_d, mask_rows)
+        rel = tl.where(cols[None, :] == j, tl.sum(q * r, axis=1)[:, None], rel)
+    return rel
 
 
 @triton.jit
 def _table_rows(table_ptr, stride0, stride1, idx_ptr, cell, k_side, j, row_sp, offs_d, mask_rows):
-    """(BLOCK_M, BLOCK_D) float32: for every query row, the table row idx[cell, j] (cell its grid row
-    y or column x, j a key row or column), zero on non-spatial rows."""
+    """(BLOCK_M, BLOCK_D) float32: for every query row, the table row idx[cell, j] (cell its grid
+    coordinate t, y or x; j a key coordinate on the same axis), zero on non-spatial rows."""
     t = tl.load(idx_ptr + cell * k_side + j, mask=row_sp, other=0)                   # (BLOCK_M,)
     return tl.load(table_ptr + t[:, None] * stride0 + offs_d[None, :] * stride1,
                    mask=mask_rows, other=0.0).to(tl.float32)
@@ -93,29 +96,32 @@ def _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd, Nq, D:
 
 
 @triton.jit
-def _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kw, qk_scale, rel_h, rel_w, offs_d, mask_d,
-                SP: tl.constexpr, HAS_REL: tl.constexpr, FP32: tl.constexpr, KH_PAD: tl.constexpr,
-                KW_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+def _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kh, kw, qk_scale, rel_t, rel_h, rel_w, offs_d,
+                mask_d, SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr, FP32: tl.constexpr,
+                KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
     """The query tile's scores against keys start_n .. start_n + BLOCK_N, in base 2:
-    s2 = (scale q.k + rel_h[j] + rel_w[l]) * log2(e) (rel_h, rel_w already in base-2 units), the
-    bias expanded by one-hot matmuls. Returns (s2 (BLOCK_M, BLOCK_N), the k tile (BLOCK_D, BLOCK_N),
-    key rows, key rows in range,
-    the two one-hot matrices (KH_PAD / KW_PAD, BLOCK_N); without rel-pos the key mask stands in for
+    s2 = (scale q.k + rel_t[i] + rel_h[j] + rel_w[l]) * log2(e) (the rel terms already in base-2
+    units; rel_t only with HAS_T), the bias expanded by one-hot matmuls. Returns (s2 (BLOCK_M,
+    BLOCK_N), the k tile (BLOCK_D, BLOCK_N), key rows, key rows in range, the one-hot matrices
+    (K*_PAD, BLOCK_N) of t, h and w; without rel-pos (or without t) the key mask stands in for
     them). Out-of-range keys are not masked here."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < Nk
     kT = tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                  mask=mask_n[None, :] & mask_d[:, None], other=0.0)                 # (BLOCK_D, BLOCK_N)
     s = mma(q, kT, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32), FP32) * qk_scale
+    onehot_t = mask_n
+    onehot_h = mask_n
+    onehot_w = mask_n
     if HAS_REL:
-        key_sp, j, l = _grid_coords(offs_n, Nk, kw, SP)
+        key_sp, i, j, l = _grid_coords(offs_n, Nk, kh, kw, SP, HAS_T)
         onehot_h = (tl.arange(0, KH_PAD)[:, None] == j[None, :]) & key_sp[None, :]   # (KH_PAD, BLOCK_N)
         onehot_w = (tl.arange(0, KW_PAD)[:, None] == l[None, :]) & key_sp[None, :]   # (KW_PAD, BLOCK_N)
         s = onehot_matmul(rel_w, onehot_w, onehot_matmul(rel_h, onehot_h, s, FP32, True), FP32, True)
-    else:
-        onehot_h = mask_n
-        onehot_w = mask_n
-    return s, kT, offs_n, mask_n, onehot_h, onehot_w
+        if HAS_T:
+            onehot_t = (tl.arange(0, KT_PAD)[:, None] == i[None, :]) & key_sp[None, :]   # (KT_PAD, BLOCK_N)
+            s = onehot_matmul(rel_t, onehot_t, s, FP32, True)
+    return s, kT, offs_n, mask_n, onehot_t, onehot_h, onehot_w
 
 
 # Shape integers and the batch / head / row strides are not specialised (no divisibility-by-16
@@ -123,7 +129,7 @@ def _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kw, qk_scale, rel_h
 # ALIGN constexpr. One compile then serves every MViTv2 shape with the same constexprs (dtype, D,
 # class token, padded grid sides). The head-dim strides stay specialised (== 1: contiguous rows).
 _ROW_STRIDES = [f"stride_{t}{a}" for t in ("q", "k", "v") for a in ("b", "h", "n")]
-_SHAPE_ARGS = ["H", "Nq", "Nk", "qw", "kh", "kw"] + _ROW_STRIDES
+_SHAPE_ARGS = ["H", "Nq", "Nk", "qh", "qw", "kh", "kw"] + _ROW_STRIDES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,29 +137,30 @@ _SHAPE_ARGS = ["H", "Nq", "Nk", "qw", "kh", "kw"] + _ROW_STRIDES
 # ----------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_ob", "stride_oh", "stride_on"])
 def pool_attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, out_ptr, lse_ptr,
-    do_ptr, delta_ptr, relh_ptr, relw_ptr,
+    q_ptr, k_ptr, v_ptr, tt_ptr, th_ptr, tw_ptr, idx_t_ptr, idx_h_ptr, idx_w_ptr, out_ptr, lse_ptr,
+    do_ptr, delta_ptr, relt_ptr, relh_ptr, relw_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
-    stride_th0, stride_th1, stride_tw0, stride_tw1,
-    H, Nq, Nk, D: tl.constexpr, qw, kh, kw, scale,
-    SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
-    BWD_PRE: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
+    stride_tt0, stride_tt1, stride_th0, stride_th1, stride_tw0, stride_tw1,
+    H, Nq, Nk, D: tl.constexpr, qh, qw, kt, kh, kw, scale,
+    SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
+    BWD_PRE: tl.constexpr, KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
 ):
     """out[r] = softmax_m(scale * q[r] . k[m] + bias[r, m]) @ v (+ q[r]); lse[r] = log2 sum_m exp(...)
     in base 2 (the log-sum-exp times log2(e): converting units would cost a rounding of a large
     number, visible in dv at large logits).
 
     q, k, v: (B, H, N, D) any strides, float32/float16/bfloat16; out: (B, H, Nq, D) strides of a
-    (B, Nq, H, D) buffer; lse: (B*H, Nq) float32.
+    (B, Nq, H, D) buffer; lse: (B*H, Nq) float32. Video (HAS_T): grids (qt, qh, qw) and
+    (kt, kh, kw), a third table tt and index map idx_t, a third rel term.
 
     BWD_PRE (the backward's first pass): out_ptr / stride_o* then describe dout, and instead of out
     and lse the kernel writes delta[r] = dout[r] . o[r] from the float32 attention output o (before
-    the residual; the softmax backward's row term), and rel_h / rel_w (B*H, Nq, K*_PAD) float32 for
-    the two backward kernels. delta from the stored half-precision out would carry the rounding of
+    the residual; the softmax backward's row term), and rel_h / rel_w (and rel_t) (B*H, Nq, K*_PAD)
+    float32 for the two backward kernels. delta from the stored half-precision out would carry the rounding of
     out = o + q, a few times larger than o itself with the residual."""
     bh = tl.program_id(1)
     q, offs_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd,
@@ -161,25 +168,25 @@ def pool_attention_fwd_kernel(
     k_ptr, stride_kn = head_rows(k_ptr, bh, H, stride_kb, stride_kh, stride_kn, ALIGN)
     v_ptr, stride_vn = head_rows(v_ptr, bh, H, stride_vb, stride_vh, stride_vn, ALIGN)
     out_ptr, stride_on = head_rows(out_ptr, bh, H, stride_ob, stride_oh, stride_on, ALIGN)
-    row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
+    row_sp, t, y, x = _grid_coords(offs_m, Nq, qh, qw, SP, HAS_T)
+    rel_t, rel_h, rel_w = 0.0, 0.0, 0.0   # unused without rel-pos (rel_t: without time)
     if HAS_REL:
-        rel_h, rel_w = _rel_terms(q.to(tl.float32), row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr,
-                                  th_ptr, tw_ptr, stride_th0, stride_th1, stride_tw0, stride_tw1,
-                                  offs_d, mask_d, KH_PAD, KW_PAD)
         # Work in base 2: s2 = (scale * qk + bias) * log2(e), so exp(s) = exp2(s2).
-        rel_h = rel_h * LOG2E
-        rel_w = rel_w * LOG2E
-    else:
-        rel_h, rel_w = 0.0, 0.0   # unused without rel-pos
+        q32 = q.to(tl.float32)
+        rel_h = _rel_term(q32, row_sp, y, kh, idx_h_ptr, th_ptr, stride_th0, stride_th1, offs_d, mask_d, KH_PAD) * LOG2E
+        rel_w = _rel_term(q32, row_sp, x, kw, idx_w_ptr, tw_ptr, stride_tw0, stride_tw1, offs_d, mask_d, KW_PAD) * LOG2E
+        if HAS_T:
+            rel_t = _rel_term(q32, row_sp, t, kt, idx_t_ptr, tt_ptr, stride_tt0, stride_tt1, offs_d, mask_d,
+                              KT_PAD) * LOG2E
     qk_scale = scale * LOG2E
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)   # running row max (base 2)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)                 # running sum of exp2(s2 - m_i)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)         # running sum of exp2(s2 - m_i) v
     for start_n in range(0, Nk, BLOCK_N):
-        s, _, offs_n, mask_n, _, _ = _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kw, qk_scale,
-                                                 rel_h, rel_w, offs_d, mask_d, SP, HAS_REL, FP32,
-                                                 KH_PAD, KW_PAD, BLOCK_N)
+        s, _, offs_n, mask_n, _, _, _ = _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kh, kw, qk_scale,
+                                                    rel_t, rel_h, rel_w, offs_d, mask_d, SP, HAS_REL, HAS_T,
+                                                    FP32, KT_PAD, KH_PAD, KW_PAD, BLOCK_N)
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # Online softmax: rescale what was summed under the old max by exp2(m_old - m_new).
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -204,6 +211,9 @@ def pool_attention_fwd_kernel(
                      mask=mask_m[:, None])
             tl.store(relw_ptr + row[:, None] * KW_PAD + tl.arange(0, KW_PAD)[None, :], rel_w,
                      mask=mask_m[:, None])
+            if HAS_T:
+                tl.store(relt_ptr + row[:, None] * KT_PAD + tl.arange(0, KT_PAD)[None, :], rel_t,
+                         mask=mask_m[:, None])
     else:
         if RESIDUAL:
             out += tl.where(row_sp[:, None], q.to(tl.float32), 0.0)
@@ -215,17 +225,24 @@ def pool_attention_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["H", "Nq", "Nk", "kw", "stride_dob", "stride_doh", "stride_don"]
+@triton.jit
+def _rel_rows_T(rel_ptr, bh, Nq, offs_m, mask_m, K_PAD: tl.constexpr):
+    """(K_PAD, BLOCK_M) float32: a stored rel term (B*H, Nq, K_PAD) of the query rows, transposed."""
+    row = bh.to(tl.int64) * Nq + offs_m[None, :]
+    return tl.load(rel_ptr + row * K_PAD + tl.arange(0, K_PAD)[:, None], mask=mask_m[None, :], other=0.0)
+
+
+@triton.jit(do_not_specialize=["H", "Nq", "Nk", "kh", "kw", "stride_dob", "stride_doh", "stride_don"]
             + _ROW_STRIDES)
 def pool_attention_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relt_ptr, relh_ptr, relw_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
-    H, Nq, Nk, D: tl.constexpr, kw, scale,
-    SP: tl.constexpr, HAS_REL: tl.constexpr, FP32: tl.constexpr,
-    KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+    H, Nq, Nk, D: tl.constexpr, kh, kw, scale,
+    SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr, FP32: tl.constexpr,
+    KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
 ):
     """dk, dv of one key tile: loops over every query tile (no atomics: deterministic).
@@ -249,9 +266,11 @@ def pool_attention_bwd_dkdv_kernel(
     k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_nd, other=0.0)
     v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_nd, other=0.0)
     if HAS_REL:
-        key_sp, j, l = _grid_coords(offs_n, Nk, kw, SP)
+        key_sp, i, j, l = _grid_coords(offs_n, Nk, kh, kw, SP, HAS_T)
         onehot_hT = (j[:, None] == tl.arange(0, KH_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KH_PAD)
         onehot_wT = (l[:, None] == tl.arange(0, KW_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KW_PAD)
+        if HAS_T:
+            onehot_tT = (i[:, None] == tl.arange(0, KT_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KT_PAD)
     qk_scale = scale * LOG2E
 
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
@@ -263,12 +282,11 @@ def pool_attention_bwd_dkdv_kernel(
                      mask=mask_m[None, :] & mask_d[:, None], other=0.0)            # (BLOCK_D, BLOCK_M)
         sT = mma(k, qT, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32) * qk_scale
         if HAS_REL:
-            row = offs_m[None, :]
-            relT_h = tl.load(relh_ptr + (bh.to(tl.int64) * Nq + row) * KH_PAD + tl.arange(0, KH_PAD)[:, None],
-                             mask=mask_m[None, :], other=0.0)                       # (KH_PAD, BLOCK_M), base 2
-            relT_w = tl.load(relw_ptr + (bh.to(tl.int64) * Nq + row) * KW_PAD + tl.arange(0, KW_PAD)[:, None],
-                             mask=mask_m[None, :], other=0.0)                       # (KW_PAD, BLOCK_M)
-            sT = onehot_matmul(relT_w, onehot_wT, onehot_matmul(relT_h, onehot_hT, sT, FP32, False), FP32, False)
+            # the rel terms of these query rows, base 2, (K*_PAD, BLOCK_M)
+            sT = onehot_matmul(_rel_rows_T(relh_ptr, bh, Nq, offs_m, mask_m, KH_PAD), onehot_hT, sT, FP32, False)
+            sT = onehot_matmul(_rel_rows_T(relw_ptr, bh, Nq, offs_m, mask_m, KW_PAD), onehot_wT, sT, FP32, False)
+            if HAS_T:
+                sT = onehot_matmul(_rel_rows_T(relt_ptr, bh, Nq, offs_m, mask_m, KT_PAD), onehot_tT, sT, FP32, False)
         lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0)                     # base 2
         pT = tl.exp2(sT - lse[None, :])                                             # (BLOCK_N, BLOCK_M)
         pT = tl.where(mask_m[None, :], pT, 0.0)
@@ -287,51 +305,64 @@ def pool_attention_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _rel_grads_out(dq, drel_h, drel_w, row, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
-                   stride_th0, stride_th1, stride_tw0, stride_tw1, drelh_ptr, drelw_ptr, offs_d, mask_d, mask_m,
-                   KH_PAD: tl.constexpr, KW_PAD: tl.constexpr):
-    """dq + sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ the same for w; gathered table rows), and
-    drel_h / drel_w (B*H, Nq, K*_PAD) float32 stored for the table-gradient kernel."""
-    cols_h = tl.arange(0, KH_PAD)
-    cols_w = tl.arange(0, KW_PAD)
+def _rel_grad_out(dq, drel, row, row_sp, cell, k_side, idx_ptr, table_ptr, stride0, stride1, drel_ptr,
+                  offs_d, mask_d, mask_m, K_PAD: tl.constexpr):
+    """One axis: dq + sum_j drel[r, j] table[idx[cell_r, j]] (gathered table rows), and drel
+    (B*H, Nq, K_PAD) float32 stored for the table-gradient kernel."""
+    cols = tl.arange(0, K_PAD)
     mask_rows = row_sp[:, None] & mask_d[None, :]
-    for jj in range(0, kh):
-        r = _table_rows(th_ptr, stride_th0, stride_th1, idx_h_ptr, y, kh, jj, row_sp, offs_d, mask_rows)
-        dq += tl.sum(tl.where(cols_h[None, :] == jj, drel_h, 0.0), axis=1)[:, None] * r
-    for ll in range(0, kw):
-        r = _table_rows(tw_ptr, stride_tw0, stride_tw1, idx_w_ptr, x, kw, ll, row_sp, offs_d, mask_rows)
-        dq += tl.sum(tl.where(cols_w[None, :] == ll, drel_w, 0.0), axis=1)[:, None] * r
-    tl.store(drelh_ptr + row[:, None] * KH_PAD + cols_h[None, :], drel_h, mask=mask_m[:, None])
-    tl.store(drelw_ptr + row[:, None] * KW_PAD + cols_w[None, :], drel_w, mask=mask_m[:, None])
+    for jj in range(0, k_side):
+        r = _table_rows(table_ptr, stride0, stride1, idx_ptr, cell, k_side, jj, row_sp, offs_d, mask_rows)
+        dq += tl.sum(tl.where(cols[None, :] == jj, drel, 0.0), axis=1)[:, None] * r
+    tl.store(drel_ptr + row[:, None] * K_PAD + cols[None, :], drel, mask=mask_m[:, None])
+    return dq
+
+
+@triton.jit
+def _rel_grads_out(dq, drel_t, drel_h, drel_w, row, offs_m, Nq, qh, qw, kt, kh, kw,
+                   idx_t_ptr, idx_h_ptr, idx_w_ptr, tt_ptr, th_ptr, tw_ptr,
+                   stride_tt0, stride_tt1, stride_th0, stride_th1, stride_tw0, stride_tw1,
+                   drelt_ptr, drelh_ptr, drelw_ptr, offs_d, mask_d, mask_m, SP: tl.constexpr, HAS_T: tl.constexpr,
+                   KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr):
+    """dq + the table terms of every axis (``_rel_grad_out``), the drel buffers stored."""
+    row_sp, t, y, x = _grid_coords(offs_m, Nq, qh, qw, SP, HAS_T)
+    dq = _rel_grad_out(dq, drel_h, row, row_sp, y, kh, idx_h_ptr, th_ptr, stride_th0, stride_th1, drelh_ptr,
+                       offs_d, mask_d, mask_m, KH_PAD)
+    dq = _rel_grad_out(dq, drel_w, row, row_sp, x, kw, idx_w_ptr, tw_ptr, stride_tw0, stride_tw1, drelw_ptr,
+                       offs_d, mask_d, mask_m, KW_PAD)
+    if HAS_T:
+        dq = _rel_grad_out(dq, drel_t, row, row_sp, t, kt, idx_t_ptr, tt_ptr, stride_tt0, stride_tt1, drelt_ptr,
+                           offs_d, mask_d, mask_m, KT_PAD)
     return dq
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_dob", "stride_doh", "stride_don"])
 def pool_attention_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relh_ptr, relw_ptr,
-    th_ptr, tw_ptr, idx_h_ptr, idx_w_ptr, dq_ptr, dq32_ptr, drelh_ptr, drelw_ptr,
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relt_ptr, relh_ptr, relw_ptr,
+    tt_ptr, th_ptr, tw_ptr, idx_t_ptr, idx_h_ptr, idx_w_ptr, dq_ptr, dq32_ptr, drelt_ptr, drelh_ptr, drelw_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
-    stride_th0, stride_th1, stride_tw0, stride_tw1,
-    H, Nq, Nk, D: tl.constexpr, qw, kh, kw, scale,
-    SP: tl.constexpr, HAS_REL: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
-    REL_PART: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1, ONE_PASS: tl.constexpr = False,
+    stride_tt0, stride_tt1, stride_th0, stride_th1, stride_tw0, stride_tw1,
+    H, Nq, Nk, D: tl.constexpr, qh, qw, kt, kh, kw, scale,
+    SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
+    REL_PART: tl.constexpr, KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
+    ONE_PASS: tl.constexpr = False,
 ):
     """dq of one query tile, looping over every key tile, in one or two launches.
 
     ds = p * (dp - delta) is the score gradient; dq = scale * ds @ k (+ dout on spatial rows for
-    the residual) + drel_h @ Rh + drel_w @ Rw, with drel_h = ds @ onehot_h^T (the transposed
-    one-hot matmul), drel_w likewise.
+    the residual) + drel_h @ Rh + drel_w @ Rw (+ drel_t @ Rt), with drel_h = ds @ onehot_h^T (the
+    transposed one-hot matmul), the others likewise.
     REL_PART = False: the ds @ k part. Without rel-pos it writes the final dq (B, H, Nq, D)
     contiguous in q's dtype; with rel-pos a float32 partial dq into dq32 (same layout).
-    REL_PART = True (second launch, rel-pos only): recomputes ds, accumulates drel_h / drel_w, adds
-    drel_h @ Rh + drel_w @ Rw (gathered table rows) to the partial dq, writes the final dq and
-    drel_h / drel_w (B*H, Nq, K*_PAD) float32 for the table gradients.
+    REL_PART = True (second launch, rel-pos only): recomputes ds, accumulates the drel terms, adds
+    their table rows to the partial dq, writes the final dq and the drel terms (B*H, Nq, K*_PAD)
+    float32 for the table gradients.
     ONE_PASS = True (with rel-pos, REL_PART = False; the default, see DQ_ONE_PASS): both in one
-    launch: dq and drel_h / drel_w accumulated together, the final dq and drel_h / drel_w written,
+    launch: dq and the drel terms accumulated together, the final dq and the drel terms written,
     no float32 partial dq."""
     bh = tl.program_id(1)
     q, offs_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd,
@@ -345,25 +376,28 @@ def pool_attention_bwd_dq_kernel(
     row = bh.to(tl.int64) * Nq + offs_m
     lse = tl.load(lse_ptr + row, mask=mask_m, other=0.0)                            # base 2
     delta = tl.load(delta_ptr + row, mask=mask_m, other=0.0)
+    rel_t, rel_h, rel_w = 0.0, 0.0, 0.0   # unused without rel-pos (rel_t: without time)
+    drel_t, drel_h, drel_w = 0.0, 0.0, 0.0
     if HAS_REL:
-        cols_h = tl.arange(0, KH_PAD)
-        cols_w = tl.arange(0, KW_PAD)
         # rel terms in base-2 units, from the first backward pass
-        rel_h = tl.load(relh_ptr + row[:, None] * KH_PAD + cols_h[None, :], mask=mask_m[:, None], other=0.0)
-        rel_w = tl.load(relw_ptr + row[:, None] * KW_PAD + cols_w[None, :], mask=mask_m[:, None], other=0.0)
+        rel_h = tl.load(relh_ptr + row[:, None] * KH_PAD + tl.arange(0, KH_PAD)[None, :], mask=mask_m[:, None], other=0.0)
+        rel_w = tl.load(relw_ptr + row[:, None] * KW_PAD + tl.arange(0, KW_PAD)[None, :], mask=mask_m[:, None], other=0.0)
+        if HAS_T:
+            rel_t = tl.load(relt_ptr + row[:, None] * KT_PAD + tl.arange(0, KT_PAD)[None, :], mask=mask_m[:, None],
+                            other=0.0)
         if REL_PART or ONE_PASS:
             drel_h = tl.zeros((BLOCK_M, KH_PAD), dtype=tl.float32)
             drel_w = tl.zeros((BLOCK_M, KW_PAD), dtype=tl.float32)
-    else:
-        rel_h, rel_w = 0.0, 0.0   # unused without rel-pos
+            if HAS_T:
+                drel_t = tl.zeros((BLOCK_M, KT_PAD), dtype=tl.float32)
     qk_scale = scale * LOG2E
 
     if (not REL_PART) or ONE_PASS:
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for start_n in range(0, Nk, BLOCK_N):
-        s, kT, offs_n, mask_n, onehot_h, onehot_w = _score_tile(
-            q, k_ptr, stride_kn, stride_kd, start_n, Nk, kw, qk_scale, rel_h, rel_w, offs_d, mask_d, SP,
-            HAS_REL, FP32, KH_PAD, KW_PAD, BLOCK_N)
+        s, kT, offs_n, mask_n, onehot_t, onehot_h, onehot_w = _score_tile(
+            q, k_ptr, stride_kn, stride_kd, start_n, Nk, kh, kw, qk_scale, rel_t, rel_h, rel_w, offs_d, mask_d, SP,
+            HAS_REL, HAS_T, FP32, KT_PAD, KH_PAD, KW_PAD, BLOCK_N)
         vT = tl.load(v_ptr + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
                      mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
         p = tl.exp2(s - lse[:, None])
@@ -373,58 +407,62 @@ def pool_attention_bwd_dq_kernel(
         if HAS_REL and (REL_PART or ONE_PASS):
             drel_h = onehot_matmul(ds, tl.trans(onehot_h), drel_h, FP32, True)
             drel_w = onehot_matmul(ds, tl.trans(onehot_w), drel_w, FP32, True)
+            if HAS_T:
+                drel_t = onehot_matmul(ds, tl.trans(onehot_t), drel_t, FP32, True)
         if (not REL_PART) or ONE_PASS:
             dq = mma(ds.to(kT.dtype), tl.trans(kT), dq, FP32)
 
     out_off = row[:, None] * D + offs_d[None, :]
-    if ONE_PASS:
-        dq *= scale
-        row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
-        if RESIDUAL:
-            dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
-        if HAS_REL:
-            dq = _rel_grads_out(dq, drel_h, drel_w, row, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr,
-                                tw_ptr, stride_th0, stride_th1, stride_tw0, stride_tw1, drelh_ptr, drelw_ptr,
-                                offs_d, mask_d, mask_m, KH_PAD, KW_PAD)
-        tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
-    elif not REL_PART:
-        dq *= scale
-        if RESIDUAL:
-            row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
-            dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
-        if HAS_REL:
-            tl.store(dq32_ptr + out_off, dq, mask=mask_md)
-        else:
-            tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
+    if REL_PART and not ONE_PASS:
+        dq = tl.load(dq32_ptr + out_off, mask=mask_md, other=0.0)     # the first launch's partial dq
     else:
-        # dq[r] += sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ the same for w): gathered rows.
-        dq = tl.load(dq32_ptr + out_off, mask=mask_md, other=0.0)
-        row_sp, y, x = _grid_coords(offs_m, Nq, qw, SP)
-        dq = _rel_grads_out(dq, drel_h, drel_w, row, row_sp, y, x, kh, kw, idx_h_ptr, idx_w_ptr, th_ptr, tw_ptr,
-                            stride_th0, stride_th1, stride_tw0, stride_tw1, drelh_ptr, drelw_ptr,
-                            offs_d, mask_d, mask_m, KH_PAD, KW_PAD)
+        dq *= scale
+        if RESIDUAL:
+            row_sp, _, _, _ = _grid_coords(offs_m, Nq, qh, qw, SP, False)
+            dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
+    if HAS_REL and (REL_PART or ONE_PASS):
+        # dq[r] += sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ w, + t): gathered table rows.
+        dq = _rel_grads_out(dq, drel_t, drel_h, drel_w, row, offs_m, Nq, qh, qw, kt, kh, kw,
+                            idx_t_ptr, idx_h_ptr, idx_w_ptr, tt_ptr, th_ptr, tw_ptr,
+                            stride_tt0, stride_tt1, stride_th0, stride_th1, stride_tw0, stride_tw1,
+                            drelt_ptr, drelh_ptr, drelw_ptr, offs_d, mask_d, mask_m, SP, HAS_T,
+                            KT_PAD, KH_PAD, KW_PAD)
+    if HAS_REL and not (REL_PART or ONE_PASS):
+        tl.store(dq32_ptr + out_off, dq, mask=mask_md)                 # the partial dq, for REL_PART
+    else:
         tl.store(dq_ptr + out_off, dq.to(dq_ptr.dtype.element_ty), mask=mask_md)
 
 
 @triton.jit
 def _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drel_ptr, starts_ptr, cells_ptr,
-                    out_ptr, BH, H, Nq, cell_step, other_step, n_other,
-                    D: tl.constexpr, SP: tl.constexpr, K_PAD: tl.constexpr,
+                    out_ptr, BH, H, Nq, cell_step, n_other, n_lo, lo_step, hi_step,
+                    D: tl.constexpr, SP: tl.constexpr, K_PAD: tl.constexpr, TWO_LEVEL: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Row t of one table's gradient: the sum over the cells naming t (see the kernel below)."""
+    """Row t of one table's gradient: the sum over the cells naming t (see the kernel below).
+
+    A cell c (a coordinate on the table's axis) covers the query rows SP + c * cell_step + o_row
+    for the n_other positions o along the other axes: o_row = o * lo_step, or with TWO_LEVEL (the
+    h axis of a (t, h, w) grid, whose other axes t and w are not adjacent)
+    (o // n_lo) * hi_step + (o % n_lo) * lo_step."""
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     n = BH * n_other
     for p in range(tl.load(starts_ptr + t), tl.load(starts_ptr + t + 1)):
         code = tl.load(cells_ptr + p)
-        c = code // K_PAD                                      # the query grid row (or column)
-        j = code - c * K_PAD                                   # the key grid row (or column)
+        c = code // K_PAD                                      # the query grid coordinate on this axis
+        j = code - c * K_PAD                                   # the key grid coordinate
         for i0 in range(0, n, BLOCK_R):
-            i = i0 + tl.arange(0, BLOCK_R)                     # flat (bh, position along the cell)
+            i = i0 + tl.arange(0, BLOCK_R)                     # flat (bh, position along the other axes)
             ok = i < n
             bh = i // n_other
-            row = SP + c * cell_step + (i - bh * n_other) * other_step
+            o = i - bh * n_other
+            if TWO_LEVEL:
+                hi = o // n_lo
+                o_row = hi * hi_step + (o - hi * n_lo) * lo_step
+            else:
+                o_row = o * lo_step
+            row = SP + c * cell_step + o_row
             dr = tl.load(drel_ptr + (bh.to(tl.int64) * Nq + row) * K_PAD + j, mask=ok, other=0.0)
             q_row = (bh // H).to(tl.int64) * stride_qb + (bh % H).to(tl.int64) * stride_qh + row * stride_qn
             qv = tl.load(q_ptr + q_row[:, None] + offs_d[None, :] * stride_qd,
@@ -433,34 +471,49 @@ def _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drel_p
     tl.store(out_ptr + t * D + offs_d, acc.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
-@triton.jit(do_not_specialize=["BH", "H", "Nq", "qh", "qw", "len_h", "len_w", "stride_qb", "stride_qh", "stride_qn"])
+@triton.jit(do_not_specialize=["BH", "H", "Nq", "qt", "qh", "qw", "len_t", "len_h", "len_w",
+                               "stride_qb", "stride_qh", "stride_qn"])
 def pool_attention_bwd_tables_kernel(
-    q_ptr, drelh_ptr, drelw_ptr, starts_h_ptr, cells_h_ptr, starts_w_ptr, cells_w_ptr, dth_ptr, dtw_ptr,
+    q_ptr, drelt_ptr, drelh_ptr, drelw_ptr, starts_t_ptr, cells_t_ptr, starts_h_ptr, cells_h_ptr,
+    starts_w_ptr, cells_w_ptr, dtt_ptr, dth_ptr, dtw_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
-    BH, H, Nq, qh, qw, len_h, len_w,
-    D: tl.constexpr, SP: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    BH, H, Nq, qt, qh, qw, len_t, len_h, len_w,
+    D: tl.constexpr, SP: tl.constexpr, HAS_T: tl.constexpr, KT_PAD: tl.constexpr, KH_PAD: tl.constexpr,
+    KW_PAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """The two table gradients, one table row per program: grid (max(len_h, len_w), 2), axis 1
-    picking the h table (0) or the w table (1).
+    """The table gradients, one table row per program: grid (the longest table, 2 or 3), axis 1
+    picking the h table (0), the w table (1) or the t table (2, HAS_T).
 
-        d table_h[t] = sum over the cells (y, j) with idx_h[y, j] == t, over (b, h) and x,
-                       of drel_h[(b, h), row (y, x), j] * q[(b, h), row (y, x)]
+        d table_h[t] = sum over the cells (y, j) with idx_h[y, j] == t, over (b, h) and the other
+                       axes (x; and the frames), of drel_h[(b, h), row (., y, x), j] * q[(b, h), row]
 
-    and the w table likewise with (x, l), summing over y. The cells naming row t come from a
-    host-built list sorted by t: cells[starts[t]:starts[t + 1]], each y * K_PAD + j. One program
-    owns a row and sums in a fixed order: deterministic, no atomics; rows no cell names get zeros.
-    q: (B, H, Nq, D) any strides; drel_h: (B*H, Nq, KH_PAD) float32; d tables (len, D) contiguous
-    in the tables' dtype."""
+    and the w (and t) tables likewise. The cells naming row t come from a host-built list sorted
+    by t: cells[starts[t]:starts[t + 1]], each c * K_PAD + j. One program owns a row and sums in a
+    fixed order: deterministic, no atomics; rows no cell names get zeros.
+    q: (B, H, Nq, D) any strides; drel_*: (B*H, Nq, K*_PAD) float32; d tables (len, D) contiguous
+    in the tables' dtype. Without HAS_T, qt is 1."""
     t = tl.program_id(0)
-    if tl.program_id(1) == 0:
+    axis = tl.program_id(1)
+    plane = qh * qw
+    if axis == 0:
         if t < len_h:
+            # cells: rows y; the other axes: (frame, x)
             _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelh_ptr, starts_h_ptr,
-                            cells_h_ptr, dth_ptr, BH, H, Nq, qw, 1, qw, D, SP, KH_PAD, BLOCK_R, BLOCK_D)
-    else:
+                            cells_h_ptr, dth_ptr, BH, H, Nq, qw, qt * qw, qw, 1, plane, D, SP, KH_PAD, HAS_T,
+                            BLOCK_R, BLOCK_D)
+    elif axis == 1:
         if t < len_w:
+            # cells: columns x; the other axes: (frame, y), rows qw apart
             _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelw_ptr, starts_w_ptr,
-                            cells_w_ptr, dtw_ptr, BH, H, Nq, 1, qw, qh, D, SP, KW_PAD, BLOCK_R, BLOCK_D)
+                            cells_w_ptr, dtw_ptr, BH, H, Nq, 1, qt * qh, qt * qh, qw, 0, D, SP, KW_PAD, False,
+                            BLOCK_R, BLOCK_D)
+    else:
+        if HAS_T:
+            if t < len_t:
+                # cells: frames; the other axes: the (y, x) plane, adjacent rows
+                _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelt_ptr, starts_t_ptr,
+                                cells_t_ptr, dtt_ptr, BH, H, Nq, plane, plane, plane, 1, 0, D, SP, KT_PAD, False,
+                                BLOCK_R, BLOCK_D)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,10 +541,15 @@ DQ_CONFIGS = [_config(32, 32, 8, 1)]
 # 64 x 16 with 8 warps spilled 56-232 B, 32 x 32 with 4 warps 8-24 B on sm_90). The two-launch
 # path stays, tested, for a GPU where measurements favour its 64-row tiles.
 DQ_ONE_PASS = True
+# The one-pass dQ with the third (time) term: 32 x 32 spilled 8 B on sm_90 (no class token; 255
+# registers), 32 x 32 with 4 warps 16-32 B; 32 x 16 with 8 warps compiles at 240-254 registers with
+# no spills on sm_80 and sm_90 under triton 3.6 and 3.9. Video only: 2-D calls keep DQ_CONFIGS.
+DQ_VIDEO_CONFIGS = [_config(32, 16, 8, 1)]
 
 # The interpreter (CPU tests) runs one fixed small config: autotuning there would time every
 # config in numpy for nothing. Tests may change it to exercise other tilings.
 INTERPRETER_CONFIGS = {kernel: {"BLOCK_M": 32, "BLOCK_N": 32} for kernel in ("fwd", "dkdv", "dq")}
+INTERPRETER_CONFIGS["dq_video"] = {"BLOCK_M": 32, "BLOCK_N": 16}      # the GPU's video dQ tiling
 
 # The table-gradient kernel's row step, (BLOCK_R, BLOCK_D) q rows per iteration, and its warps: 16
 # elements per thread (64 x 128 with 4 warps spilled 1.3-1.5 KB on sm_90: 64-bit addresses per
@@ -501,9 +559,12 @@ TABLES_BLOCK_R = 32
 TABLES_WARPS = 8
 TABLES_LAUNCH = {"maxnreg": 128}
 
-_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "BWD_PRE"])(pool_attention_fwd_kernel)
-_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD", "REL_PART", "ONE_PASS"])(pool_attention_bwd_dq_kernel)
-_dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", "BLOCK_D", "KH_PAD", "KW_PAD"])(pool_attention_bwd_dkdv_kernel)
+_PADS = ["BLOCK_D", "KT_PAD", "KH_PAD", "KW_PAD"]
+_fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", *_PADS, "BWD_PRE"])(pool_attention_fwd_kernel)
+_dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", *_PADS, "REL_PART", "ONE_PASS"])(pool_attention_bwd_dq_kernel)
+_dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", *_PADS])(pool_attention_bwd_dkdv_kernel)
+_dq_video_tuned = triton.autotune(DQ_VIDEO_CONFIGS, key=["Nq", "Nk", *_PADS, "REL_PART", "ONE_PASS"])(
+    pool_attention_bwd_dq_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,20 +586,17 @@ def _table_rows_read(q_side: int, k_side: int) -> int:
     return _DISTINCT_TABLE_ROWS[key]
 
 
+def _axes(a):
+    """The (index map, table) pairs of a launch's rel-pos axes: (h, w), and t with HAS_T."""
+    pairs = [(a["idx_h_ptr"], a["th_ptr"]), (a["idx_w_ptr"], a["tw_ptr"])]
+    return pairs + [(a["idx_t_ptr"], a["tt_ptr"])] if a["HAS_T"] else pairs
+
+
 def _rel_inputs_read(a) -> int:
     """Index maps and table rows read by a launch that adds the rel-pos terms in the prologue (or
     gathers table rows for dq): all of each (q side, k side) map, the rows they name."""
-    D = a["D"]
-    qh, qw, kh, kw = _grid_sides(a)
-    return (nbytes((qh * kh + qw * kw), torch.int32)
-            + nbytes(_table_rows_read(qh, kh) * D, a["th_ptr"].dtype)
-            + nbytes(_table_rows_read(qw, kw) * D, a["tw_ptr"].dtype))
-
-
-def _grid_sides(a):
-    """(qh, qw, kh, kw) of a launch, from its index maps (qh = idx_h rows, kh = idx_h columns)."""
-    return (a["idx_h_ptr"].shape[0], a["idx_w_ptr"].shape[0], a["idx_h_ptr"].shape[1],
-            a["idx_w_ptr"].shape[1])
+    return sum(nbytes(idx.numel(), torch.int32) + nbytes(_table_rows_read(*idx.shape) * a["D"], table.dtype)
+               for idx, table in _axes(a))
 
 
 def _per_row(a, pad: int) -> int:
@@ -548,8 +606,8 @@ def _per_row(a, pad: int) -> int:
 
 
 def _rel_rows(a) -> int:
-    """Bytes of the rel_h and rel_w buffers (or of drel_h and drel_w): whole rows of K*_PAD."""
-    return _per_row(a, a["KH_PAD"]) + _per_row(a, a["KW_PAD"])
+    """Bytes of the rel term buffers (or of the drel ones): whole rows of K*_PAD, per axis."""
+    return sum(_per_row(a, a[pad]) for pad in ("KH_PAD", "KW_PAD", "KT_PAD")[:3 if a["HAS_T"] else 2])
 
 
 def _qkv_read(a, dout=None) -> int:
@@ -577,15 +635,17 @@ def _dkdv_states(a):
 
 
 def _tables_states(a):
-    """Table gradients: the cell lists, drel_h / drel_w at the k_side columns of the spatial rows,
-    and q's spatial rows (read by both tables, counted once) in; both table gradients out."""
+    """Table gradients: the cell lists, the drel terms at the k_side columns of the spatial rows,
+    and q's spatial rows (read by every table, counted once) in; the table gradients out."""
     q = a["q_ptr"]
     BH, Nq, D, sp = a["BH"], a["Nq"], a["D"], a["SP"]
-    sides = (a["cells_h_ptr"].numel() // a["qh"], a["cells_w_ptr"].numel() // a["qw"])   # kh, kw
-    lists = sum(tensor_bytes(a[n]) for n in ("starts_h_ptr", "cells_h_ptr", "starts_w_ptr", "cells_w_ptr"))
-    drel = nbytes(BH * (Nq - sp) * sum(sides), torch.float32)
+    axes = ("t", "h", "w") if a["HAS_T"] else ("h", "w")
+    q_sides = dict(t=a["qt"], h=a["qh"], w=a["qw"])
+    k_sides = sum(a[f"cells_{x}_ptr"].numel() // q_sides[x] for x in axes)          # kt + kh + kw
+    lists = sum(tensor_bytes(a[f"{n}_{x}_ptr"]) for n in ("starts", "cells") for x in axes)
+    drel = nbytes(BH * (Nq - sp) * k_sides, torch.float32)
     return (lists + drel + nbytes(BH * (Nq - sp) * D, q.dtype),
-            tensor_bytes(a["dth_ptr"]) + tensor_bytes(a["dtw_ptr"]))
+            sum(tensor_bytes(a[f"dt{x}_ptr"]) for x in axes))
 
 
 def _dq_states(a):
@@ -644,82 +704,91 @@ def _index_map(q_side: int, k_side: int, device) -> torch.Tensor:
     return idx
 
 
-def _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size):
+def _grid3(size) -> tuple[int, int, int]:
+    """(t, h, w) of a grid given as (h, w) or (t, h, w): a 2-D grid is one frame."""
+    return (1, *size) if len(size) == 2 else tuple(size)
+
+
+def _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, q_size, k_size):
     """Pointers, strides and padded widths of the rel-pos inputs (dummies when there are none)."""
-    (qh, qw), (kh, kw) = q_size, k_size
+    (qt, qh, qw), (kt, kh, kw) = _grid3(q_size), _grid3(k_size)
     if rel_pos_h is None:
-        return dict(th=q, tw=q, idx_h=q, idx_w=q, st=(0, 0, 0, 0), KH_PAD=16, KW_PAD=16, HAS_REL=False)
-    return dict(th=rel_pos_h, tw=rel_pos_w, idx_h=_index_map(qh, kh, q.device),
-                idx_w=_index_map(qw, kw, q.device),
-                st=(rel_pos_h.stride(0), rel_pos_h.stride(1), rel_pos_w.stride(0), rel_pos_w.stride(1)),
-                KH_PAD=_pad16(kh), KW_PAD=_pad16(kw), HAS_REL=True)
+        return dict(tt=q, th=q, tw=q, idx_t=q, idx_h=q, idx_w=q, st=(0,) * 6, KT_PAD=16, KH_PAD=16, KW_PAD=16,
+                    HAS_REL=False, HAS_T=False)
+    has_t = rel_pos_t is not None
+    tt = rel_pos_t if has_t else rel_pos_h
+    return dict(tt=tt, th=rel_pos_h, tw=rel_pos_w,
+                idx_t=_index_map(qt, kt, q.device) if has_t else q,
+                idx_h=_index_map(qh, kh, q.device), idx_w=_index_map(qw, kw, q.device),
+                st=(*(tt.stride() if has_t else (0, 0)), *rel_pos_h.stride(), *rel_pos_w.stride()),
+                KT_PAD=_pad16(kt) if has_t else 16, KH_PAD=_pad16(kh), KW_PAD=_pad16(kw), HAS_REL=True, HAS_T=has_t)
 
 
 def forward(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, sp: int, residual: bool, scale: float,
-            autotune: bool = True):
+            autotune: bool = True, rel_pos_t=None):
     """Launch the forward kernel. Returns out (B, H, Nq, D), a view of a (B, Nq, H, D) buffer, in
     q's dtype, and lse (B, H, Nq) float32: the log-sum-exp of each score row in base 2
-    (log2 sum exp(s), i.e. the natural one times log2(e))."""
+    (log2 sum exp(s), i.e. the natural one times log2(e)). Grids (h, w), or (t, h, w) with
+    ``rel_pos_t`` (or without tables)."""
     B, H, Nq, D = q.shape
     out = helpers.empty(B, Nq, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = helpers.empty(B, H, Nq, dtype=torch.float32, device=q.device)
-    r = _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size)
-    _launch_fwd(q, k, v, r, out, lse, (lse, lse, lse, lse), q_size, k_size, sp, residual, scale,
+    r = _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, q_size, k_size)
+    _launch_fwd(q, k, v, r, out, lse, (lse, lse, lse, lse, lse), q_size, k_size, sp, residual, scale,
                 bwd_pre=False, autotune=autotune)
     return out, lse
 
 
 def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, scale, bwd_pre, autotune):
-    """The forward kernel; with bwd_pre, `out` is dout and pre_bufs = (dout, delta, rel_h, rel_w)
-    receive the backward's first pass (see `pool_attention_fwd_kernel`)."""
+    """The forward kernel; with bwd_pre, `out` is dout and pre_bufs = (dout, delta, rel_t, rel_h,
+    rel_w) receive the backward's first pass (see `pool_attention_fwd_kernel`)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    (_, qw), (kh, kw) = q_size, k_size
+    (_, qh, qw), (kt, kh, kw) = _grid3(q_size), _grid3(k_size)
     a = _align(q, k, v, out)
-    args = (q, k, v, r["th"], r["tw"], r["idx_h"], r["idx_w"], out, lse, *pre_bufs,
+    args = (q, k, v, r["tt"], r["th"], r["tw"], r["idx_t"], r["idx_h"], r["idx_w"], out, lse, *pre_bufs,
             *_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(out, a), *r["st"],
-            H, Nq, Nk, D, qw, kh, kw, scale)
-    meta = dict(SP=sp, HAS_REL=r["HAS_REL"], RESIDUAL=residual,
-                FP32=q.dtype == torch.float32, BWD_PRE=bwd_pre, KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"],
-                BLOCK_D=_pad16(D), ALIGN=a)
+            H, Nq, Nk, D, qh, qw, kt, kh, kw, scale)
+    meta = dict(SP=sp, HAS_REL=r["HAS_REL"], HAS_T=r["HAS_T"], RESIDUAL=residual,
+                FP32=q.dtype == torch.float32, BWD_PRE=bwd_pre, KT_PAD=r["KT_PAD"], KH_PAD=r["KH_PAD"],
+                KW_PAD=r["KW_PAD"], BLOCK_D=_pad16(D), ALIGN=a)
     helpers.launch_tuned(_fwd_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), args, meta, _fwd_states,
                          autotune, INTERPRETER_CONFIGS["fwd"])
 
 
 def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
-             residual: bool, scale: float, autotune: bool = True):
+             residual: bool, scale: float, autotune: bool = True, rel_pos_t=None):
     """Launch the three backward passes, then reduce the table gradients.
 
-    Returns dq (like q), dk, dv (like k, v), d_rel_pos_h, d_rel_pos_w (like the tables; None
-    without rel-pos). Deterministic: every output element is summed by one program in a fixed
-    order, and the table gradients are matmuls with a one-hot matrix (no atomics)."""
+    Returns dq (like q), dk, dv (like k, v), d_rel_pos_h, d_rel_pos_w, d_rel_pos_t (like the tables;
+    None without rel-pos, d_rel_pos_t None without a time table). Deterministic: every output
+    element is summed by one program in a fixed order (no atomics)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    (qh, qw), (kh, kw) = q_size, k_size
-    r = _rel_args(q, rel_pos_h, rel_pos_w, q_size, k_size)
-    KH_PAD, KW_PAD, HAS_REL = r["KH_PAD"], r["KW_PAD"], r["HAS_REL"]
+    (qt, qh, qw), (kt, kh, kw) = _grid3(q_size), _grid3(k_size)
+    r = _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, q_size, k_size)
+    HAS_REL, HAS_T = r["HAS_REL"], r["HAS_T"]
+    pads = dict(KT_PAD=r["KT_PAD"], KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"])
     fp32 = q.dtype == torch.float32
     dev = q.device
     delta = helpers.empty(B * H, Nq, dtype=torch.float32, device=dev)
-    if HAS_REL:
-        rel_h = helpers.empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
-        rel_w = helpers.empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
-        drel_h = helpers.empty(B * H, Nq, KH_PAD, dtype=torch.float32, device=dev)
-        drel_w = helpers.empty(B * H, Nq, KW_PAD, dtype=torch.float32, device=dev)
-    else:
-        rel_h = rel_w = drel_h = drel_w = delta   # never read or written
+    axes = ("t", "h", "w") if HAS_T else ("h", "w") if HAS_REL else ()
+    rel = {x: helpers.empty(B * H, Nq, pads[f"K{x.upper()}_PAD"], dtype=torch.float32, device=dev) for x in axes}
+    drel = {x: helpers.empty(B * H, Nq, pads[f"K{x.upper()}_PAD"], dtype=torch.float32, device=dev) for x in axes}
+    rel_bufs = [rel.get(x, delta) for x in ("t", "h", "w")]      # delta: never read or written
+    drel_bufs = [drel.get(x, delta) for x in ("t", "h", "w")]
     dq = helpers.empty(B, H, Nq, D, dtype=q.dtype, device=dev)
     dk = helpers.empty(B, H, Nk, D, dtype=k.dtype, device=dev)
     dv = helpers.empty(B, H, Nk, D, dtype=v.dtype, device=dev)
     BLOCK_D = _pad16(D)
 
     # Pass 1: the forward again, writing delta and the rel terms (see pool_attention_fwd_kernel, BWD_PRE).
-    _launch_fwd(q, k, v, r, dout, lse, (dout, delta, rel_h, rel_w), q_size, k_size, sp, residual, scale,
+    _launch_fwd(q, k, v, r, dout, lse, (dout, delta, *rel_bufs), q_size, k_size, sp, residual, scale,
                 bwd_pre=True, autotune=autotune)
 
     a = _align(q, k, v, dout)
     st = (*_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(dout, a))
-    dkdv_args = (q, k, v, dout, lse, delta, rel_h, rel_w, dk, dv, *st, H, Nq, Nk, D, kw, scale)
+    dkdv_args = (q, k, v, dout, lse, delta, *rel_bufs, dk, dv, *st, H, Nq, Nk, D, kh, kw, scale)
     if not HAS_REL:
         dq_passes = [dict(REL_PART=False)]
     elif DQ_ONE_PASS:
@@ -727,29 +796,34 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
     else:
         dq_passes = [dict(REL_PART=False), dict(REL_PART=True)]
     dq32 = helpers.empty(B, H, Nq, D, dtype=torch.float32, device=dev) if len(dq_passes) == 2 else dq
-    dq_args = (q, k, v, dout, lse, delta, rel_h, rel_w, r["th"], r["tw"], r["idx_h"], r["idx_w"],
-               dq, dq32, drel_h, drel_w, *st, *r["st"],
-               H, Nq, Nk, D, qw, kh, kw, scale)
-    meta = dict(SP=sp, HAS_REL=HAS_REL, FP32=fp32, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_D=BLOCK_D, ALIGN=a)
+    dq_args = (q, k, v, dout, lse, delta, *rel_bufs, r["tt"], r["th"], r["tw"], r["idx_t"], r["idx_h"], r["idx_w"],
+               dq, dq32, *drel_bufs, *st, *r["st"], H, Nq, Nk, D, qh, qw, kt, kh, kw, scale)
+    meta = dict(SP=sp, HAS_REL=HAS_REL, HAS_T=HAS_T, FP32=fp32, BLOCK_D=BLOCK_D, ALIGN=a, **pads)
     helpers.launch_tuned(_dkdv_tuned, lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H), dkdv_args, meta,
                          _dkdv_states, autotune, INTERPRETER_CONFIGS["dkdv"])
+    dq_tuned, dq_interp = (_dq_video_tuned, INTERPRETER_CONFIGS["dq_video"]) if HAS_T and DQ_ONE_PASS else \
+        (_dq_tuned, INTERPRETER_CONFIGS["dq"])
     for dq_pass in dq_passes:
-        helpers.launch_tuned(_dq_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), dq_args,
-                             dict(meta, RESIDUAL=residual, **dq_pass), _dq_states, autotune, INTERPRETER_CONFIGS["dq"])
+        helpers.launch_tuned(dq_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), dq_args,
+                             dict(meta, RESIDUAL=residual, **dq_pass), _dq_states, autotune, dq_interp)
 
     if not HAS_REL:
-        return dq, dk, dv, None, None
-    d_th = helpers.empty(*rel_pos_h.shape, dtype=rel_pos_h.dtype, device=dev)
-    d_tw = helpers.empty(*rel_pos_w.shape, dtype=rel_pos_w.dtype, device=dev)
-    starts_h, cells_h = _cells_by_table_row(qh, kh, KH_PAD, rel_pos_h.shape[0], dev)
-    starts_w, cells_w = _cells_by_table_row(qw, kw, KW_PAD, rel_pos_w.shape[0], dev)
-    sq = q.stride()
-    helpers.launch(pool_attention_bwd_tables_kernel, (max(rel_pos_h.shape[0], rel_pos_w.shape[0]), 2),
-                   (q, drel_h, drel_w, starts_h, cells_h, starts_w, cells_w, d_th, d_tw, *sq,
-                    B * H, H, Nq, qh, qw, rel_pos_h.shape[0], rel_pos_w.shape[0]),
-                   dict(D=D, SP=sp, KH_PAD=KH_PAD, KW_PAD=KW_PAD, BLOCK_R=TABLES_BLOCK_R, BLOCK_D=BLOCK_D,
-                        num_warps=TABLES_WARPS, num_stages=1, **TABLES_LAUNCH), _tables_states)
-    return dq, dk, dv, d_th, d_tw
+        return dq, dk, dv, None, None, None
+    tables = dict(t=rel_pos_t, h=rel_pos_h, w=rel_pos_w)
+    q_sides = dict(t=qt, h=qh, w=qw)
+    k_sides = dict(t=kt, h=kh, w=kw)
+    grads = {x: helpers.empty(*tables[x].shape, dtype=tables[x].dtype, device=dev) for x in axes}
+    lists = {x: _cells_by_table_row(q_sides[x], k_sides[x], pads[f"K{x.upper()}_PAD"], tables[x].shape[0], dev)
+             for x in axes}
+    dummy = (delta, delta)                                        # the t lists without a time table: never read
+    t_lists = lists.get("t", dummy)
+    lengths = {x: tables[x].shape[0] for x in axes}
+    helpers.launch(pool_attention_bwd_tables_kernel, (max(lengths.values()), len(axes)),
+                   (q, *drel_bufs, *t_lists, *lists["h"], *lists["w"], grads.get("t", delta), grads["h"], grads["w"],
+                    *q.stride(), B * H, H, Nq, qt, qh, qw, lengths.get("t", 0), lengths["h"], lengths["w"]),
+                   dict(D=D, SP=sp, HAS_T=HAS_T, BLOCK_R=TABLES_BLOCK_R, BLOCK_D=BLOCK_D,
+                        num_warps=TABLES_WARPS, num_stages=1, **pads, **TABLES_LAUNCH), _tables_states)
+    return dq, dk, dv, grads["h"], grads["w"], grads.get("t")
 
 
 _CELLS_CACHE: dict = {}
