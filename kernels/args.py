@@ -1,13 +1,14 @@
 """Argument checks and geometry shared by the ops (plain Python and tensor metadata, no torch ops)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
 from .backend import TRITON_DTYPES
 
-__all__ = ["MAX_HEAD_DIM", "check_3d", "check_token_count", "pooled_size", "positive_pair", "shape_of"]
+__all__ = ["MAX_HEAD_DIM", "check_3d", "check_token_count", "pooled_size", "positive_ints", "shape_of"]
 
 # The widest head the attention kernels take (a power of two: the tiles pad D up to one).
 MAX_HEAD_DIM = 256
@@ -29,14 +30,15 @@ def check_3d(t, name: str, layout: str, op: str) -> None:
 
 
 def check_token_count(n_tokens: int, hw: Sequence[int], sp: int, name: str, op: str) -> None:
-    """A ValueError unless the token count is sp + H * W (sp = 1 with a class token in front)."""
-    H, W = hw
-    if n_tokens != sp + H * W:
-        raise ValueError(f"{op}: the grid {H}x{W} {'with' if sp else 'without'} a class token needs "
-                         f"N = {sp + H * W} tokens, but {name} has N = {n_tokens}")
+    """A ValueError unless the token count is sp + the grid's size ((H, W) or (T, H, W); sp = 1
+    with a class token in front)."""
+    size = math.prod(hw)
+    if n_tokens != sp + size:
+        raise ValueError(f"{op}: the grid {'x'.join(map(str, hw))} {'with' if sp else 'without'} a class token "
+                         f"needs N = {sp + size} tokens, but {name} has N = {n_tokens}")
 
 
-def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, int]:
+def pooled_size(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
     """Output grid of a window op (conv or pool) with padding kernel // 2:
     (H + 2 * pad - kernel) // stride + 1 per axis."""
     return tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(hw, kernel, stride))
@@ -52,10 +54,11 @@ def window_coverage(hw: Sequence[int], kernel: Sequence[int], stride: Sequence[i
     return count
 
 
-def positive_pair(value, name: str, op: str) -> tuple[int, int]:
-    """``value`` as an (h, w) pair of positive ints (an int n means (n, n)); a ValueError naming
-    `op` and the argument otherwise (bools are not ints here)."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in pair):
-        raise ValueError(f"{op}: {name} must be a positive int or a pair of them, got {value!r}")
-    return pair
+def positive_ints(value, n: int, name: str, op: str) -> tuple[int, ...]:
+    """``value`` as ``n`` positive ints, one per grid axis (an int means the same on every axis);
+    a ValueError naming `op` and the argument otherwise (bools are not ints here)."""
+    ints = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(ints) != n or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in ints):
+        what = "a pair of them" if n == 2 else f"{n} of them"
+        raise ValueError(f"{op}: {name} must be a positive int or {what}, got {value!r}")
+    return ints

@@ -8,6 +8,8 @@ same kernels in the same order, agree within 2% per launch on bytes read and on 
 and run the same torch ops between launches. The cost model (``fastmvit.costmodel``) counts the
 fused ops by these statements, so this is what keeps its figures honest.
 """
+import math
+
 import pytest
 import torch
 
@@ -38,35 +40,39 @@ ATTN_CASES = [
     ((5, 7), (3, 4), 1, True, torch.bfloat16),
     ((6, 5), (6, 5), 0, True, torch.float32),
     ((4, 3), (2, 3), 1, False, torch.float16),
+    ((3, 4, 3), (2, 2, 3), 1, True, torch.bfloat16),         # video: (t, h, w), qt != kt
+    ((2, 3, 5), (4, 3, 5), 0, True, torch.float32),
 ]
 
 
 def _attention_inputs(q_size, k_size, sp, rel, dtype, B=2, H=2, D=24):
+    """q, k, v and the tables in grid-axis order ((h, w) or (t, h, w); empty without rel-pos)."""
     torch.manual_seed(0)
-    nq, nk = sp + q_size[0] * q_size[1], sp + k_size[0] * k_size[1]
+    nq, nk = sp + math.prod(q_size), sp + math.prod(k_size)
     q, k, v = (torch.randn(B, H, n, D, dtype=dtype) for n in (nq, nk, nk))
-    th = torch.randn(rel_pos_length(q_size[0], k_size[0]), D, dtype=dtype) if rel else None
-    tw = torch.randn(rel_pos_length(q_size[1], k_size[1]), D, dtype=dtype) if rel else None
-    return q, k, v, th, tw
+    tables = [torch.randn(rel_pos_length(a, b), D, dtype=dtype) for a, b in zip(q_size, k_size)] if rel else []
+    return q, k, v, tables
 
 
 @pytest.mark.parametrize("one_pass", [True, False], ids=["one_pass_dq", "two_launch_dq"])
 @pytest.mark.parametrize("q_size,k_size,sp,rel,dtype", ATTN_CASES)
 def test_pool_attention_statements(q_size, k_size, sp, rel, dtype, one_pass, monkeypatch):
     monkeypatch.setattr(attn_impl, "DQ_ONE_PASS", one_pass)
-    q, k, v, th, tw = _attention_inputs(q_size, k_size, sp, rel, dtype)
+    q, k, v, tables = _attention_inputs(q_size, k_size, sp, rel, dtype)
+    th, tw = tables[-2:] if rel else (None, None)
+    tt = tables[0] if len(tables) == 3 else None
     scale = q.shape[-1] ** -0.5
-    _agree(attn_impl.forward, q, k, v, th, tw, q_size, k_size, sp, True, scale, autotune=False)
-    out, lse = attn_impl.forward(q, k, v, th, tw, q_size, k_size, sp, True, scale, autotune=False)
+    _agree(attn_impl.forward, q, k, v, th, tw, q_size, k_size, sp, True, scale, autotune=False, rel_pos_t=tt)
+    out, lse = attn_impl.forward(q, k, v, th, tw, q_size, k_size, sp, True, scale, autotune=False, rel_pos_t=tt)
     dout = torch.randn_like(out)
     launches = _agree(attn_impl.backward, dout, q, k, v, th, tw, lse, q_size, k_size, sp, True, scale,
-                      autotune=False)
+                      autotune=False, rel_pos_t=tt)
     assert len(launches) == (3 if not rel else 4 if one_pass else 5)
 
 
 def test_a_planted_wrong_statement_fails(monkeypatch):
     """A statement 3% high on one launch's reads is caught, and named."""
-    q, k, v, th, tw = _attention_inputs((5, 7), (3, 4), 1, True, torch.bfloat16)
+    q, k, v, (th, tw) = _attention_inputs((5, 7), (3, 4), 1, True, torch.bfloat16)
     scale = q.shape[-1] ** -0.5
     out, lse = attn_impl.forward(q, k, v, th, tw, (5, 7), (3, 4), 1, True, scale, autotune=False)
     honest = attn_impl._dkdv_states
@@ -88,6 +94,8 @@ QKV_CASES = [
     # (grid, stride q, stride kv, class token): kv stride 4 with a 3x3 kernel skips grid positions
     ((9, 7), (1, 1), (4, 4), 1),
     ((7, 6), (2, 2), (2, 1), 0),
+    ((3, 7, 5), (1, 2, 2), (1, 4, 4), 1),           # video: (T, H, W), 3x3x3
+    ((4, 5, 6), (2, 1, 1), (1, 2, 2), 0),
 ]
 
 
@@ -95,8 +103,8 @@ QKV_CASES = [
 def test_pool_qkv_statements(hw, sq, skv, sp):
     torch.manual_seed(0)
     B, heads, D, dtype = 2, 2, 12, torch.bfloat16
-    kq = (3, 3)
-    N = sp + hw[0] * hw[1]
+    kq = (3,) * len(hw)
+    N = sp + math.prod(hw)
     qkv = torch.randn(B, N, 3 * heads * D, dtype=dtype)
     weights = [torch.randn(D, 1, *kq, dtype=dtype) for _ in range(3)]
     norm_w = [torch.randn(D, dtype=dtype) for _ in range(3)]
@@ -112,11 +120,13 @@ def test_pool_qkv_statements(hw, sq, skv, sp):
 # ------------------------------------------------------------------------------------------------
 # max_pool_tokens
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("hw,stride,sp", [((9, 7), (2, 2), 1), ((9, 10), (4, 4), 0)])
-def test_max_pool_tokens_statements(hw, stride, sp):
+@pytest.mark.parametrize("hw,kernel,stride,sp", [((9, 7), (3, 3), (2, 2), 1), ((9, 10), (3, 3), (4, 4), 0),
+                                                 ((3, 7, 5), (1, 3, 3), (1, 2, 2), 1),      # video shortcut
+                                                 ((4, 5, 6), (3, 3, 3), (2, 4, 2), 0)])
+def test_max_pool_tokens_statements(hw, kernel, stride, sp):
     torch.manual_seed(0)
-    B, C, kernel = 2, 40, (3, 3)
-    x = torch.randn(B, sp + hw[0] * hw[1], C, dtype=torch.bfloat16)
+    B, C = 2, 40
+    x = torch.randn(B, sp + math.prod(hw), C, dtype=torch.bfloat16)
     out_hw = pooled_size(hw, kernel, stride)
     _agree(maxpool_impl.forward, x, hw, out_hw, kernel, stride, sp, True)
     y, arg = maxpool_impl.forward(x, hw, out_hw, kernel, stride, sp, True)

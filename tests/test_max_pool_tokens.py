@@ -13,6 +13,7 @@ buffer the launchers allocate is poisoned first (NaN, and 255 for the uint8 argm
 """
 from __future__ import annotations
 
+import math
 
 import pytest
 import torch
@@ -26,38 +27,46 @@ from numerics import DTYPES, assert_matches_float64
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+def _pool_fn(hw):
+    return F.max_pool2d if len(hw) == 2 else F.max_pool3d
+
+
 def reference(x, hw, kernel, stride, sp):
-    """y (B, sp + H' * W', C) in x's dtype: max_pool2d on a contiguous NCHW copy, cat the token."""
+    """y (B, sp + pooled rows, C) in x's dtype: max_pool2d (3d for a (T, H, W) grid) on a
+    contiguous NC(T)HW copy, cat the token."""
     B, N, C = x.shape
-    grid = x[:, sp:].reshape(B, *hw, C).permute(0, 3, 1, 2).contiguous()
-    pooled = F.max_pool2d(grid, kernel, stride, padding=(kernel[0] // 2, kernel[1] // 2))
+    grid = x[:, sp:].reshape(B, *hw, C).movedim(-1, 1).contiguous()
+    pooled = _pool_fn(hw)(grid, kernel, stride, padding=tuple(k // 2 for k in kernel))
     return torch.cat([x[:, :sp], pooled.flatten(2).transpose(1, 2)], dim=1)
 
 
 def torch_indices(x, hw, kernel, stride, sp):
-    """torch's argmax (flat index iy * W + ix into the grid), (B, H' * W', C) int64."""
+    """torch's argmax (flat index into the grid), (B, pooled rows, C) int64."""
     B, N, C = x.shape
-    grid = x[:, sp:].reshape(B, *hw, C).permute(0, 3, 1, 2).contiguous()
-    _, idx = F.max_pool2d(grid, kernel, stride, padding=(kernel[0] // 2, kernel[1] // 2),
-                          return_indices=True)
+    grid = x[:, sp:].reshape(B, *hw, C).movedim(-1, 1).contiguous()
+    _, idx = _pool_fn(hw)(grid, kernel, stride, padding=tuple(k // 2 for k in kernel), return_indices=True)
     return idx.flatten(2).transpose(1, 2)
 
 
 def offsets_to_indices(argmax, hw, kernel, stride):
-    """Our uint8 window offsets -> torch's flat grid indices, (B, H' * W', C) int64."""
-    (H, W), (kh, kw), (sh, sw) = hw, kernel, stride
-    oh, ow = pooled_size(hw, kernel, stride)
+    """Our uint8 window offsets -> torch's flat grid indices, (B, pooled rows, C) int64. The
+    offset is row-major over the window's axes; so is the flat index over the grid's."""
+    out = pooled_size(hw, kernel, stride)
     a = argmax.long()
-    p = torch.arange(oh * ow, device=a.device)[None, :, None]
-    iy = (p // ow) * sh - kh // 2 + a // kw
-    ix = (p % ow) * sw - kw // 2 + a % kw
-    return iy * W + ix
+    p = torch.arange(math.prod(out), device=a.device)[None, :, None]
+    index = torch.zeros_like(a)
+    for axis in range(len(hw)):
+        inner_out = math.prod(out[axis + 1:])
+        inner_k = math.prod(kernel[axis + 1:])
+        coord = (p // inner_out) % out[axis] * stride[axis] - kernel[axis] // 2 + (a // inner_k) % kernel[axis]
+        index = index * hw[axis] + coord
+    return index
 
 
 def tie_inputs(B, hw, C, sp, dtype, seed=0, levels=4):
     """x with values in a few levels (many ties), and a quantised output gradient (exact sums)."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(-levels // 2, levels - levels // 2, (B, sp + hw[0] * hw[1], C), generator=gen)
+    x = torch.randint(-levels // 2, levels - levels // 2, (B, sp + math.prod(hw), C), generator=gen)
     x = (x.double() * 0.5).to(dtype)
     return x
 
@@ -75,8 +84,8 @@ def run(x, hw, kernel, stride, sp, backend="triton"):
 def check_exact(x, hw, kernel, stride, sp, backend="triton"):
     """Forward values and the input gradient exactly equal to float64 torch (NaN where it has NaN),
     and, on the triton backend, the argmax equal to torch's indices in x's own dtype."""
-    kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
-    stride = (stride, stride) if isinstance(stride, int) else stride
+    kernel = (kernel,) * len(hw) if isinstance(kernel, int) else kernel
+    stride = (stride,) * len(hw) if isinstance(stride, int) else stride
     exact_x = x.detach().double().requires_grad_()
     exact = reference(exact_x, hw, kernel, stride, sp)
     dy = quantised_grad(exact.shape, x.dtype).to(x.device)
@@ -94,8 +103,8 @@ def check_exact(x, hw, kernel, stride, sp, backend="triton"):
         with fastmvit.use_backend("triton"):
             _, argmax = torch.ops.fastmvit.max_pool_tokens(x, list(hw), list(kernel), list(stride),
                                                            bool(sp), True)
-        oh, ow = pooled_size(hw, kernel, stride)
-        assert argmax.dtype == torch.uint8 and argmax.shape == (x.shape[0], oh * ow, x.shape[2])
+        n_out = math.prod(pooled_size(hw, kernel, stride))
+        assert argmax.dtype == torch.uint8 and argmax.shape == (x.shape[0], n_out, x.shape[2])
         assert torch.equal(offsets_to_indices(argmax, hw, kernel, stride),
                            torch_indices(x.detach(), hw, kernel, stride, sp))
 
@@ -115,6 +124,23 @@ GEOMETRIES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"{g[0][0]}x{g[0][1]}-k{g[1][0]}{g[1][1]}-s{g[2][0]}{g[2][1]}")
 def test_ties_match_torch_exactly(geometry, dtype, sp, poisoned_buffers):
+    hw, kernel, stride = geometry
+    x = tie_inputs(2, hw, 24, sp, dtype, seed=hash((hw, kernel, stride, sp)) % 1000)
+    check_exact(x, hw, kernel, stride, sp)
+
+
+# Video (T, H, W): MViTv2's (1, 3, 3) / (1, 2, 2) shortcut, and windows and strides on t as well
+VIDEO_GEOMETRIES = [
+    ((3, 7, 5), (1, 3, 3), (1, 2, 2)),
+    ((4, 5, 6), (3, 3, 3), (2, 1, 2)),
+    ((5, 3, 4), (3, 1, 2), (3, 2, 1)),
+]
+
+
+@pytest.mark.parametrize("sp", [0, 1], ids=["nocls", "cls"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("geometry", VIDEO_GEOMETRIES, ids=lambda g: "-".join("x".join(map(str, v)) for v in g))
+def test_video_grids_match_torch_exactly(geometry, dtype, sp, poisoned_buffers):
     hw, kernel, stride = geometry
     x = tie_inputs(2, hw, 24, sp, dtype, seed=hash((hw, kernel, stride, sp)) % 1000)
     check_exact(x, hw, kernel, stride, sp)

@@ -8,6 +8,8 @@ odd (the interpreter is slow): 7x5 grids, head dim 24, 3 heads, class token or n
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,18 +30,21 @@ def reference(qkv, hw, heads, weights, gammas, betas, strides, sp, eps=1e-6):
     for t, (w, g, b, s) in enumerate(zip(weights, gammas, betas, strides)):
         x = qkv.reshape(B, N, 3, heads, D)[:, :, t].transpose(1, 2)    # (B, heads, N, D)
         cls, grid = x[:, :, :sp], x[:, :, sp:]
-        grid = grid.reshape(B * heads, *hw, D).permute(0, 3, 1, 2)
-        grid = F.conv2d(grid, w, stride=s, padding=(w.shape[-2] // 2, w.shape[-1] // 2), groups=D)
+        grid = grid.reshape(B * heads, *hw, D).movedim(-1, 1)           # (B * heads, D, *grid)
+        conv = F.conv2d if len(hw) == 2 else F.conv3d
+        grid = conv(grid, w, stride=s, padding=tuple(k // 2 for k in w.shape[2:]), groups=D)
         grid = grid.reshape(B, heads, D, -1).transpose(2, 3)
         outs.append(F.layer_norm(torch.cat([cls, grid], 2), (D,), g, b, eps))
     return outs
 
 
-def make_inputs(B, hw, heads, D, sp, kernel=(3, 3), seed=0):
-    """float64 leaves: qkv, 3 conv weights, 3 norm weights, 3 norm biases (random, never zero)."""
+def make_inputs(B, hw, heads, D, sp, kernel=None, seed=0):
+    """float64 leaves: qkv, 3 conv weights, 3 norm weights, 3 norm biases (random, never zero).
+    The kernel defaults to 3 on every axis of hw ((H, W) or (T, H, W))."""
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
-    qkv = rand(B, sp + hw[0] * hw[1], 3 * heads * D)
+    kernel = kernel or (3,) * len(hw)
+    qkv = rand(B, sp + math.prod(hw), 3 * heads * D)
     weights = [rand(D, 1, *kernel) * 0.5 for _ in range(3)]
     gammas = [1 + 0.5 * rand(D) for _ in range(3)]
     betas = [0.5 * rand(D) for _ in range(3)]
@@ -52,7 +57,7 @@ def run(leaves, hw, heads, strides, sp, backend):
         return pool_qkv(qkv, hw, heads, w, g, b, strides[0], strides[1], has_cls_token=bool(sp))
 
 
-def check_against_float64(B, hw, heads, D, strides, sp, dtype, param_dtype=None, kernel=(3, 3), device="cpu"):
+def check_against_float64(B, hw, heads, D, strides, sp, dtype, param_dtype=None, kernel=None, device="cpu"):
     """Forward values and every gradient of the Triton path against float64; the eager torch path in
     the same dtype sets how far the fused path may be (at most twice its error).
 
@@ -110,6 +115,27 @@ HALF_CASES = [
     (1, (7, 5), 2, 24, (2, 4), 0),
     (1, (7, 5), 3, 24, (8, 4), 1),
 ]
+
+
+# Video grids (T, H, W) with 3x3x3 kernels: (B, grid, heads, D, (stride_q, stride_kv), class token)
+VIDEO_CASES = [
+    (1, (3, 5, 4), 2, 24, ((1, 2, 2), (1, 2, 2)), 1),
+    (2, (4, 3, 5), 1, 16, ((2, 1, 1), (1, 4, 4)), 0),      # a temporal stride; kv stride above the kernel
+    (1, (2, 4, 3), 3, 24, ((1, 1, 1), (2, 2, 1)), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", VIDEO_CASES, ids=lambda c: f"B{c[0]}-{'x'.join(map(str, c[1]))}-h{c[2]}-s{c[4]}-cls{c[5]}")
+def test_video_grids(case, dtype, poisoned_buffers):
+    B, grid, heads, D, strides, sp = case
+    q_size, k_size = check_against_float64(B, grid, heads, D, strides, sp, dtype)
+    assert len(q_size) == len(k_size) == 3
+
+
+def test_video_kernel_1x3x3(poisoned_buffers):
+    """A (1, 3, 3) kernel on a (T, H, W) grid: no temporal taps."""
+    check_against_float64(1, (3, 4, 5), 2, 16, ((1, 2, 2), (1, 1, 1)), 1, torch.float32, kernel=(1, 3, 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

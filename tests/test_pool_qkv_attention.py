@@ -8,6 +8,8 @@ errors, and torch.compile.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -25,8 +27,8 @@ def make_leaves(B, hw, sp, dtype, seed=0):
     random and never zero, as leaves requiring grad."""
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
-    leaves = [rand(B, sp + hw[0] * hw[1], 3 * HEADS * D)]
-    leaves += [0.5 * rand(D, 1, 3, 3) for _ in range(3)]
+    leaves = [rand(B, sp + math.prod(hw), 3 * HEADS * D)]
+    leaves += [0.5 * rand(D, 1, *(3,) * len(hw)) for _ in range(3)]
     leaves += [1 + 0.5 * rand(D) for _ in range(3)] + [0.5 * rand(D) for _ in range(3)]
     return [t.to(dtype).requires_grad_() for t in leaves]
 
@@ -38,9 +40,11 @@ def tables(q_size, k_size, dtype, seed=1):
 
 
 def run_fused(leaves, rel, hw, strides, sp):
+    """rel: the tables in grid-axis order ((h, w) or (t, h, w))."""
     qkv, p = leaves[0], leaves[1:]
+    tt = rel[0] if len(rel) == 3 else None
     out, q_size = pool_qkv_attention(qkv, hw, HEADS, p[0:3], p[3:6], p[6:9], strides[0], strides[1],
-                                     rel[0], rel[1], has_cls_token=bool(sp))
+                                     rel[-2], rel[-1], rel_pos_t=tt, has_cls_token=bool(sp))
     return out
 
 
@@ -48,7 +52,8 @@ def run_two_ops(leaves, rel, hw, strides, sp):
     qkv, p = leaves[0], leaves[1:]
     q, k, v, q_size, k_size = pool_qkv(qkv, hw, HEADS, p[0:3], p[3:6], p[6:9], strides[0],
                                        strides[1], has_cls_token=bool(sp))
-    return pool_attention(q, k, v, rel[0], rel[1], q_size, k_size, has_cls_token=bool(sp))
+    tt = rel[0] if len(rel) == 3 else None
+    return pool_attention(q, k, v, rel[-2], rel[-1], q_size, k_size, rel_pos_t=tt, has_cls_token=bool(sp))
 
 
 def grads_of(out, inputs, seed=2):
@@ -57,10 +62,11 @@ def grads_of(out, inputs, seed=2):
     return torch.autograd.grad(out, inputs, dout)
 
 
-CASES = [((7, 5), ((1, 1), (2, 2)), 1), ((6, 6), ((2, 2), (2, 2)), 0), ((5, 9), ((2, 1), (1, 3)), 1)]
+CASES = [((7, 5), ((1, 1), (2, 2)), 1), ((6, 6), ((2, 2), (2, 2)), 0), ((5, 9), ((2, 1), (1, 3)), 1),
+         ((3, 5, 4), ((1, 2, 2), (1, 2, 2)), 1), ((4, 3, 5), ((2, 1, 1), (1, 1, 2)), 0)]     # video: (T, H, W)
 
 
-@pytest.mark.parametrize("hw,strides,sp,dtype", [case + (dtype,) for case, dtype in zip(CASES, DTYPES)])
+@pytest.mark.parametrize("hw,strides,sp,dtype", [case + (dtype,) for case, dtype in zip(CASES, DTYPES + DTYPES[::2])])
 def test_same_as_two_ops_bit_for_bit(hw, strides, sp, dtype):
     leaves = make_leaves(2, hw, sp, dtype)
     with fastmvit.use_backend("triton"):

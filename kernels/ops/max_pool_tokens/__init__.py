@@ -66,11 +66,12 @@ cdiv(kh, sh) * cdiv(kw, sw) gradients). Layout: any batch and token strides are 
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
-from ...args import check_3d, check_token_count, pooled_size, positive_pair
+from ...args import check_3d, check_token_count, pooled_size, positive_ints
 from ...backend import require_triton_runnable, resolve_backend
 from . import op as _op  # noqa: F401  (registers the custom ops)
 from .torch_impl import max_pool_tokens_torch
@@ -81,34 +82,36 @@ _MAX_WINDOW = 256  # the argmax is one uint8 window offset
 
 
 def _check(x, hw_shape, kernel, stride, has_cls_token):
-    """Check the arguments; return (H, W), (kh, kw), (sh, sw), sp."""
+    """Check the arguments; return the grid ((H, W) or (T, H, W)), the kernel and the stride (one
+    int per axis each), sp."""
     check_3d(x, "x", "(B, N, C) tokens", "max_pool_tokens")
-    if (not isinstance(hw_shape, (tuple, list)) or len(hw_shape) != 2
+    if (not isinstance(hw_shape, (tuple, list)) or len(hw_shape) not in (2, 3)
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in hw_shape)):
-        raise ValueError(f"max_pool_tokens: hw_shape must be two positive ints (H, W), got {hw_shape!r}")
-    H, W = hw_shape
-    kernel = positive_pair(kernel, "kernel", "max_pool_tokens")
-    stride = positive_pair(stride, "stride", "max_pool_tokens")
-    if kernel[0] * kernel[1] > _MAX_WINDOW:
-        raise ValueError(f"max_pool_tokens: the window {kernel[0]}x{kernel[1]} has more than "
+        raise ValueError(f"max_pool_tokens: hw_shape must be two positive ints (H, W) or three (T, H, W), "
+                         f"got {hw_shape!r}")
+    grid = tuple(hw_shape)
+    kernel = positive_ints(kernel, len(grid), "kernel", "max_pool_tokens")
+    stride = positive_ints(stride, len(grid), "stride", "max_pool_tokens")
+    if math.prod(kernel) > _MAX_WINDOW:
+        raise ValueError(f"max_pool_tokens: the window {'x'.join(map(str, kernel))} has more than "
                          f"{_MAX_WINDOW} taps (the argmax is one uint8 offset)")
     sp = 1 if has_cls_token else 0
     B, N, C = x.shape
-    check_token_count(N, (H, W), sp, "x", "max_pool_tokens")
+    check_token_count(N, grid, sp, "x", "max_pool_tokens")
     if C < 1 or B < 1:
         raise ValueError(f"max_pool_tokens: x must have B >= 1 and C >= 1, got {tuple(x.shape)}")
-    return (H, W), kernel, stride, sp
+    return grid, kernel, stride, sp
 
 
 def max_pool_tokens(x: torch.Tensor, hw_shape: Sequence[int], kernel, stride,
                     has_cls_token: bool = False) -> torch.Tensor:
-    """Max-pool the (H, W) token grid of x; the class token (row 0, if any) passes through.
+    """Max-pool the (H, W) (or (T, H, W)) token grid of x; the class token (row 0, if any) passes through.
 
     Args:
         x: (B, N, C), N = sp + H * W (sp = 1 with a class token); float32/16, bf16 (float64 on the
             torch backend). Batch and token strides are free; the channel dim is copied if strided.
-        hw_shape: the token grid (H, W).
-        kernel, stride: int or (h, w) pair of positive ints; padding is kernel // 2 per axis.
+        hw_shape: the token grid (H, W), or (T, H, W) for video.
+        kernel, stride: int or one positive int per grid axis; padding is kernel // 2 per axis.
         has_cls_token: whether row 0 of each batch element is a class token.
     Returns:
         y (B, sp + H' * W', C), contiguous, in x's dtype; H' = (H + 2 * (kh // 2) - kh) // sh + 1.

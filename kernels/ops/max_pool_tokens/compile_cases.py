@@ -1,6 +1,7 @@
 """`max_pool_tokens`' compile cases for tools/gpu_compile.py."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -26,6 +27,12 @@ _COMPILE_SHAPES = (
 )
 
 
+# Video: the (1, 3, 3) / (1, 2, 2) shortcut of mvit_v2_s (8 frames): (label, batch, (T, side), C, class token)
+_VIDEO_SHAPES = (
+    ("mvit_v2_s stage 1->2", 4, (8, 56), 96, 1),
+    ("mvit_v2_s stage 3->4", 4, (8, 14), 384, 1),
+)
+
 _SAMPLE = {"MViTv2-T stage 1->2", "MViTv2-T stage 3->4", "MViTv2-T stage 1->2 no cls",
            "MViTv2-T stage 3->4 no cls"}
 
@@ -40,11 +47,13 @@ def cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
     class token, C 96 and 768."""
     from .triton_impl import backward, forward
 
-    def thunk(B, side, C, dtype, sp):
+    def thunk(B, side, C, dtype, sp, frames=None):
         def run():
             hw, kernel, stride = (side, side), (3, 3), (2, 2)
+            if frames is not None:
+                hw, kernel, stride = (frames, *hw), (1, *kernel), (1, *stride)
             out_hw = pooled_size(hw, kernel, stride)
-            x = torch.empty(B, sp + side * side, C, dtype=dtype)
+            x = torch.empty(B, sp + math.prod(hw), C, dtype=dtype)
             y, arg = forward(x, hw, out_hw, kernel, stride, sp, True)
             forward(x, hw, out_hw, kernel, stride, sp, False)
             backward(torch.empty_like(y), arg, hw, out_hw, kernel, stride, sp)
@@ -56,3 +65,9 @@ def cases(sample: bool = False) -> Iterable[tuple[str, Callable[[], None]]]:
         for dtype in (torch.float16, torch.bfloat16):
             yield (f"max_pool_tokens {label}: B{B} {side}x{side} C{C} "
                    f"{str(dtype).removeprefix('torch.')} cls{sp}", thunk(B, side, C, dtype, sp))
+    for label, B, (frames, side), C, sp in _VIDEO_SHAPES:
+        if sample:
+            continue
+        for dtype in (torch.float16, torch.bfloat16):
+            yield (f"max_pool_tokens {label}: B{B} {frames}x{side}x{side} C{C} "
+                   f"{str(dtype).removeprefix('torch.')} cls{sp}", thunk(B, side, C, dtype, sp, frames))

@@ -3,6 +3,8 @@
 Registered on import; the kernels (triton) are imported on first call."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...args import pooled_size
@@ -14,7 +16,7 @@ from ...traffic import implementation
 def _max_pool_tokens_op(x: torch.Tensor, hw: list[int], kernel: list[int], stride: list[int],
                         has_cls_token: bool, need_argmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(y (B, sp + H' * W', C) contiguous in x's dtype; argmax uint8 (B, H' * W', C) contiguous, or
-    an empty (0,) uint8 tensor when not `need_argmax`)."""
+    an empty (0,) uint8 tensor when not `need_argmax`). hw (H, W) or (T, H, W)."""
     from .triton_impl import forward
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -26,9 +28,9 @@ def _max_pool_tokens_op(x: torch.Tensor, hw: list[int], kernel: list[int], strid
 @_max_pool_tokens_op.register_fake
 def _(x, hw, kernel, stride, has_cls_token, need_argmax):
     B, N, C = x.shape
-    oh, ow = pooled_size(hw, kernel, stride)
-    y = x.new_empty(B, int(has_cls_token) + oh * ow, C)
-    arg = x.new_empty(*((B, oh * ow, C) if need_argmax else (0,)), dtype=torch.uint8)
+    n_out = math.prod(pooled_size(hw, kernel, stride))
+    y = x.new_empty(B, int(has_cls_token) + n_out, C)
+    arg = x.new_empty(*((B, n_out, C) if need_argmax else (0,)), dtype=torch.uint8)
     return y, arg
 
 
@@ -49,7 +51,7 @@ def _max_pool_tokens_backward_op(dy: torch.Tensor, argmax: torch.Tensor, hw: lis
 @_max_pool_tokens_backward_op.register_fake
 def _(dy, argmax, hw, kernel, stride, has_cls_token):
     B, _, C = dy.shape
-    return dy.new_empty(B, int(has_cls_token) + hw[0] * hw[1], C)
+    return dy.new_empty(B, int(has_cls_token) + math.prod(hw), C)
 
 
 def _setup_context(ctx, inputs, output):

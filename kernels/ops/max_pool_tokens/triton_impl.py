@@ -3,6 +3,9 @@
 The public op, its checks and the design note live in the package's ``__init__``, the custom ops in
 ``op``, the plain torch path in ``torch_impl``; this module holds what runs on the device.
 
+Video (HAS_T): the grid is (T, H, W), the window (KT, KH, KW), the stride (ST, SH, SW), and the
+argmax offset (kt * KH + ky) * KW + kx; without HAS_T, T = KT = ST = 1 and only the 2-D index math runs.
+
 Notation: x is (B, N, C) tokens with a contiguous channel dim, N = SP + H * W, SP = 1 with a class
 token (row 0) else 0. The grid is max-pooled with a (KH, KW) window, stride (SH, SW), padding
 (PAD_H, PAD_W) = (KH // 2, KW // 2) (padding never wins); the pooled grid is (OH, OW) and the output
@@ -31,6 +34,8 @@ variants), so the window arithmetic is shifts and the backward loop has exactly 
 contain a position; grid sizes, batch and row strides are runtime values (one compile per model).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -65,40 +70,52 @@ def _token_tile(C, n_rows, n_per_sample, SP: tl.constexpr, BLOCK_P: tl.constexpr
     return rows, offs_c, offs_c < C, row_ok, b, token, tl.maximum(token - SP, 0), row_ok & (token >= SP)
 
 
-@triton.jit(do_not_specialize=["H", "W", "OH", "OW", "n_rows", "stride_xb"])
+@triton.jit(do_not_specialize=["T", "H", "W", "OT", "OH", "OW", "n_rows", "stride_xb"])
 def max_pool_tokens_fwd_kernel(
     x_ptr, stride_xb, stride_xn,          # (B, N, C), channel dim contiguous
-    y_ptr,                                # (B, SP + OH * OW, C) contiguous, x's dtype
-    arg_ptr,                              # (B, OH * OW, C) contiguous uint8 (unused unless WRITE_ARGMAX)
-    H, W, OH, OW, C, n_rows,              # n_rows = B * (SP + OH * OW)
-    SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    y_ptr,                                # (B, SP + OT * OH * OW, C) contiguous, x's dtype
+    arg_ptr,                              # (B, OT * OH * OW, C) contiguous uint8 (unused unless WRITE_ARGMAX)
+    T, H, W, OT, OH, OW, C, n_rows,       # n_rows = B * (SP + OT * OH * OW); T = OT = 1 without HAS_T
+    SP: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    ST: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, HAS_T: tl.constexpr,
     WRITE_ARGMAX: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    PAD_T: tl.constexpr = KT // 2
     PAD_H: tl.constexpr = KH // 2
     PAD_W: tl.constexpr = KW // 2
     # flat (b, r) output rows; p: the pooled-grid position
-    rows, offs_c, c_ok, row_ok, b, r, p, grid_ok = _token_tile(C, n_rows, SP + OH * OW, SP, BLOCK_P, BLOCK_C)
-    oy = p // OW
-    iy0 = oy * SH - PAD_H                                            # window origin (may be padding)
-    ix0 = (p - oy * OW) * SW - PAD_W
+    rows, offs_c, c_ok, row_ok, b, r, p, grid_ok = _token_tile(C, n_rows, SP + OT * OH * OW, SP, BLOCK_P, BLOCK_C)
+    plane = p // OW                                                  # ot * OH + oy
+    ix0 = (p - plane * OW) * SW - PAD_W
+    if HAS_T:
+        ot = plane // OH
+        it0 = ot * ST - PAD_T                                        # window origin (may be padding)
+        iy0 = (plane - ot * OH) * SH - PAD_H
+    else:
+        it0 = p * 0
+        iy0 = plane * SH - PAD_H
     x_row = x_ptr + b.to(tl.int64) * stride_xb                       # token 0 of batch b
-    tap_row = x_row + (SP + iy0 * W + ix0).to(tl.int64) * stride_xn  # tap (0, 0)
-
+    tap_row = x_row + (SP + (it0 * H + iy0) * W + ix0).to(tl.int64) * stride_xn  # tap (0, 0, 0)
     m = tl.full((BLOCK_P, BLOCK_C), float("-inf"), dtype=tl.float32)
     # the first in-grid tap is the winner until one beats -inf (torch starts there too)
-    first = tl.maximum(-iy0, 0) * KW + tl.maximum(-ix0, 0)
+    first = (tl.maximum(-it0, 0) * KH + tl.maximum(-iy0, 0)) * KW + tl.maximum(-ix0, 0)
     arg = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.int32) + first[:, None]
-    for ky in tl.static_range(KH):
-        y_ok = grid_ok & (iy0 >= -ky) & (iy0 < H - ky)
-        for kx in tl.static_range(KW):
-            ok = y_ok & (ix0 >= -kx) & (ix0 < W - kx)
-            ptr = tap_row + (ky * W + kx) * stride_xn
-            # padding loads -inf: it never wins (-inf > m is false, and it is not NaN)
-            val = tl.load(ptr[:, None] + offs_c[None, :], mask=ok[:, None] & c_ok[None, :],
-                          other=float("-inf")).to(tl.float32)
-            win = (val > m) | (val != val)                           # torch's rule: > or NaN
-            m = tl.where(win, val, m)
-            arg = tl.where(win, ky * KW + kx, arg)
+    for kt in tl.static_range(KT):
+        if HAS_T:
+            t_ok = grid_ok & (it0 >= -kt) & (it0 < T - kt)
+        else:
+            t_ok = grid_ok
+        for ky in tl.static_range(KH):
+            y_ok = t_ok & (iy0 >= -ky) & (iy0 < H - ky)
+            for kx in tl.static_range(KW):
+                ok = y_ok & (ix0 >= -kx) & (ix0 < W - kx)
+                ptr = tap_row + ((kt * H + ky) * W + kx) * stride_xn
+                # padding loads -inf: it never wins (-inf > m is false, and it is not NaN)
+                val = tl.load(ptr[:, None] + offs_c[None, :], mask=ok[:, None] & c_ok[None, :],
+                              other=float("-inf")).to(tl.float32)
+                win = (val > m) | (val != val)                       # torch's rule: > or NaN
+                m = tl.where(win, val, m)
+                arg = tl.where(win, (kt * KH + ky) * KW + kx, arg)
     if SP:   # the class token passes through
         is_cls = row_ok & (r == 0)
         cls = tl.load(x_row[:, None] + offs_c[None, :], mask=is_cls[:, None] & c_ok[None, :], other=0.0)
@@ -106,45 +123,62 @@ def max_pool_tokens_fwd_kernel(
     tl.store(y_ptr + rows.to(tl.int64)[:, None] * C + offs_c[None, :], m.to(y_ptr.dtype.element_ty),
              mask=row_ok[:, None] & c_ok[None, :])
     if WRITE_ARGMAX:
-        arg_row = (b.to(tl.int64) * (OH * OW) + p) * C
+        arg_row = (b.to(tl.int64) * (OT * OH * OW) + p) * C
         tl.store(arg_ptr + arg_row[:, None] + offs_c[None, :], arg.to(tl.uint8),
                  mask=grid_ok[:, None] & c_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["H", "W", "OH", "OW", "n_rows", "stride_db"])
+@triton.jit(do_not_specialize=["T", "H", "W", "OT", "OH", "OW", "n_rows", "stride_db"])
 def max_pool_tokens_bwd_kernel(
-    dy_ptr, stride_db, stride_dn,         # (B, SP + OH * OW, C), channel dim contiguous
-    arg_ptr,                              # (B, OH * OW, C) contiguous uint8 window offsets
-    dx_ptr,                               # (B, SP + H * W, C) contiguous, written whole
-    H, W, OH, OW, C, n_rows,              # n_rows = B * (SP + H * W)
-    SP: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    dy_ptr, stride_db, stride_dn,         # (B, SP + OT * OH * OW, C), channel dim contiguous
+    arg_ptr,                              # (B, OT * OH * OW, C) contiguous uint8 window offsets
+    dx_ptr,                               # (B, SP + T * H * W, C) contiguous, written whole
+    T, H, W, OT, OH, OW, C, n_rows,       # n_rows = B * (SP + T * H * W)
+    SP: tl.constexpr, KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    ST: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, HAS_T: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    PAD_T: tl.constexpr = KT // 2
     PAD_H: tl.constexpr = KH // 2
     PAD_W: tl.constexpr = KW // 2
     # flat (b, n) input rows; pos: the grid position
-    rows, offs_c, c_ok, row_ok, b, n, pos, grid_ok = _token_tile(C, n_rows, SP + H * W, SP, BLOCK_P, BLOCK_C)
-    iy = pos // W
-    ty = iy + PAD_H                        # = oy * SH + ky for each window (oy, ky) holding iy
-    tx = pos - iy * W + PAD_W
+    rows, offs_c, c_ok, row_ok, b, n, pos, grid_ok = _token_tile(C, n_rows, SP + T * H * W, SP, BLOCK_P, BLOCK_C)
+    plane = pos // W                       # it * H + iy
+    tx = pos - plane * W + PAD_W           # = ox * SW + kx for each window (ox, kx) holding ix
+    if HAS_T:
+        it = plane // H
+        ty = plane - it * H + PAD_H
+        tt = it + PAD_T
+    else:
+        ty = plane + PAD_H
+        tt = pos * 0
     dy_row = dy_ptr + b.to(tl.int64) * stride_db
-    arg_b = arg_ptr + b.to(tl.int64) * (OH * OW) * C
+    arg_b = arg_ptr + b.to(tl.int64) * (OT * OH * OW) * C
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for j in tl.static_range((KH + SH - 1) // SH):
-        oy = ty // SH - j
-        ky = ty - oy * SH
-        y_ok = grid_ok & (oy >= 0) & (oy < OH) & (ky < KH)
-        for i in tl.static_range((KW + SW - 1) // SW):
-            ox = tx // SW - i
-            kx = tx - ox * SW
-            ok = y_ok & (ox >= 0) & (ox < OW) & (kx < KW)
-            q = oy * OW + ox                                         # the window's output position
-            mask = ok[:, None] & c_ok[None, :]
-            a = tl.load((arg_b + q.to(tl.int64) * C)[:, None] + offs_c[None, :], mask=mask, other=0)
-            hit = mask & (a.to(tl.int32) == (ky * KW + kx)[:, None])
-            g = tl.load((dy_row + (SP + q).to(tl.int64) * stride_dn)[:, None] + offs_c[None, :],
-                        mask=hit, other=0.0)
-            acc += g.to(tl.float32)
+    for jt in tl.static_range((KT + ST - 1) // ST):
+        if HAS_T:
+            o_t = tt // ST - jt
+            k_t = tt - o_t * ST
+            t_ok = grid_ok & (o_t >= 0) & (o_t < OT) & (k_t < KT)
+        else:
+            o_t = tt
+            k_t = tt
+            t_ok = grid_ok
+        for j in tl.static_range((KH + SH - 1) // SH):
+            oy = ty // SH - j
+            ky = ty - oy * SH
+            y_ok = t_ok & (oy >= 0) & (oy < OH) & (ky < KH)
+            for i in tl.static_range((KW + SW - 1) // SW):
+                ox = tx // SW - i
+                kx = tx - ox * SW
+                ok = y_ok & (ox >= 0) & (ox < OW) & (kx < KW)
+                q = (o_t * OH + oy) * OW + ox                        # the window's output position
+                mask = ok[:, None] & c_ok[None, :]
+                a = tl.load((arg_b + q.to(tl.int64) * C)[:, None] + offs_c[None, :], mask=mask, other=0)
+                hit = mask & (a.to(tl.int32) == ((k_t * KH + ky) * KW + kx)[:, None])
+                g = tl.load((dy_row + (SP + q).to(tl.int64) * stride_dn)[:, None] + offs_c[None, :],
+                            mask=hit, other=0.0)
+                acc += g.to(tl.float32)
     if SP:   # the class token's gradient passes through
         is_cls = row_ok & (n == 0)
         g = tl.load(dy_row[:, None] + offs_c[None, :], mask=is_cls[:, None] & c_ok[None, :], other=0.0)
@@ -162,7 +196,8 @@ def max_pool_tokens_bwd_kernel(
 def _fwd_states(a):
     """The grid tokens the windows cover and the class tokens in; y (and the argmax) out."""
     x = a["x_ptr"]
-    tokens = a["SP"] + window_coverage((a["H"], a["W"]), (a["KH"], a["KW"]), (a["SH"], a["SW"]))
+    tokens = a["SP"] + window_coverage((a["T"], a["H"], a["W"]), (a["KT"], a["KH"], a["KW"]),
+                                       (a["ST"], a["SH"], a["SW"]))
     written = tensor_bytes(a["y_ptr"]) + (tensor_bytes(a["arg_ptr"]) if a["WRITE_ARGMAX"] else 0)
     return x.shape[0] * tokens * a["C"] * x.element_size(), written
 
@@ -179,38 +214,48 @@ def block_sizes(C: int) -> tuple[int, int]:
     return TILE_ELEMS // block_c, block_c
 
 
-def forward(x, hw, out_hw, kernel, stride, sp, write_argmax):
-    """y (B, sp + OH * OW, C) contiguous in x's dtype, and the argmax: uint8 (B, OH * OW, C)
-    contiguous when `write_argmax`, else an empty (0,) uint8 tensor (nothing written).
+def _as3(size) -> tuple[int, int, int]:
+    """A (h, w) or (t, h, w) size, kernel or stride as (t, h, w) (one frame, kernel and stride 1)."""
+    return (1, *size) if len(size) == 2 else tuple(size)
 
-    x: (B, sp + H * W, C) with x.stride(2) == 1 (any batch and token strides); hw = (H, W),
-    out_hw = (OH, OW), kernel = (KH, KW), stride = (SH, SW); sp: 1 with a class token, else 0."""
+
+def _window_meta(hw, kernel, stride, sp) -> dict:
+    (kt, kh, kw), (st, sh, sw) = _as3(kernel), _as3(stride)
+    return dict(SP=sp, KT=kt, KH=kh, KW=kw, ST=st, SH=sh, SW=sw, HAS_T=len(hw) == 3)
+
+
+def forward(x, hw, out_hw, kernel, stride, sp, write_argmax):
+    """y (B, sp + prod(out_hw), C) contiguous in x's dtype, and the argmax: uint8
+    (B, prod(out_hw), C) contiguous when `write_argmax`, else an empty (0,) uint8 tensor (nothing
+    written). x: (B, sp + prod(hw), C) with x.stride(2) == 1 (any batch and token strides);
+    hw = (H, W) or (T, H, W), out_hw the pooled grid, kernel and stride one int per axis; sp: 1
+    with a class token, else 0."""
     assert x.stride(2) == 1, "forward: x's channel dim must be contiguous"
     B, N, C = x.shape
-    (H, W), (OH, OW) = hw, out_hw
-    y = helpers.empty(B, sp + OH * OW, C, device=x.device, dtype=x.dtype)
-    arg = helpers.empty(*((B, OH * OW, C) if write_argmax else (0,)), device=x.device, dtype=torch.uint8)
-    n_rows = B * (sp + OH * OW)
+    n_out = math.prod(out_hw)
+    y = helpers.empty(B, sp + n_out, C, device=x.device, dtype=x.dtype)
+    arg = helpers.empty(*((B, n_out, C) if write_argmax else (0,)), device=x.device, dtype=torch.uint8)
+    n_rows = B * (sp + n_out)
     block_p, block_c = block_sizes(C)
     grid = (triton.cdiv(n_rows, block_p), triton.cdiv(C, block_c))
     helpers.launch(max_pool_tokens_fwd_kernel, grid, (
-        x, x.stride(0), x.stride(1), y, arg if write_argmax else y, H, W, OH, OW, C, n_rows),
-        dict(SP=sp, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], WRITE_ARGMAX=bool(write_argmax),
+        x, x.stride(0), x.stride(1), y, arg if write_argmax else y, *_as3(hw), *_as3(out_hw), C, n_rows),
+        dict(_window_meta(hw, kernel, stride, sp), WRITE_ARGMAX=bool(write_argmax),
              BLOCK_P=block_p, BLOCK_C=block_c, num_warps=FWD_WARPS, num_stages=1), _fwd_states)
     return y, arg
 
 
 def backward(dy, arg, hw, out_hw, kernel, stride, sp):
-    """dx (B, sp + H * W, C) contiguous in dy's dtype from dy (B, sp + OH * OW, C) (channel dim
-    contiguous, any batch and token strides) and the uint8 argmax (B, OH * OW, C) contiguous."""
+    """dx (B, sp + prod(hw), C) contiguous in dy's dtype from dy (B, sp + prod(out_hw), C) (channel
+    dim contiguous, any batch and token strides) and the uint8 argmax (B, prod(out_hw), C) contiguous."""
     assert dy.stride(2) == 1 and arg.is_contiguous(), "backward: layout"
     B, _, C = dy.shape
-    (H, W), (OH, OW) = hw, out_hw
-    dx = helpers.empty(B, sp + H * W, C, device=dy.device, dtype=dy.dtype)
-    n_rows = B * (sp + H * W)
+    dx = helpers.empty(B, sp + math.prod(hw), C, device=dy.device, dtype=dy.dtype)
+    n_rows = B * (sp + math.prod(hw))
     block_p, block_c = block_sizes(C)
     grid = (triton.cdiv(n_rows, block_p), triton.cdiv(C, block_c))
-    helpers.launch(max_pool_tokens_bwd_kernel, grid, (dy, dy.stride(0), dy.stride(1), arg, dx, H, W, OH, OW, C, n_rows),
-                   dict(SP=sp, KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
-                        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=BWD_WARPS, num_stages=1), _bwd_states)
+    helpers.launch(max_pool_tokens_bwd_kernel, grid,
+                   (dy, dy.stride(0), dy.stride(1), arg, dx, *_as3(hw), *_as3(out_hw), C, n_rows),
+                   dict(_window_meta(hw, kernel, stride, sp), BLOCK_P=block_p, BLOCK_C=block_c,
+                        num_warps=BWD_WARPS, num_stages=1), _bwd_states)
     return dx

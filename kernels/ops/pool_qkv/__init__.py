@@ -66,7 +66,7 @@ from typing import Sequence
 
 import torch
 
-from ...args import check_3d, check_token_count, pooled_size, positive_pair
+from ...args import check_3d, check_token_count, pooled_size, positive_ints
 from ...backend import require_triton_runnable, resolve_backend
 from . import op as _op  # noqa: F401  (registers the custom ops)
 from .torch_impl import pool_qkv_torch
@@ -76,7 +76,8 @@ __all__ = ["check_and_geometry", "pool_qkv", "pool_qkv_torch"]
 
 def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q, stride_kv,
            has_cls_token, eps):
-    """Check the arguments; return (H, W), D, ((sqh, sqw), (skh, skw)), (kh, kw), sp."""
+    """Check the arguments; return the grid ((H, W) or (T, H, W)), D, (q's strides, k / v's), the
+    kernel and sp."""
     check_3d(qkv, "qkv", "(B, N, 3 * num_heads * head_dim)", "pool_qkv")
     if not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"pool_qkv: num_heads must be a positive int, got {num_heads!r}")
@@ -84,11 +85,12 @@ def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, st
     if C % (3 * num_heads):
         raise ValueError(f"pool_qkv: the qkv width {C} is not divisible by 3 * num_heads = {3 * num_heads}")
     D = C // (3 * num_heads)
-    if len(hw_shape) != 2 or not all(isinstance(n, int) and n >= 1 for n in hw_shape):
-        raise ValueError(f"pool_qkv: hw_shape must be two positive ints (H, W), got {hw_shape!r}")
-    H, W = hw_shape
+    if len(hw_shape) not in (2, 3) or not all(isinstance(n, int) and n >= 1 for n in hw_shape):
+        raise ValueError(f"pool_qkv: hw_shape must be two positive ints (H, W) or three (T, H, W), got {hw_shape!r}")
+    grid = tuple(hw_shape)
+    n = len(grid)
     sp = 1 if has_cls_token else 0
-    check_token_count(N, (H, W), sp, "qkv", "pool_qkv")
+    check_token_count(N, grid, sp, "qkv", "pool_qkv")
     params = {}
     for kind, group in (("pool_weights", pool_weights), ("norm_weights", norm_weights),
                         ("norm_biases", norm_biases)):
@@ -96,15 +98,16 @@ def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, st
             raise ValueError(f"pool_qkv: {kind} must hold 3 tensors (q, k, v), got {len(group)}")
         for name, p in zip("qkv", group):
             params[f"{kind}[{name}]"] = p
-    kernel = tuple(pool_weights[0].shape[-2:])
+    kernel = tuple(pool_weights[0].shape[2:])
+    layout = "(head_dim, 1, kh, kw)" if n == 2 else "(head_dim, 1, kt, kh, kw)"
     for name, w in zip("qkv", pool_weights):
-        if w.dim() != 4 or tuple(w.shape[:2]) != (D, 1):
-            raise ValueError(f"pool_qkv: pool_weights[{name}] must be (head_dim={D}, 1, kh, kw), "
-                             f"got {tuple(w.shape)}")
-        if tuple(w.shape[-2:]) != kernel:
+        if w.dim() != n + 2 or tuple(w.shape[:2]) != (D, 1):
+            raise ValueError(f"pool_qkv: pool_weights[{name}] must be {layout.replace('head_dim', f'head_dim={D}')} "
+                             f"for a {n}-axis grid, got {tuple(w.shape)}")
+        if tuple(w.shape[2:]) != kernel:
             raise ValueError(f"pool_qkv: q, k and v must share one pooling kernel size, got "
-                             f"{[tuple(x.shape[-2:]) for x in pool_weights]}")
-    if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
+                             f"{[tuple(x.shape[2:]) for x in pool_weights]}")
+    if any(k % 2 == 0 for k in kernel):
         raise ValueError(f"pool_qkv: the pooling kernel must be odd (padding kernel // 2), got {kernel}")
     for kind, group in (("norm_weights", norm_weights), ("norm_biases", norm_biases)):
         for name, p in zip("qkv", group):
@@ -119,15 +122,15 @@ def _check(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, st
                         f"({qkv.dtype}) or float32; got {sorted(str(d) for d in pdtypes)}")
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"pool_qkv: eps must be a positive float, got {eps!r}")
-    strides = (positive_pair(stride_q, "stride_q", "pool_qkv"),
-               positive_pair(stride_kv, "stride_kv", "pool_qkv"))
-    return (H, W), D, strides, kernel, sp
+    strides = (positive_ints(stride_q, n, "stride_q", "pool_qkv"),
+               positive_ints(stride_kv, n, "stride_kv", "pool_qkv"))
+    return grid, D, strides, kernel, sp
 
 
 def check_and_geometry(qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q,
                        stride_kv, has_cls_token, eps):
-    """Check pool_qkv's arguments (for the backend in force); return (H, W), the stride pairs
-    ((sqh, sqw), (skh, skw)), q_size, k_size and sp (1 with a class token)."""
+    """Check pool_qkv's arguments (for the backend in force); return the grid ((H, W) or (T, H, W)),
+    the strides (q's, k / v's; one int per axis each), q_size, k_size and sp (1 with a class token)."""
     hw, D, strides, kernel, sp = _check(qkv, hw_shape, num_heads, pool_weights, norm_weights,
                                         norm_biases, stride_q, stride_kv, has_cls_token, eps)
     if resolve_backend(qkv.device) != "torch":
@@ -144,13 +147,15 @@ def pool_qkv(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: int,
     Args:
         qkv: (B, N, 3 * num_heads * D), channels [3][heads][D], N = H * W (+ 1 with a class token,
             row 0); strided is fine, the last dim contiguous (else it is copied). float32/16, bf16.
-        hw_shape: the token grid (H, W).
-        pool_weights: (w_q, w_k, w_v), each (D, 1, kh, kw), odd kernel, shared by the heads.
+        hw_shape: the token grid (H, W), or (T, H, W) for video (N = T * H * W (+ 1)).
+        pool_weights: (w_q, w_k, w_v), each (D, 1, kh, kw) (video: (D, 1, kt, kh, kw)), odd
+            kernel, shared by the heads.
         norm_weights, norm_biases: 3-tuples of (D,) LayerNorm affine parameters.
-        stride_q, stride_kv: int or (sh, sw).
+        stride_q, stride_kv: int or one int per grid axis.
     Returns:
         q (B, heads, Nq, D), k and v (B, heads, Nk, D), contiguous, in qkv's dtype; q_size (qh, qw)
-        and k_size (kh, kw), the pooled grids (Nq = qh * qw (+ 1), Nk likewise).
+        and k_size (kh, kw) (video: (qt, qh, qw), (kt, kh, kw)), the pooled grids
+        (Nq = prod(q_size) (+ 1), Nk likewise).
     """
     hw, strides, q_size, k_size, sp = check_and_geometry(
         qkv, hw_shape, num_heads, pool_weights, norm_weights, norm_biases, stride_q, stride_kv,

@@ -1,6 +1,7 @@
 """`pool_qkv`'s compile cases for tools/gpu_compile.py."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -21,22 +22,31 @@ _COMPILE_SHAPES = (
     ("MViTv2-L stage 1", 1, 56, 1, 4, 2, 72, 0),
     ("MViTv2-T stage 1, training batch 64", 64, 56, 1, 4, 1, 96, 1),
 )
+# Video (mvit_v2_s at 16 x 224 x 224: 8 frames, 3x3x3 kernels, strides (1, s, s)):
+# (label, batch, (T, side), stride_q, stride_kv, heads, D, class token)
+_VIDEO_SHAPES = (
+    ("mvit_v2_s block 0", 1, (8, 56), 1, 8, 1, 96, 1),
+    ("mvit_v2_s block 1, training batch 4", 4, (8, 56), 2, 4, 2, 96, 1),
+    ("mvit_v2_s stage 3", 4, (8, 14), 1, 2, 4, 96, 1),
+)
 
 
 def cases() -> Iterable[tuple[str, Callable[[], None]]]:
     """(label, thunk) pairs; each thunk calls the Triton launchers (forward and backward) directly
     with CPU tensors at one MViTv2 shape (head dims 96 and 72, fp16 and bf16, with and without a
-    class token, batch 1 and a training batch), so that under the stand-in driver of
+    class token, batch 1 and a training batch; and the video shapes, 3x3x3), so that under the stand-in driver of
     ``tools/gpu_compile.py`` every kernel variant the op launches for MViTv2 gets compiled."""
     from .triton_impl import backward, forward
 
-    def thunk(B, side, sq, skv, heads, D, dtype, sp):
+    def thunk(B, side, sq, skv, heads, D, dtype, sp, frames=None):
         def run():
-            hw = (side, side)
-            strides = ((sq, sq), (skv, skv))
-            q_size, k_size = pooled_size(hw, (3, 3), strides[0]), pooled_size(hw, (3, 3), strides[1])
-            qkv = torch.empty(B, sp + side * side, 3 * heads * D, dtype=dtype)
-            w = [torch.empty(D, 1, 3, 3, dtype=dtype) for _ in range(3)]
+            hw = (side, side) if frames is None else (frames, side, side)
+            t = () if frames is None else (1,)
+            kernel = (3,) * len(hw)
+            strides = (t + (sq, sq), t + (skv, skv))
+            q_size, k_size = pooled_size(hw, kernel, strides[0]), pooled_size(hw, kernel, strides[1])
+            qkv = torch.empty(B, sp + math.prod(hw), 3 * heads * D, dtype=dtype)
+            w = [torch.empty(D, 1, *kernel, dtype=dtype) for _ in range(3)]
             g = [torch.empty(D, dtype=dtype) for _ in range(3)]
             b = [torch.empty(D, dtype=dtype) for _ in range(3)]
             q, k, v = forward(qkv, w, g, b, hw, heads, strides, q_size, k_size, sp, 1e-6)
@@ -49,3 +59,8 @@ def cases() -> Iterable[tuple[str, Callable[[], None]]]:
             yield (f"pool_qkv {label}: B{B} {side}x{side} sq{sq} skv{skv} heads{heads} D{D} "
                    f"{str(dtype).removeprefix('torch.')} cls{sp}",
                    thunk(B, side, sq, skv, heads, D, dtype, sp))
+    for label, B, (frames, side), sq, skv, heads, D, sp in _VIDEO_SHAPES:
+        for dtype in (torch.float16, torch.bfloat16):
+            yield (f"pool_qkv {label}: B{B} {frames}x{side}x{side} sq{sq} skv{skv} heads{heads} D{D} "
+                   f"{str(dtype).removeprefix('torch.')} cls{sp}",
+                   thunk(B, side, sq, skv, heads, D, dtype, sp, frames))

@@ -3,6 +3,8 @@
 Registered on import; the kernels (triton) are imported on first call."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...args import pooled_size
@@ -10,8 +12,11 @@ from ...traffic import implementation
 
 
 def _geometry(qkv, hw, num_heads, w, strides):
-    sq, skv = (strides[0], strides[1]), (strides[2], strides[3])
-    kernel = tuple(w.shape[-2:])
+    """(q's and k / v's strides, q_size, k_size) for a grid hw of 2 or 3 axes; strides is q's then
+    k / v's, one int per axis each."""
+    n = len(hw)
+    sq, skv = tuple(strides[:n]), tuple(strides[n:])
+    kernel = tuple(w.shape[2:])
     return (sq, skv), pooled_size(hw, kernel, sq), pooled_size(hw, kernel, skv)
 
 
@@ -37,8 +42,8 @@ def _(qkv, wq, wk, wv, gq, gk, gv, bq, bk, bv, hw, num_heads, strides, has_cls_t
     D = C // (3 * num_heads)
     _, q_size, k_size = _geometry(qkv, hw, num_heads, wq, strides)
     sp = int(has_cls_token)
-    q = qkv.new_empty(B, num_heads, sp + q_size[0] * q_size[1], D)
-    nk = sp + k_size[0] * k_size[1]
+    q = qkv.new_empty(B, num_heads, sp + math.prod(q_size), D)
+    nk = sp + math.prod(k_size)
     return q, qkv.new_empty(B, num_heads, nk, D), qkv.new_empty(B, num_heads, nk, D)
 
 

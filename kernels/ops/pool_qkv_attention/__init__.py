@@ -36,28 +36,43 @@ from .op import PoolQKVAttention
 __all__ = ["pool_qkv_attention"]
 
 
+def _split_tables(tables) -> tuple:
+    """(rel_pos_h, rel_pos_w, rel_pos_t) from tables in grid-axis order ((h, w) or (t, h, w)),
+    None for the missing ones."""
+    tables = tuple(tables or ())
+    if len(tables) == 3:
+        return tables[1], tables[2], tables[0]
+    if len(tables) == 2:
+        return tables[0], tables[1], None
+    if not tables or all(t is None for t in tables):
+        return None, None, None
+    raise ValueError(f"pool_qkv_attention: rel_pos_tables gave {len(tables)} tables; expected (h, w) or (t, h, w)")
+
+
 def pool_qkv_attention(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: int,
                        pool_weights: Sequence[torch.Tensor], norm_weights: Sequence[torch.Tensor],
                        norm_biases: Sequence[torch.Tensor], stride_q, stride_kv,
                        rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor], *,
                        has_cls_token: bool, residual_pooling: bool = True,
                        scale: Optional[float] = None, eps: float = 1e-6,
-                       rel_pos_tables=None) -> tuple[torch.Tensor, tuple[int, int]]:
+                       rel_pos_tables=None, rel_pos_t: Optional[torch.Tensor] = None
+                       ) -> tuple[torch.Tensor, tuple[int, ...]]:
     """``pool_qkv`` then ``pool_attention``, keeping only qkv for the backward (module docstring).
 
-    Args are those of ``pool_qkv`` and ``pool_attention``; the tables may instead come from
-    ``rel_pos_tables(q_size, k_size, dtype) -> (rel_pos_h, rel_pos_w)`` when their length depends
-    on the pooled grids (then pass None for both). Returns out (B, heads, Nq, D) and q_size."""
+    Args are those of ``pool_qkv`` and ``pool_attention`` (a (T, H, W) grid with its rel_pos_t for
+    video); the tables may instead come from ``rel_pos_tables(q_size, k_size, dtype)``, which
+    returns them in grid-axis order ((h, w) or (t, h, w); () for none), when their length depends
+    on the pooled grids (then pass None for the tables). Returns out (B, heads, Nq, D) and q_size."""
     if rel_pos_tables is None:
         def rel_pos_tables(q_size, k_size, dtype):
-            return rel_pos_h, rel_pos_w
+            return (rel_pos_h, rel_pos_w) if rel_pos_t is None else (rel_pos_t, rel_pos_h, rel_pos_w)
 
     def unfused():
         q, k, v, q_size, k_size = pool_qkv(qkv, hw_shape, num_heads, pool_weights, norm_weights,
                                            norm_biases, stride_q, stride_kv,
                                            has_cls_token=has_cls_token, eps=eps)
-        th, tw = rel_pos_tables(q_size, k_size, q.dtype)
-        return pool_attention(q, k, v, th, tw, q_size, k_size, has_cls_token=has_cls_token,
+        th, tw, tt = _split_tables(rel_pos_tables(q_size, k_size, q.dtype))
+        return pool_attention(q, k, v, th, tw, q_size, k_size, rel_pos_t=tt, has_cls_token=has_cls_token,
                               residual_pooling=residual_pooling, scale=scale), q_size
 
     params = (*pool_weights, *norm_weights, *norm_biases)
@@ -67,12 +82,12 @@ def pool_qkv_attention(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: in
     hw, strides, q_size, k_size, sp = check_and_geometry(qkv, hw_shape, num_heads, pool_weights,
                                                          norm_weights, norm_biases, stride_q,
                                                          stride_kv, has_cls_token, eps)
-    th, tw = rel_pos_tables(q_size, k_size, qkv.dtype)
+    th, tw, tt = _split_tables(rel_pos_tables(q_size, k_size, qkv.dtype))
     D = qkv.shape[-1] // (3 * num_heads)
-    check_tables(th, tw, q_size, k_size, D, qkv.dtype, qkv.device)
+    check_tables(th, tw, q_size, k_size, D, qkv.dtype, qkv.device, tt)
     require_triton_attention(qkv.dtype, D, qkv.device)
     scale = float(D ** -0.5 if scale is None else scale)
     qkv_args = (list(hw), num_heads, [*strides[0], *strides[1]], bool(sp), float(eps))
     attn_args = (list(q_size), list(k_size), bool(sp), bool(residual_pooling), scale)
-    out = PoolQKVAttention.apply(qkv, *params, th, tw, qkv_args, attn_args)
+    out = PoolQKVAttention.apply(qkv, *params, th, tw, tt, qkv_args, attn_args)
     return out, q_size
