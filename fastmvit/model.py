@@ -49,13 +49,16 @@ from torch.utils.checkpoint import checkpoint
 
 from .kernels import gelu_linear, max_pool_tokens, norm_linear, pool_qkv_attention
 from .reference import mvitv2 as _ref
+from .reference import video as _video
 from .reference.config import rel_pos_length
 from .reference.layers import (DropPath, MultiScaleAttention, MultiScaleBlock, PatchEmbed, drop_path_mask,
                                resize_rel_pos)
+from .reference.video import PatchEmbed3d
 
-__all__ = ["ChannelsLastPatchEmbed", "FusedMultiScaleAttention", "FusedMultiScaleBlock", "MViTv2", "mvitv2_base",
-           "mvitv2_base_cls", "mvitv2_huge_cls", "mvitv2_large", "mvitv2_large_cls", "mvitv2_small", "mvitv2_small_cls",
-           "mvitv2_tiny"]
+__all__ = ["ChannelsLastPatchEmbed", "ChannelsLastPatchEmbed3d", "FusedModel", "FusedMultiScaleAttention",
+           "FusedMultiScaleBlock", "MViTv2", "MViTv2Video", "mvit_v2_s", "mvitv2_base", "mvitv2_base_cls",
+           "mvitv2_huge_cls", "mvitv2_large", "mvitv2_large_cls", "mvitv2_small", "mvitv2_small_cls", "mvitv2_tiny",
+           "mvitv2_video_base", "mvitv2_video_large", "mvitv2_video_small"]
 
 
 class FusedMultiScaleAttention(MultiScaleAttention):
@@ -85,19 +88,16 @@ class FusedMultiScaleAttention(MultiScaleAttention):
         # A view of a (B, Nq, n, hd) buffer: merging the heads is free.
         return out.transpose(1, 2).reshape(B, -1, self.dim_att), q_size
 
-    def rel_pos_tables(self, q_size: Sequence[int], k_size: Sequence[int], dtype: torch.dtype):
+    def rel_pos_tables(self, q_size: Sequence[int], k_size: Sequence[int], dtype: torch.dtype) -> tuple:
         """The tables at the lengths the grids need, in ``dtype`` (the op wants q's dtype).
 
         At the construction size (the usual case) they are the parameters themselves: no op runs.
         Another input size resizes them as the reference does (``resize_rel_pos``, linear,
         align_corners False, in the table's dtype) before the cast, so both models agree."""
-        if not self.rel_pos_spatial:
-            return None, None
         # resize_rel_pos returns the table itself when the length already fits; .to is a no-op when
-        # the dtype matches.
-        rel_h = resize_rel_pos(self.rel_pos_h, rel_pos_length(q_size[0], k_size[0])).to(dtype)
-        rel_w = resize_rel_pos(self.rel_pos_w, rel_pos_length(q_size[1], k_size[1])).to(dtype)
-        return rel_h, rel_w
+        # the dtype matches. In grid-axis order ((h, w), or (t, h, w) for video); () without tables.
+        return tuple(resize_rel_pos(table, rel_pos_length(qa, ka)).to(dtype)
+                     for table, qa, ka in zip(self.rel_pos_tables_nd(), q_size, k_size))
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         out, q_size = self.attend(x, hw_shape)
@@ -177,7 +177,25 @@ class FusedMultiScaleBlock(MultiScaleBlock):
         return self._forward(x, hw_shape)
 
 
-class ChannelsLastPatchEmbed(PatchEmbed):
+class _ChannelsLastConv:
+    """A patch embedding whose conv weight is channels-last (see ``ChannelsLastPatchEmbed``)."""
+    memory_format = torch.channels_last
+    conv = staticmethod(F.conv2d)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.proj.to(memory_format=self.memory_format)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        conv = self.proj
+        weight = conv.weight
+        if not weight.is_contiguous(memory_format=self.memory_format):
+            weight = weight.contiguous(memory_format=self.memory_format)
+        x = self.conv(x, weight, conv.bias, conv.stride, conv.padding)      # (B, C0, *grid), channels last
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])             # (B, tokens, C0), contiguous
+
+
+class ChannelsLastPatchEmbed(_ChannelsLastConv, PatchEmbed):
     """The reference's patch embedding (same parameters) with a channels-last conv weight: the conv
     then writes (B, H, W, C0), so the token view (B, H * W, C0) is contiguous, and the first
     LayerNorm and GEMMs read it without the copy a (B, C0, H, W) output would cost them. Values,
@@ -186,28 +204,17 @@ class ChannelsLastPatchEmbed(PatchEmbed):
 
     (B, C_in, H_img, W_img) -> (B, H * W, C0) contiguous, and the grid (H, W)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.proj.to(memory_format=torch.channels_last)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        conv = self.proj
-        weight = conv.weight
-        if not weight.is_contiguous(memory_format=torch.channels_last):
-            weight = weight.contiguous(memory_format=torch.channels_last)
-        x = F.conv2d(x, weight, conv.bias, conv.stride, conv.padding)       # (B, C0, H, W), channels last
-        return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])     # (B, H * W, C0), contiguous
+class ChannelsLastPatchEmbed3d(_ChannelsLastConv, PatchEmbed3d):
+    """The video model's patch embedding with a channels-last-3d conv weight (as
+    ``ChannelsLastPatchEmbed``): (B, C_in, T_in, H_img, W_img) -> (B, T * H * W, C0) contiguous,
+    and the grid (T, H, W)."""
+    memory_format = torch.channels_last_3d
+    conv = staticmethod(F.conv3d)
 
 
-class MViTv2(_ref.MViTv2):
-    """MViTv2 for image classification, fused: the reference's constructor, configs, methods
-    (``forward``, ``forward_features``, ``forward_head``, ``forward_intermediates``,
-    ``no_weight_decay``) and state dict, with the blocks of this module.
-
-    See ``fastmvit.reference.MViTv2`` for the arguments. Adds ``set_grad_checkpointing(enable)``.
-    """
-    block_cls = FusedMultiScaleBlock
-    patch_embed_cls = ChannelsLastPatchEmbed
+class FusedModel:
+    """What the fused models add to the reference's: ``set_grad_checkpointing``."""
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -219,6 +226,28 @@ class MViTv2(_ref.MViTv2):
     @property
     def grad_checkpointing(self) -> bool:
         return any(blk.grad_checkpointing for blk in self.blocks)
+
+
+class MViTv2(FusedModel, _ref.MViTv2):
+    """MViTv2 for image classification, fused: the reference's constructor, configs, methods
+    (``forward``, ``forward_features``, ``forward_head``, ``forward_intermediates``,
+    ``no_weight_decay``) and state dict, with the blocks of this module.
+
+    See ``fastmvit.reference.MViTv2`` for the arguments. Adds ``set_grad_checkpointing(enable)``.
+    """
+    block_cls = FusedMultiScaleBlock
+    patch_embed_cls = ChannelsLastPatchEmbed
+
+
+class MViTv2Video(FusedModel, _video.MViTv2Video):
+    """Video MViTv2, fused: the reference's constructor (``arch``, ``num_frames``, ``img_size``, ...),
+    methods and state dict, with the blocks of this module over (T, H, W) grids (three rel-pos
+    terms in ``pool_attention``, 3x3x3 ``pool_qkv``, a (1, 3, 3) ``max_pool_tokens`` shortcut).
+
+    See ``fastmvit.reference.MViTv2Video`` for the arguments. Adds ``set_grad_checkpointing(enable)``.
+    """
+    block_cls = FusedMultiScaleBlock
+    patch_embed_cls = ChannelsLastPatchEmbed3d
 
 
 def _named(arch: str):
@@ -233,3 +262,16 @@ mvitv2_small_cls = _named("small_cls")
 mvitv2_base_cls = _named("base_cls")
 mvitv2_large_cls = _named("large_cls")
 mvitv2_huge_cls = _named("huge_cls")
+
+
+def _named_video(arch: str, name: str | None = None):
+    return _ref.named_constructor(MViTv2Video, arch, f"Fused video MViTv2-{arch} (``fastmvit.MViTv2Video({arch!r}, **kwargs)``).",
+                                  name or f"mvitv2_video_{arch}")
+
+
+mvitv2_video_small = _named_video("small")
+mvitv2_video_base = _named_video("base")
+mvitv2_video_large = _named_video("large")
+mvit_v2_s = _named_video("small", "mvit_v2_s")
+mvit_v2_s.__doc__ = ("torchvision's ``mvit_v2_s`` (fused): video MViTv2-S for 16 x 224 x 224 clips and 400 classes "
+                     "(34,537,744 parameters); ``fastmvit.MViTv2Video(\"small\", **kwargs)``.")
