@@ -3,6 +3,7 @@
     .venv/bin/python scripts/model_costs.py                 # tiny, 224x224, bf16, batch 8
     .venv/bin/python scripts/model_costs.py --arch small --ops 12
     .venv/bin/python scripts/model_costs.py --time-cpu 15     # + CPU inference, fastmvit auto vs reference
+    .venv/bin/python scripts/model_costs.py --video           # mvit_v2_s, 16 x 224 x 224, bf16, batch 4
 
 Prints forward bytes, training-step bytes, saved-activation bytes and training-step launches of
 both models (fastmvit with the "triton" backend: every fused op counted launch by launch through
@@ -24,30 +25,41 @@ import time
 import torch
 
 import fastmvit
-from fastmvit.costmodel import cost_ratios, training_step_traffic
+from fastmvit.costmodel import VIDEO_TARGETS, cost_ratios, training_step_traffic
 from fastmvit.reference import MViTv2 as Reference
+from fastmvit.reference import MViTv2Video as VideoReference
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="tiny")
     parser.add_argument("--img", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=None, help="default 8 (image), 4 (video)")
+    parser.add_argument("--video", action="store_true", help="the video model (--arch small: mvit_v2_s)")
+    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--ops", type=int, default=0, help="also print the top N ops of fastmvit's step")
     parser.add_argument("--time-cpu", type=int, default=0, metavar="N", help="also time CPU inference, N rounds")
     parser.add_argument("--cpu-batch", type=int, default=1)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    batch = args.batch or (4 if args.video else 8)
+    arch = "small" if args.video and args.arch == "tiny" else args.arch
 
     with torch.device("meta"):
-        fast = fastmvit.MViTv2(args.arch, img_size=args.img).to(dtype)
-        ref = Reference(args.arch, img_size=args.img).to(dtype)
-    x = torch.randn(args.batch, 3, args.img, args.img, device="meta", dtype=dtype)
+        if args.video:
+            fast = fastmvit.MViTv2Video(arch, num_frames=args.frames, img_size=args.img).to(dtype)
+            ref = VideoReference(arch, num_frames=args.frames, img_size=args.img).to(dtype)
+        else:
+            fast = fastmvit.MViTv2(arch, img_size=args.img).to(dtype)
+            ref = Reference(arch, img_size=args.img).to(dtype)
+    frames = (args.frames,) if args.video else ()
+    x = torch.randn(batch, 3, *frames, args.img, args.img, device="meta", dtype=dtype)
 
-    print(f"MViTv2-{args.arch} {args.img}x{args.img} {args.dtype} batch {args.batch} (meta device)")
+    size = "x".join(map(str, (*frames, args.img, args.img)))
+    print(f"MViTv2{'Video' if args.video else ''}-{arch} {size} {args.dtype} batch {batch} (meta device)")
     print(f"{'measure':<20}{'fastmvit':>16}{'reference':>16}{'ratio':>8}{'target':>8}  ok")
-    for name, r in cost_ratios(fast, ref, x).items():
+    for name, r in cost_ratios(fast, ref, x, targets=VIDEO_TARGETS if args.video else None).items():
         unit, scale = ("launches", 1) if name.endswith("launches") else ("MB", 1e6)
         print(f"{name:<20}{r['candidate'] / scale:>12.1f} {unit:<3}{r['reference'] / scale:>12.1f} {unit:<3}"
               f"{r['ratio']:>8.3f}{r['target']:>8.2f}  {'yes' if r['ok'] else 'NO'}")

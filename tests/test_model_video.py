@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import fastmvit
+from fastmvit.costmodel import VIDEO_TARGETS, cost_ratios
 from fastmvit.reference import MViTv2VideoConfig
 from fastmvit.reference import MViTv2Video as RefVideo
 from numerics import assert_matches_float64
@@ -154,6 +155,22 @@ def test_bad_input_is_a_clear_error():
     _, fast = make_pair(TWO_STAGE)
     with pytest.raises(ValueError, match="5-D video batch"):
         fast(torch.randn(2, 3, 48, 40))
+
+
+# ------------------------------------------------------------------------------------------------
+# What runs: the cost model on the meta device
+# ------------------------------------------------------------------------------------------------
+def test_modeled_costs_meet_the_video_targets():
+    """mvit_v2_s at 16 x 224 x 224, bf16, batch 4, against the eager video reference, every fused
+    op counted by its kernels' traffic statements: forward bytes <= 0.30, training-step bytes
+    <= 0.40, saved activations <= 0.45 (VIDEO_TARGETS). The figures: scripts/model_costs.py --video."""
+    with torch.device("meta"):
+        ref = fastmvit.reference.mvit_v2_s().to(torch.bfloat16)
+        fast = fastmvit.mvit_v2_s().to(torch.bfloat16)
+    x = torch.randn(4, 3, 16, 224, 224, device="meta", dtype=torch.bfloat16)
+    ratios = cost_ratios(fast, ref, x, targets=VIDEO_TARGETS)
+    assert set(ratios) == set(VIDEO_TARGETS)
+    assert all(r["ok"] for r in ratios.values()), {k: round(r["ratio"], 3) for k, r in ratios.items()}
 
 
 # ------------------------------------------------------------------------------------------------
