@@ -5,9 +5,12 @@
     timm_sd = fastmvit.convert_state_dict(model.state_dict(), to="timm")
 
 Formats (key layouts in ``fastmvit.checkpoint_formats``): ``official`` (facebookresearch/mvit
-``.pyth``, wrapped as ``{"model_state": ...}``), ``mmpretrain`` (mmcls model zoo, ``backbone.``
-prefix, maybe wrapped as ``{"state_dict": ..., "meta": ...}``), ``timm`` (``stages.{s}.blocks.{j}``)
-and ``native`` (fastmvit's own, = the official keys unwrapped). Files: ``.pth``/``.pyth``/``.pt``/
+``.pyth`` and SlowFast's video ``.pyth``, wrapped as ``{"model_state": ...}``), ``mmpretrain``
+(mmcls model zoo, ``backbone.`` prefix, maybe wrapped as ``{"state_dict": ..., "meta": ...}``),
+``timm`` (``stages.{s}.blocks.{j}``), ``torchvision`` (the video ``mvit_v2_s``: ``conv_proj``,
+``pos_encoding.class_token``, ...) and ``native`` (fastmvit's own, = the official keys unwrapped).
+Image and video checkpoints are told apart by their shapes (a Conv3d patch embedding), and one
+given to the other kind of model is a clear error. Files: ``.pth``/``.pyth``/``.pt``/
 ``.bin`` (torch pickles, always read with ``torch.load(weights_only=True)``: no pickled code ever
 runs) and ``.safetensors``.
 
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 from .checkpoint_formats import (FORMATS, ArchInfo, CheckpointError, detect_format, from_native,
-                                 inspect_native, is_rel_pos_key, to_native)
+                                 inspect_native, is_rel_pos_key, is_video, to_native)
 
 __all__ = ["CheckpointError", "FORMATS", "LoadResult", "checkpoint_info", "convert_state_dict",
            "load_checkpoint", "read_checkpoint", "save_checkpoint"]
@@ -158,9 +161,10 @@ def convert_state_dict(state_dict: Mapping[str, Any] | str | os.PathLike, to: st
     """Convert a state dict of any recognised layout (wrapped or not) to layout ``to``.
 
     Args:
-        state_dict: keys in the native, official, mmpretrain or timm layout, possibly wrapped
-            (``{"model_state": ...}``, ``{"state_dict": ...}``); or a checkpoint file's path.
-        to: ``"native"``, ``"official"``, ``"mmpretrain"`` or ``"timm"``.
+        state_dict: keys in the native, official, mmpretrain, timm or torchvision layout, possibly
+            wrapped (``{"model_state": ...}``, ``{"state_dict": ...}``); or a checkpoint file's path.
+        to: ``"native"``, ``"official"``, ``"mmpretrain"``, ``"timm"`` (image models) or
+            ``"torchvision"`` (video models; ``"official"`` is SlowFast's layout for them).
         depths: blocks per stage (e.g. ``(1, 2, 5, 2)`` for tiny), for timm's stage nesting and
             mmpretrain's final-norm name. Default: read from the heads in the state dict, which
             is right for every public arch; give the model's config depths for a custom one.
@@ -251,6 +255,13 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     native, fmt, _, notes = _read_native(source, strict=strict, fmt=format)
     model_sd = model.state_dict()
     result = LoadResult(format=fmt, notes=list(notes))
+    if "patch_embed.proj.weight" in native and "patch_embed.proj.weight" in model_sd:
+        ckpt_video, model_video = is_video(native), is_video(model_sd)
+        if ckpt_video != model_video:
+            kind = {True: "a video (3-D, Conv3d patch embedding)", False: "an image (2-D)"}
+            build = "fastmvit.MViTv2Video (or mvit_v2_s)" if ckpt_video else "fastmvit.MViTv2"
+            raise CheckpointError(f"{name} ({fmt} layout) is {kind[ckpt_video]} checkpoint but the model is "
+                                  f"{kind[model_video]} model; build a {build} to load it")
 
     if "cls_token" in native and "cls_token" not in model_sd:
         # The official in1k files (and mmcls conversions of them) carry a class token the model never uses.
@@ -294,9 +305,10 @@ def _natural(key: str):
 # Info
 # ------------------------------------------------------------------------------------------------
 def _arch_name(arch: ArchInfo) -> str | None:
-    """The public arch these shapes are (tiny, small, ..., *_cls), from the reference's configs."""
-    from .reference import ARCH_SETTINGS
-    for name, cfg in ARCH_SETTINGS.items():
+    """The public arch these shapes are (tiny, small, ..., *_cls; video: small = torchvision's
+    mvit_v2_s, base, large), from the reference's configs."""
+    from .reference import ARCH_SETTINGS, VIDEO_ARCH_SETTINGS
+    for name, cfg in (VIDEO_ARCH_SETTINGS if arch.video else ARCH_SETTINGS).items():
         dim_change = "attention" if cfg.dim_mul_in_attention else "mlp"
         if ((cfg.embed_dims, cfg.num_heads, tuple(cfg.depths), dim_change, cfg.with_cls_token)
                 == (arch.embed_dim, arch.heads[0], arch.depths, arch.dim_change, arch.cls_token)):
@@ -318,9 +330,12 @@ def checkpoint_info(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
     # archs: mmpretrain has no class token at all, the official models run with CLS_EMBED_ON False.
     name = _arch_name(ArchInfo(**{**arch.__dict__, "cls_token": False}) if unused_cls else arch)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in native.values()})
+    if arch.video and name == "small":
+        name = "small (mvit_v2_s)"
     return {
         "format": fmt,
         "wrapper": wrapper,
+        "model": "video" if arch.video else "image",
         "arch": name,
         "embed_dim": arch.embed_dim,
         "depth": arch.depth,
@@ -332,6 +347,7 @@ def checkpoint_info(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
         "cls_token_used": arch.cls_token and not unused_cls,
         "num_classes": arch.num_classes,
         "img_size": None if arch.img_size is None else list(arch.img_size),
+        "num_frames": arch.num_frames,
         "num_params": arch.num_params - (native["cls_token"].numel() if unused_cls else 0),
         "num_tensors": len(native),
         "dtypes": dtypes,

@@ -46,11 +46,21 @@ The other layouts, as checked against the public code (November 2026 copies):
   for another ``img_size`` stores tables of that size: nothing here assumes 224, and
   ``load_checkpoint`` resizes any table length to the model's.
 
+Video checkpoints (``fastmvit.MViTv2Video``; docs/checkpoints.md, "Video"):
+
+- official (SlowFast, ``slowfast/models/video_model_builder.py`` ``MViT``): the native keys with
+  5-D ``patch_embed.proj`` / ``attn.pool_*`` weights and a third table ``attn.rel_pos_t``,
+  wrapped as ``{"model_state": ...}``; so the same layout name, told apart by shapes.
+- torchvision (``torchvision/models/video/mvit.py``, ``mvit_v2_s``): ``conv_proj``,
+  ``pos_encoding.class_token`` (shape (C0,), not (1, 1, C0)), ``attn.project.0``,
+  ``attn.pool_{q,k,v}.pool`` / ``.norm_act.0``, ``mlp.0`` / ``mlp.3``, the block's ``project``,
+  ``head.1``; tables and norms under the native names. A plain state dict.
+
 Where a reading of the key lists might mislead: one might list mmpretrain's final norm as ``norm3`` only; it is
 ``norm{num_stages - 1}`` and other ``norm{s}`` may be present (see above). Its statement that the
 in1k ``.pyth`` files carry an unused ``cls_token`` is confirmed by facebookresearch/mvit#7.
-Detectron2 (``backbone.bottom_up.``) and torchvision (a video model) checkpoints are recognised
-and refused with a clear error: they are not this image classifier.
+Detectron2 (``backbone.bottom_up.``) checkpoints are recognised and refused with a clear error:
+they are not a classifier.
 """
 from __future__ import annotations
 
@@ -60,12 +70,18 @@ from typing import Mapping, Sequence
 
 import torch
 
-FORMATS = ("native", "official", "mmpretrain", "timm")
+FORMATS = ("native", "official", "mmpretrain", "timm", "torchvision")
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
 _MM_NORM = re.compile(r"^norm(\d+)\.(weight|bias)$")
-_REL_POS = re.compile(r"^blocks\.\d+\.attn\.rel_pos_[hw]$")
+_REL_POS = re.compile(r"^blocks\.\d+\.attn\.rel_pos_[hwt]$")
+# torchvision's mvit_v2_s names, block-relative (the rest of a block's keys are the native ones).
+_TORCHVISION_BLOCK = (("attn.project.0.", "attn.proj."), ("mlp.0.", "mlp.fc1."), ("mlp.3.", "mlp.fc2."),
+                      ("project.", "proj."),
+                      *((f"attn.pool_{t}.pool.", f"attn.pool_{t}.") for t in "qkv"),
+                      *((f"attn.pool_{t}.norm_act.0.", f"attn.norm_{t}.") for t in "qkv"))
+_TORCHVISION_TOP = (("conv_proj.", "patch_embed.proj."), ("head.1.", "head.projection."))
 
 
 class CheckpointError(ValueError):
@@ -100,9 +116,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor], wrapper: str | None = 
             "unsupported checkpoint format: detectron2 MViTv2 (keys 'backbone.bottom_up.*'); this is a "
             "detection backbone, not the image classifier fastmvit loads")
     if "conv_proj.weight" in state_dict or any(k.startswith("pos_encoding.") for k in keys):
-        raise CheckpointError(
-            "unsupported checkpoint format: torchvision MViTv2 (keys 'conv_proj', 'pos_encoding.*') is the "
-            "video (3-D) model; fastmvit loads the image model")
+        return "torchvision"
     if any(_TIMM_BLOCK.match(k) for k in keys):
         return "timm"
     if any(k.startswith("backbone.") for k in keys) or "patch_embed.projection.weight" in state_dict:
@@ -143,6 +157,13 @@ class ArchInfo:
     grid: tuple[int, int] | None      # first block's token grid (h, w), from its table lengths
     num_params: int
     extra_keys: list[str] = field(default_factory=list)
+    video: bool = False               # a (T, H, W) model: 5-D patch-embedding and pooling weights
+    token_frames: int | None = None   # video: the first block's temporal grid, from rel_pos_t's length
+
+    @property
+    def num_frames(self) -> int | None:
+        """Video: the clip length the tables were made for (2 frames a token: temporal stride 2)."""
+        return None if self.token_frames is None else 2 * self.token_frames
 
     @property
     def depth(self) -> int:
@@ -205,10 +226,20 @@ def inspect_native(state_dict: Mapping[str, torch.Tensor]) -> ArchInfo:
         grid = ((blocks[0].rel_pos[0] + 1) // 2, (blocks[0].rel_pos[1] + 1) // 2)
     num_classes = shape("head.projection.weight")[0] if "head.projection.weight" in state_dict else None
     known = re.compile(r"^(patch_embed\.proj\.|cls_token$|blocks\.\d+\.|norm\.|head\.projection\.)")
+    video = is_video(state_dict)
+    frames = None
+    if video and "blocks.0.attn.rel_pos_t" in state_dict:
+        frames = (shape("blocks.0.attn.rel_pos_t")[0] + 1) // 2
     return ArchInfo(embed_dim=embed_dim, blocks=blocks, depths=depths, heads=heads, dim_change=dim_change,
                     cls_token="cls_token" in state_dict, num_classes=num_classes, grid=grid,
                     num_params=sum(t.numel() for t in state_dict.values()),
-                    extra_keys=[k for k in state_dict if not known.match(k)])
+                    extra_keys=[k for k in state_dict if not known.match(k)], video=video, token_frames=frames)
+
+
+def is_video(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a native state dict of the video model: a 5-D (Conv3d) patch-embedding weight."""
+    w = state_dict.get("patch_embed.proj.weight")
+    return w is not None and w.dim() == 5
 
 
 def stage_depths(state_dict: Mapping[str, torch.Tensor], depths: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -290,6 +321,33 @@ def _from_timm(sd):
     return out, []
 
 
+def _rename_block_key(key: str, pairs) -> str:
+    """blocks.{i}.<old>... -> blocks.{i}.<new>... for the first matching (old, new) pair."""
+    m = _BLOCK.match(key)
+    if not m:
+        return key
+    rest = m.group(2)
+    for old, new in pairs:
+        if rest.startswith(old):
+            return f"blocks.{m.group(1)}.{new}{rest[len(old):]}"
+    return key
+
+
+def _from_torchvision(sd):
+    out = {}
+    for k, v in sd.items():
+        if k == "pos_encoding.class_token":
+            out["cls_token"] = v.reshape(1, 1, -1)                      # (C0,) -> (1, 1, C0), a view
+            continue
+        if k.startswith("pos_encoding."):
+            raise CheckpointError(f"torchvision checkpoint has {k!r}: an absolute position embedding "
+                                  f"(MViT v1), which fastmvit's MViTv2 does not have")
+        for old, new in _TORCHVISION_TOP:
+            k = _rename_prefix(k, old, new)
+        out[_rename_block_key(k, _TORCHVISION_BLOCK)] = v
+    return out, []
+
+
 def to_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *, strict: bool = True):
     """Rename an unwrapped state dict of layout ``fmt`` to the native keys.
 
@@ -302,6 +360,8 @@ def to_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *, strict: bool 
         return _from_mmpretrain(state_dict, strict)
     if fmt == "timm":
         return _from_timm(state_dict)
+    if fmt == "torchvision":
+        return _from_torchvision(state_dict)
     raise CheckpointError(f"unknown checkpoint format {fmt!r}: expected one of {FORMATS}")
 
 
@@ -319,6 +379,24 @@ def from_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *,
     """
     if fmt in ("native", "official"):
         return dict(state_dict)
+    video = is_video(state_dict)
+    if fmt == "torchvision":
+        if not video:
+            raise CheckpointError("torchvision's MViT is the video model: an image (2-D) state dict cannot be "
+                                  "exported to the torchvision layout")
+        inverse = tuple((new, old) for old, new in _TORCHVISION_BLOCK)
+        out = {}
+        for k, v in state_dict.items():
+            if k == "cls_token":
+                out["pos_encoding.class_token"] = v.reshape(-1)
+                continue
+            for old, new in _TORCHVISION_TOP:
+                k = _rename_prefix(k, new, old)
+            out[_rename_block_key(k, inverse)] = v
+        return out
+    if video:
+        raise CheckpointError(f"the {fmt} layout holds image models only; a video state dict converts to "
+                              f"'official' (SlowFast) or 'torchvision'")
     if fmt == "mmpretrain":
         if "cls_token" in state_dict:
             raise CheckpointError("mmpretrain's MViT has no class token: a class-token model cannot be exported "
@@ -354,5 +432,5 @@ def from_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *,
 
 
 def is_rel_pos_key(key: str) -> bool:
-    """True for the relative-position tables ``blocks.{i}.attn.rel_pos_{h,w}``."""
+    """True for the relative-position tables ``blocks.{i}.attn.rel_pos_{h,w,t}``."""
     return bool(_REL_POS.match(key))

@@ -58,6 +58,7 @@ def _format_info(path: str, info: dict) -> str:
     rows = [
         ("checkpoint", path),
         ("format", info["format"] + (f" (wrapped in {info['wrapper']!r})" if info["wrapper"] else "")),
+        ("model", info["model"] + (f", {info['num_frames']} frames" if info.get("num_frames") else "")),
         ("arch", info["arch"] or "custom"),
         ("embed dim", info["embed_dim"]),
         ("blocks", f"{info['depth']} ({'-'.join(map(str, info['depths']))} per stage)"),
