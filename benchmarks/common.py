@@ -34,8 +34,13 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 BASELINE_IMPL = {"op": "eager", "model": "reference"}
 # The op-level suites (fused kernel against eager torch) and the op each one benchmarks.
 OP_SUITES = {"bench_pool_attention": "pool_attention", "bench_pool_qkv": "pool_qkv",
-             "bench_gelu_linear": "gelu_linear", "bench_max_pool_tokens": "max_pool_tokens"}
+             "bench_gelu_linear": "gelu_linear", "bench_max_pool_tokens": "max_pool_tokens",
+             "bench_video": "pool_attention (t, h, w)"}
 MODEL_ARCHS = ("tiny", "small", "base", "large")
+# The video benchmarks' setting (the video issue's): torchvision's mvit_v2_s, 16 x 224 x 224 clips,
+# batch 4, bf16.
+VIDEO_CLIP = (16, 224, 224)
+VIDEO_BATCH = 4
 
 
 # ----------------------------------------------------------------------------- environment
@@ -311,6 +316,47 @@ class Unavailable(Exception):
     """A contender that cannot run here; the message is the reason recorded in the results."""
 
 
+@dataclass(frozen=True)
+class VideoAttentionShape:
+    """A distinct pooling-attention shape of a video model: grids (t, h, w), a class token, three
+    tables (rel_len = (len_t, len_h, len_w)); blocks: how many blocks have it."""
+    heads: int
+    head_dim: int
+    q_grid: tuple[int, int, int]
+    kv_grid: tuple[int, int, int]
+    rel_len: tuple[int, int, int]
+    blocks: int = 1
+    cls: bool = True
+
+    @property
+    def nq(self) -> int:
+        return math.prod(self.q_grid) + self.cls
+
+    @property
+    def nk(self) -> int:
+        return math.prod(self.kv_grid) + self.cls
+
+    @property
+    def label(self) -> str:
+        return f"mvit_v2_s q{self.nq} k{self.nk} h{self.heads}"
+
+
+def video_attention_shapes(arch: str = "small", clip=VIDEO_CLIP) -> list[VideoAttentionShape]:
+    """The distinct attention shapes of the video arch at `clip`, in block order (mvit_v2_s at
+    16 x 224 x 224: q/k tokens 25089/393, 6273/1569, 6273/393, 1569/1569, 1569/393, 393/1569,
+    393/393; tests/test_reference_video.py lists them per block)."""
+    from fastmvit.reference.config import block_specs, get_video_config
+    out: dict[tuple, VideoAttentionShape] = {}
+    for b in block_specs(get_video_config(arch), clip):
+        key = (b.num_heads, tuple(b.q_size), tuple(b.kv_size))
+        rel_len = tuple(2 * max(q, k) - 1 for q, k in zip(b.q_size, b.kv_size))   # the lengths the grids need
+        if key in out:
+            out[key] = VideoAttentionShape(**{**out[key].__dict__, "blocks": out[key].blocks + 1})
+        else:
+            out[key] = VideoAttentionShape(b.num_heads, b.head_dim, tuple(b.q_size), tuple(b.kv_size), rel_len)
+    return list(out.values())
+
+
 def model_class(impl: str):
     """The model class of an implementation ("reference" or "fastmvit"), or raise Unavailable."""
     if impl == "reference":
@@ -337,17 +383,22 @@ def model_backend(impl: str, device: str) -> str:
 
 
 def build_model(impl: str, arch: str, img: int, device: str, dtype: torch.dtype,
-                num_classes: int = 1000) -> torch.nn.Module:
+                num_classes: int = 1000, num_frames: int | None = None) -> torch.nn.Module:
     """An MViTv2 of the given implementation, random weights, on `device` in `dtype`.
-    impl: "reference", "fastmvit", or either with "+compile" (torch.compile, CUDA only)."""
+    impl: "reference", "fastmvit", or either with "+compile" (torch.compile, CUDA only).
+    num_frames: build the video model (MViTv2Video) for clips of that length."""
     base, _, compiled = impl.partition("+")
     cls = model_class(base)
+    if num_frames is not None:
+        import fastmvit
+        cls = fastmvit.reference.MViTv2Video if base == "reference" else fastmvit.MViTv2Video
     if compiled and device != "cuda":
         raise Unavailable("torch.compile timings are taken on CUDA only (compiling on this CPU "
                           "machine would take most of the benchmark budget)")
     torch.manual_seed(0)
     with torch.device(device):
-        model = cls(arch, img_size=img, num_classes=num_classes)
+        kw = {} if num_frames is None else {"num_frames": num_frames}
+        model = cls(arch, img_size=img, num_classes=num_classes, **kw)
     model = model.to(dtype)
     return torch.compile(model) if compiled else model
 

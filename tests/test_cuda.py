@@ -22,6 +22,8 @@ import torch
 import test_gelu_linear as t_gelu
 import test_max_pool_tokens as t_maxpool
 import test_model as t_model
+import test_model_video as t_video
+import test_pool_attention_3d as t_attn3
 import test_norm_linear as t_norm
 import test_pool_attention as t_attn
 import test_pool_qkv as t_qkv
@@ -55,6 +57,20 @@ ATTENTION_SHAPES = [
     pytest.param(2, 4, (14, 14), (7, 7), 96, 1, id="s3-14x14-7x7-cls"),
     pytest.param(2, 8, (7, 7), (7, 7), 96, 0, id="s4-7x7"),
 ] + t_attn.SHAPES
+
+
+# mvit_v2_s at 16 x 224 x 224 (head dim 96, class token): block 0 (8x56x56 queries, 8x7x7 keys)
+# and a stage-3 block (8x14x14, 8x7x7), plus the interpreter suite's odd 3-D shapes.
+VIDEO_ATTENTION_SHAPES = [
+    pytest.param(1, 1, (8, 56, 56), (8, 7, 7), 96, 1, id="v-block0-8x56x56-8x7x7"),
+    pytest.param(2, 4, (8, 14, 14), (8, 7, 7), 96, 1, id="v-s3-8x14x14-8x7x7"),
+] + t_attn3.SHAPES
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+@pytest.mark.parametrize("B,H,q_size,k_size,D,sp", VIDEO_ATTENTION_SHAPES)
+def test_pool_attention_3d_matches_float64(B, H, q_size, k_size, D, sp, dtype):
+    t_attn3.check_case(B, H, q_size, k_size, D, sp, dtype, device=CUDA)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)
@@ -142,6 +158,13 @@ def test_model_bf16_autocast_no_worse_than_reference():
     t_model.check_bf16_autocast(t_model.FOUR_STAGE.replace(with_cls_token=True), (96, 64), "triton", device=CUDA)
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16_autocast"])
+def test_video_model_matches_float64_reference(autocast):
+    torch.manual_seed(0)
+    ref, fast = t_video.make_pair(t_video.THREE_STAGE.replace(num_heads=1), (8, 64, 64))
+    t_video.check_against_float64(fast, ref, (8, 64, 64), batch=2, autocast=autocast, device=CUDA)
+
+
 # ------------------------------------------------------------------------------------------------
 # Determinism: every backward twice, bit for bit
 # ------------------------------------------------------------------------------------------------
@@ -164,6 +187,24 @@ def test_pool_attention_backward_is_deterministic(dtype):
     leaves = [t.to(dtype).to(CUDA).requires_grad_() for t in t_attn.make_inputs(4, 1, q_size, k_size, 96, 1)]
     fn = lambda *t: fastmvit.kernels.pool_attention(*t, q_size, k_size, has_cls_token=True)
     _twice(fn, leaves, "pool_attention")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+def test_pool_attention_3d_backward_is_deterministic(dtype):
+    q_size, k_size = (8, 56, 56), (8, 7, 7)
+    leaves = [t.to(dtype).to(CUDA).requires_grad_() for t in t_attn3.make_inputs(2, 1, q_size, k_size, 96, 1)]
+    fn = lambda q, k, v, tt, th, tw: fastmvit.kernels.pool_attention(q, k, v, th, tw, q_size, k_size, rel_pos_t=tt,
+                                                                     has_cls_token=True)
+    _twice(fn, leaves, "pool_attention (t, h, w)")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+def test_pool_qkv_3d_backward_is_deterministic(dtype):
+    values = t_qkv.make_inputs(2, (8, 28, 28), 2, 96, 1)
+    leaves = [t.to(dtype).to(CUDA).requires_grad_() for t in values]
+    fn = lambda qkv, *p: fastmvit.kernels.pool_qkv(qkv, (8, 28, 28), 2, p[0:3], p[3:6], p[6:9], (1, 2, 2),
+                                                   (1, 4, 4), has_cls_token=True)[:3]
+    _twice(fn, leaves, "pool_qkv (T, H, W)")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)
