@@ -15,6 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks import common
+
 from fastmvit.kernels import use_backend
 from fastmvit.kernels import pool_attention
 
@@ -84,25 +86,14 @@ def _flex_fn(shape):
     return run
 
 
-def test_modeled_traffic(attention_shape, record, on_meta):
+def test_modeled_traffic(attention_shape, record):
     """Bytes read + written per call, fused vs eager, forward and forward+backward (any device)."""
-    from fastmvit.costmodel import count_traffic
     shape = attention_shape
     dtype = torch.bfloat16
-    case = shape.label
-
-    def fwd_bwd(impl):
-        def run(*xs):
-            out = impl(*xs, shape)
-            out.backward(torch.ones_like(out))
-        return run
-
-    for pass_, backward in (("fwd", False), ("fwd+bwd", True)):
-        counts = {name: count_traffic(fwd_bwd(impl) if backward else (lambda *xs, impl=impl: impl(*xs, shape)),
-                                      *on_meta(*_inputs(shape, dtype, "cpu", requires_grad=True)))  # fresh leaves: no .grad
-                  for name, impl in (("eager", _eager), ("fastmvit", _fused))}
+    impls = {name: (lambda *xs, impl=impl: impl(*xs, shape)) for name, impl in (("eager", _eager), ("fastmvit", _fused))}
+    for pass_, counts in common.modeled_passes(impls, lambda: _inputs(shape, dtype, "cpu", requires_grad=True)).items():
         for name, traffic in counts.items():
-            record.modeled(suite="op", case=case, impl=name, pass_=pass_, dtype=dtype, traffic=traffic)
+            record.modeled(suite="op", case=shape.label, impl=name, pass_=pass_, dtype=dtype, traffic=traffic)
         assert counts["fastmvit"].bytes < counts["eager"].bytes, (pass_, counts)
 
 
@@ -119,14 +110,6 @@ def test_speed(attention_shape, bench_dtype, impl, pass_, measure, device):
     if fn is None:
         pytest.skip("FlexAttention is not available in this torch")
     inputs = _inputs(shape, bench_dtype, device, requires_grad=pass_ == "fwd+bwd")
-
-    if pass_ == "fwd":
-        def call():
-            with torch.no_grad():
-                fn(*inputs, shape)
-    else:
-        dout = torch.randn(BATCH, shape.heads, shape.nq, shape.head_dim, dtype=bench_dtype, device=device)
-
-        def call():
-            torch.autograd.grad(fn(*inputs, shape), inputs, dout)
-    measure(call, suite="op", case=shape.label, impl=impl, pass_=pass_, dtype=bench_dtype)
+    dout = None if pass_ == "fwd" else \
+        torch.randn(BATCH, shape.heads, shape.nq, shape.head_dim, dtype=bench_dtype, device=device)
+    measure(common.op_call(lambda: fn(*inputs, shape), inputs, dout), suite="op", case=shape.label, impl=impl, pass_=pass_, dtype=bench_dtype)

@@ -61,20 +61,11 @@ ATTENTION = {"eager": _attention("torch"), "fastmvit": _attention("triton"), "sd
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.label.replace(" ", "-") for s in SHAPES])
-def test_modeled_attention(shape, record, on_meta):
+def test_modeled_attention(shape, record):
     """Bytes per call, fused vs eager, forward and forward + backward (MODELED, any device)."""
     dtype = torch.bfloat16
-
-    def fwd_bwd(impl):
-        def run(*xs):
-            out = impl(*xs, shape)
-            out.backward(torch.ones_like(out))
-        return run
-
-    for pass_, backward in (("fwd", False), ("fwd+bwd", True)):
-        counts = {name: count_traffic(fwd_bwd(impl) if backward else (lambda *xs, impl=impl: impl(*xs, shape)),
-                                      *on_meta(*_inputs(shape, dtype, "cpu", requires_grad=True)))
-                  for name, impl in (("eager", ATTENTION["eager"]), ("fastmvit", ATTENTION["fastmvit"]))}
+    impls = {name: (lambda *xs, impl=ATTENTION[name]: impl(*xs, shape)) for name in ("eager", "fastmvit")}
+    for pass_, counts in common.modeled_passes(impls, lambda: _inputs(shape, dtype, "cpu", requires_grad=True)).items():
         for name, traffic in counts.items():
             record.modeled(suite="op", case=f"{shape.label} b{BATCH}", impl=name, pass_=pass_, dtype=dtype,
                            traffic=traffic, op="pool_attention (t, h, w)", blocks=shape.blocks)
@@ -89,16 +80,10 @@ def test_attention_speed(shape, impl, pass_, measure, device):
         pytest.skip("GPU timings need CUDA (the Triton kernels are never timed in the interpreter)")
     fn = ATTENTION[impl]
     inputs = _inputs(shape, torch.bfloat16, device, requires_grad=pass_ == "fwd+bwd")
-    if pass_ == "fwd":
-        def call():
-            with torch.no_grad():
-                fn(*inputs, shape)
-    else:
-        dout = torch.randn(BATCH, shape.heads, shape.nq, shape.head_dim, dtype=torch.bfloat16, device=device)
-
-        def call():
-            torch.autograd.grad(fn(*inputs, shape), inputs, dout)
-    measure(call, suite="op", case=f"{shape.label} b{BATCH}", impl=impl, pass_=pass_, dtype=torch.bfloat16)
+    dout = None if pass_ == "fwd" else \
+        torch.randn(BATCH, shape.heads, shape.nq, shape.head_dim, dtype=torch.bfloat16, device=device)
+    measure(common.op_call(lambda: fn(*inputs, shape), inputs, dout), suite="op", case=f"{shape.label} b{BATCH}",
+            impl=impl, pass_=pass_, dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("impl", ("reference", "fastmvit"))

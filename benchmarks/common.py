@@ -310,6 +310,26 @@ def op_call(fn: Callable[[], torch.Tensor], leaves, grad_out: torch.Tensor | Non
     return call
 
 
+def modeled_passes(impls: dict[str, Callable], make_leaves: Callable[[], list]) -> dict[str, dict]:
+    """{"fwd" | "fwd+bwd": {name: Traffic}}: each implementation ``impls[name](*leaves)`` counted by
+    fastmvit.costmodel on meta copies of fresh leaves (``make_leaves()``, requiring grad), forward
+    alone and forward + backward of ``ones``."""
+    from fastmvit.costmodel import count_traffic, meta_like
+
+    def fwd_bwd(impl):
+        def run(*xs):
+            out = impl(*xs)
+            out.backward(torch.ones_like(out))
+        return run
+
+    def leaves():
+        return [meta_like(t).requires_grad_(t.requires_grad) for t in make_leaves()]   # fresh: no .grad
+
+    return {pass_: {name: count_traffic(fwd_bwd(impl) if backward else impl, *leaves())
+                    for name, impl in impls.items()}
+            for pass_, backward in (("fwd", False), ("fwd+bwd", True))}
+
+
 # ----------------------------------------------------------------------------- models
 
 class Unavailable(Exception):
