@@ -4,7 +4,7 @@ torch, SDPA with an additive bias and compiled FlexAttention, at the MViTv2 shap
     .venv/bin/python -m pytest benchmarks/bench_pool_attention.py --benchmark-json out.json
 
 Uses the suite fixtures of benchmarks/conftest.py (`attention_shape`, `bench_dtype`, `measure`,
-`record`, `on_meta`). On CUDA: forward and forward+backward times of every contender. Without
+`record`; the modeled counts from `common.modeled_passes`). On CUDA: forward and forward+backward times of every contender. Without
 CUDA the timings are skipped (a Triton-interpreter run is never timed) and what is recorded is the
 modeled memory traffic per call, both counted by fastmvit.costmodel on meta tensors: the fused op
 (every kernel launch by its launcher's traffic statement, the backward's passes and scratch

@@ -23,8 +23,7 @@ Fixtures for suite authors:
   "pool_attention") are what the dashboard plots. Example, fused vs eager at one shape::
 
       record.modeled(suite="op", op="pool_attention", case=shape.label, impl="eager", pass_="fwd",
-                     dtype=dtype, traffic=count_traffic(eager_fn, *on_meta(q, k, v)))
-- ``on_meta(*tensors)``: meta copies of tensors (same shapes, dtypes, strides) for the cost model.
+                     dtype=dtype, traffic=counts["fwd"]["eager"])   # counts: common.modeled_passes
 - ``bench_dtype`` and ``attention_shape``: request them in a test and it is parametrized over the
   profile's op dtypes (bf16, fp16, fp32 on CUDA) and over the distinct pooling-attention shapes of
   the profile's archs (:func:`benchmarks.common.attention_shapes`, docs/design.md, "Pooling attention").
@@ -47,7 +46,6 @@ if not torch.cuda.is_available():  # op suites may check kernels in the interpre
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from benchmarks import common  # noqa: E402
-from fastmvit.costmodel import meta_like  # noqa: E402
 from fastmvit.kernels.backend import use_backend  # noqa: E402
 
 PROFILES = {
@@ -192,15 +190,6 @@ def env() -> dict:
 @pytest.fixture(scope="session")
 def record() -> _RecordFixture:
     return _RecordFixture(_RECORD)
-
-
-@pytest.fixture
-def on_meta():
-    def convert(*tensors):
-        out = tuple(meta_like(t).requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
-                    for t in tensors)
-        return out[0] if len(out) == 1 else out
-    return convert
 
 
 def _labels(suite, case, impl, pass_, dtype, device, items, modeled, extra) -> dict:
