@@ -15,17 +15,10 @@ from torch import nn
 from fastmvit.reference import (MultiScaleAttention, MViTv2Video, MViTv2VideoConfig, block_specs, get_video_config,
                                 mvit_v2_s, resize_rel_pos)
 from numerics import assert_matches_float64
+from test_reference import _layer_norm, _randomize
 
 # Two stages, 2 heads, hd 8: every video feature at clip sizes the CPU runs in milliseconds.
 TOY = MViTv2VideoConfig(embed_dims=16, num_heads=2, depths=(1, 2), adaptive_kv_stride=2, drop_path_rate=0.0)
-
-
-def _randomize(module: nn.Module, seed: int = 1) -> nn.Module:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn_like(p) * (0.5 if p.ndim > 1 else 0.2) + (1.0 if p.ndim == 1 else 0.0))
-    return module
 
 
 def test_mvit_v2_s_has_torchvisions_parameter_count():
@@ -65,19 +58,13 @@ def test_state_dict_has_the_official_video_keys():
 # ------------------------------------------------------------------------------------------------
 # Float64 re-derivation of one video attention
 # ------------------------------------------------------------------------------------------------
-def _layer_norm(x, ln, eps=1e-6):
-    mean = x.mean(-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(-1, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps) * ln.weight + ln.bias
-
-
 def _pool3d(t, weight, stride, thw, sp, ln):
     B, n, _, hd = t.shape
     grid = t[:, :, sp:].reshape(B * n, *thw, hd).permute(0, 4, 1, 2, 3)
     grid = F.conv3d(grid, weight, stride=stride, padding=1, groups=hd)
     shape = tuple(grid.shape[-3:])
     grid = grid.reshape(B, n, hd, -1).transpose(2, 3)
-    return _layer_norm(torch.cat([t[:, :, :sp], grid], 2), ln), shape
+    return _layer_norm(torch.cat([t[:, :, :sp], grid], 2), ln.weight, ln.bias), shape
 
 
 def _index(i, j, qn, kn):   # SPEC: i * q_ratio - j * k_ratio + (kn - 1) * k_ratio, truncated
