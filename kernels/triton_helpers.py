@@ -38,6 +38,20 @@ def head_rows(ptr, bh, H, stride_b, stride_h, stride_n, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def grid_position(s, height, width, HAS_T: tl.constexpr):
+    """Flat positions s on a (frames, height, width) grid -> (t, y, x). Without HAS_T (a 2-D grid)
+    t is 0 and y = s // width: only the 2-D index math runs."""
+    y = s // width
+    x = s - y * width
+    if HAS_T:
+        t = y // height
+        y = y - t * height
+    else:
+        t = y * 0
+    return t, y, x
+
+
+@triton.jit
 def onehot_matmul(rel, onehot, acc, FP32: tl.constexpr, REL_LEFT: tl.constexpr):
     """acc + rel @ onehot (REL_LEFT) or acc + onehot @ rel, with rel float32 and onehot a 0/1 bool
     matrix: an exact gather-and-broadcast on tensor cores (the rel-pos bias expansion and its

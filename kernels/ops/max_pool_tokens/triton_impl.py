@@ -43,6 +43,7 @@ import triton.language as tl
 
 from ... import triton_helpers as helpers
 from ...args import window_coverage
+from ...triton_helpers import grid_position
 from ...traffic import tensor_bytes
 
 # A program's tile: BLOCK_P rows x BLOCK_C channels, TILE_ELEMS values. BLOCK_C is the power of two
@@ -85,15 +86,10 @@ def max_pool_tokens_fwd_kernel(
     PAD_W: tl.constexpr = KW // 2
     # flat (b, r) output rows; p: the pooled-grid position
     rows, offs_c, c_ok, row_ok, b, r, p, grid_ok = _token_tile(C, n_rows, SP + OT * OH * OW, SP, BLOCK_P, BLOCK_C)
-    plane = p // OW                                                  # ot * OH + oy
-    ix0 = (p - plane * OW) * SW - PAD_W
-    if HAS_T:
-        ot = plane // OH
-        it0 = ot * ST - PAD_T                                        # window origin (may be padding)
-        iy0 = (plane - ot * OH) * SH - PAD_H
-    else:
-        it0 = p * 0
-        iy0 = plane * SH - PAD_H
+    ot, oy, ox = grid_position(p, OH, OW, HAS_T)
+    it0 = ot * ST - PAD_T                                            # window origin (may be padding)
+    iy0 = oy * SH - PAD_H
+    ix0 = ox * SW - PAD_W
     x_row = x_ptr + b.to(tl.int64) * stride_xb                       # token 0 of batch b
     tap_row = x_row + (SP + (it0 * H + iy0) * W + ix0).to(tl.int64) * stride_xn  # tap (0, 0, 0)
     m = tl.full((BLOCK_P, BLOCK_C), float("-inf"), dtype=tl.float32)
@@ -143,15 +139,10 @@ def max_pool_tokens_bwd_kernel(
     PAD_W: tl.constexpr = KW // 2
     # flat (b, n) input rows; pos: the grid position
     rows, offs_c, c_ok, row_ok, b, n, pos, grid_ok = _token_tile(C, n_rows, SP + T * H * W, SP, BLOCK_P, BLOCK_C)
-    plane = pos // W                       # it * H + iy
-    tx = pos - plane * W + PAD_W           # = ox * SW + kx for each window (ox, kx) holding ix
-    if HAS_T:
-        it = plane // H
-        ty = plane - it * H + PAD_H
-        tt = it + PAD_T
-    else:
-        ty = plane + PAD_H
-        tt = pos * 0
+    it, iy, ix = grid_position(pos, H, W, HAS_T)
+    tx = ix + PAD_W                        # = ox * SW + kx for each window (ox, kx) holding ix
+    ty = iy + PAD_H
+    tt = it + PAD_T                        # 0 without HAS_T
     dy_row = dy_ptr + b.to(tl.int64) * stride_db
     arg_b = arg_ptr + b.to(tl.int64) * (OT * OH * OW) * C
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ... import triton_helpers as helpers
 from ...traffic import host_setup, nbytes, tensor_bytes
-from ...triton_helpers import head_rows, mma, onehot_matmul
+from ...triton_helpers import grid_position, head_rows, mma, onehot_matmul
 
 # exp(x) = exp2(x * LOG2E): exp2 is the native instruction. A constexpr: jit code reads no other globals.
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -41,14 +41,7 @@ def _grid_coords(offs, N, height, width, SP: tl.constexpr, HAS_T: tl.constexpr):
     time axis (HAS_T False) t is 0 and y = s // width: today's 2-D arithmetic."""
     s = offs - SP
     spatial = (s >= 0) & (offs < N)
-    s = tl.where(spatial, s, 0)
-    y = s // width
-    x = s - y * width
-    if HAS_T:
-        t = y // height
-        y = y - t * height
-    else:
-        t = y * 0
+    t, y, x = grid_position(tl.where(spatial, s, 0), height, width, HAS_T)
     return spatial, t, y, x
 
 

@@ -44,6 +44,7 @@ import triton.language as tl
 
 from ... import triton_helpers as helpers
 from ...args import window_coverage
+from ...triton_helpers import grid_position
 from ...traffic import tensor_bytes
 
 # Register tile of a program: BLOCK_M rows x BLOCK_D (head dim, next power of two) float32 values.
@@ -116,18 +117,11 @@ def _tile_coords(in_row, stride_n, r, row_ok, H, W, st, sh, sw, oh, ow,
     -dx <= ix0 < W - dx (and -dt <= it0 < T - dt)."""
     p = r - SP                                                         # index in the pooled grid
     sp_ok = row_ok & (p >= 0)
-    p = tl.maximum(p, 0)
-    ix0 = (p % ow) * sw - PAD_W
-    if HAS_T:
-        plane = p // ow                                                # ot * oh + oy
-        ot = plane // oh
-        it0 = ot * st - PAD_T
-        iy0 = (plane - ot * oh) * sh - PAD_H
-        tap0 = in_row + (SP + (it0 * H + iy0) * W + ix0) * stride_n
-    else:
-        it0 = p * 0
-        iy0 = (p // ow) * sh - PAD_H
-        tap0 = in_row + (SP + iy0 * W + ix0) * stride_n
+    ot, oy, ox = grid_position(tl.maximum(p, 0), oh, ow, HAS_T)
+    it0 = ot * st - PAD_T                                              # 0 without HAS_T (KT = 1)
+    iy0 = oy * sh - PAD_H
+    ix0 = ox * sw - PAD_W
+    tap0 = in_row + (SP + (it0 * H + iy0) * W + ix0) * stride_n
     return sp_ok, it0, iy0, ix0, tap0
 
 
@@ -348,14 +342,7 @@ def pool_qkv_bwd_input_kernel(
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)                       # flat (b, head, position)
     row_ok = rows < n_bh * n_in
     out_row, pos, bh = _token_rows(dqkv_ptr, stride_b, rows, n_in, heads, t, D)
-    plane = pos // W                                                   # it * H + iy
-    ix = pos - plane * W
-    if HAS_T:
-        it = plane // H
-        iy = plane - it * H
-    else:
-        it = pos * 0
-        iy = plane
+    it, iy, ix = grid_position(pos, H, W, HAS_T)
     g_bh = g_base + bh.to(tl.int64) * (ot * oh * ow) * D               # pooled grid of (b, head)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
