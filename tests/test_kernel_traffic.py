@@ -94,8 +94,8 @@ QKV_CASES = [
     # (grid, stride q, stride kv, class token): kv stride 4 with a 3x3 kernel skips grid positions
     ((9, 7), (1, 1), (4, 4), 1),
     ((7, 6), (2, 2), (2, 1), 0),
-    ((3, 7, 5), (1, 2, 2), (1, 4, 4), 1),           # video: (T, H, W), 3x3x3
-    ((4, 5, 6), (2, 1, 1), (1, 2, 2), 0),
+    ((2, 7, 5), (1, 2, 2), (1, 4, 4), 1),           # video: (T, H, W), 3x3x3
+    ((3, 4, 5), (2, 1, 1), (1, 2, 2), 0),
 ]
 
 

@@ -35,7 +35,10 @@ CLIP = (4, 48, 40)
 # The triton-backend tests: square frames, so that at the built size no table is resized (torchvision
 # sizes both spatial tables from the larger side, so non-square frames resize the w table at run
 # time, which aot_eager decomposes into other float32 roundings than eager's interpolate).
-TRITON_CLIP = (4, 32, 32)
+TRITON_CLIP = (4, 24, 24)                    # 2 x 6 x 6 tokens, then 2 x 3 x 3
+# torch.compile's equivalence with eager does not depend on the size: the smallest clip with two
+# frames and both stages (2 x 4 x 4 tokens, then 2 x 2 x 2).
+COMPILE_CLIP = (4, 16, 16)
 
 
 def make_pair(cfg, clip=CLIP, dtype=torch.float32, seed=0, **kw):
@@ -53,7 +56,7 @@ def clips(batch, clip=CLIP, dtype=torch.float32, seed=1):
     return torch.randn(batch, 3, *clip, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def check_against_float64(fast, ref, clip=TRITON_CLIP, batch=2, backend="triton", autocast=False, device="cpu"):
+def check_against_float64(fast, ref, clip=TRITON_CLIP, batch=1, backend="triton", autocast=False, device="cpu"):
     """The fused model (float32, or bf16 autocast) vs the float64 reference, at most twice as far
     as the reference in the same precision; on `device` (tests/test_cuda.py passes "cuda")."""
     ref, fast = ref.to(device), fast.to(device)
@@ -196,8 +199,8 @@ def test_compile_fullgraph_triton_training():
     """torch.compile(fullgraph=True) of a training step on the triton backend: the same logits and
     gradients as eager, bit for bit."""
     torch._dynamo.reset()
-    _, fast = make_pair(TWO_STAGE, TRITON_CLIP)
-    x = clips(1, TRITON_CLIP)
+    _, fast = make_pair(TWO_STAGE, COMPILE_CLIP)
+    x = clips(1, COMPILE_CLIP)
     weight = torch.randn(1, 10)
     eager, g_eager = run(fast, x, weight, "triton")
     out, grads = run(torch.compile(fast, fullgraph=True, backend="aot_eager"), x, weight, "triton")

@@ -63,10 +63,10 @@ def grads_of(out, inputs, seed=2):
 
 
 CASES = [((7, 5), ((1, 1), (2, 2)), 1), ((6, 6), ((2, 2), (2, 2)), 0), ((5, 9), ((2, 1), (1, 3)), 1),
-         ((3, 5, 4), ((1, 2, 2), (1, 2, 2)), 1), ((4, 3, 5), ((2, 1, 1), (1, 1, 2)), 0)]     # video: (T, H, W)
+         ((3, 3, 4), ((2, 1, 2), (1, 2, 1)), 1)]     # video: (T, H, W), strided on t too
 
 
-@pytest.mark.parametrize("hw,strides,sp,dtype", [case + (dtype,) for case, dtype in zip(CASES, DTYPES + DTYPES[::2])])
+@pytest.mark.parametrize("hw,strides,sp,dtype", [case + (dtype,) for case, dtype in zip(CASES, DTYPES + DTYPES[:1])])
 def test_same_as_two_ops_bit_for_bit(hw, strides, sp, dtype):
     leaves = make_leaves(2, hw, sp, dtype)
     with fastmvit.use_backend("triton"):
