@@ -8,33 +8,42 @@ Formats (key layouts in ``fastmvit.checkpoint_formats``): ``official`` (facebook
 ``.pyth`` and SlowFast's video ``.pyth``, wrapped as ``{"model_state": ...}``), ``mmpretrain``
 (mmcls model zoo, ``backbone.`` prefix, maybe wrapped as ``{"state_dict": ..., "meta": ...}``),
 ``timm`` (``stages.{s}.blocks.{j}``), ``torchvision`` (the video ``mvit_v2_s``: ``conv_proj``,
-``pos_encoding.class_token``, ...) and ``native`` (fastmvit's own, = the official keys unwrapped).
-Image and video checkpoints are told apart by their shapes (a Conv3d patch embedding), and one
-given to the other kind of model is a clear error. Files: ``.pth``/``.pyth``/``.pt``/
-``.bin`` (torch pickles, always read with ``torch.load(weights_only=True)``: no pickled code ever
-runs) and ``.safetensors``.
+``pos_encoding.class_token``, ...), ``detectron2`` (the detection backbone,
+``fastmvit.reference.MViTv2Backbone``: detector checkpoints with the backbone under
+``backbone.bottom_up.`` in ``{"model": ...}``, or a bare backbone state dict) and ``native``
+(fastmvit's own, = the official keys unwrapped). Image and video checkpoints are told apart by
+their shapes (a Conv3d patch embedding), and one given to the other kind of model is a clear
+error. Files: ``.pth``/``.pyth``/``.pt``/``.bin`` (torch pickles, always read with
+``torch.load(weights_only=True)``: no pickled code ever runs), ``.safetensors``, and detectron2's
+model-zoo ``.pkl`` (plain pickles of numpy arrays, read by an unpickler that builds numpy arrays
+and plain containers only).
 
 Loading converts the keys, resizes the relative-position tables by 1-D linear interpolation
 (align_corners False, the reference's ``resize_rel_pos``) when the model was built for another input
 size than the checkpoint, drops the unused ``cls_token`` of the official in1k files when the model
-has no class token, and raises ``CheckpointError`` naming the keys and shapes that differ.
+has no class token, and raises ``CheckpointError`` naming the keys and shapes that differ. Into a
+detection backbone it also drops a classifier's final ``norm`` and ``head`` and leaves the
+``scale*_norm`` layers an ImageNet checkpoint lacks at their initialisation (reported, not an
+error), as detectron2 does when a detector starts from the official ``.pyth`` files.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .checkpoint_formats import (FORMATS, ArchInfo, CheckpointError, detect_format, from_native,
-                                 inspect_native, is_rel_pos_key, is_video, to_native)
+from .checkpoint_formats import (CLASSIFIER_FORMATS, DETECTRON2_PREFIX, FORMATS, ArchInfo, CheckpointError,
+                                 detect_format, from_native, inspect_native, is_detection_backbone, is_rel_pos_key,
+                                 is_scale_norm_key, is_video, scale_norm_names, to_native)
 
 __all__ = ["CheckpointError", "FORMATS", "LoadResult", "checkpoint_info", "convert_state_dict",
-           "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+           "load_checkpoint", "read_checkpoint", "read_numpy_pickle", "save_checkpoint"]
 
 # Keys a training checkpoint may keep its weights under, in order of preference.
 _WRAPPERS = ("model_state", "state_dict", "model")
@@ -47,13 +56,17 @@ _MAX_LISTED = 8
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """Read a checkpoint file without executing pickled code.
 
-    ``.safetensors`` files (by name or by their first bytes) are read with safetensors; anything else with
-    ``torch.load(weights_only=True, map_location="cpu")``. Raises ``FileNotFoundError`` for a
-    missing file and ``CheckpointError`` (naming the file) for a truncated, corrupt or unsafe one.
+    ``.safetensors`` files (by name or by their first bytes) are read with safetensors; ``.pkl`` files
+    that are plain pickles (detectron2's model zoo: numpy arrays) with ``read_numpy_pickle``;
+    anything else with ``torch.load(weights_only=True, map_location="cpu")``. Raises
+    ``FileNotFoundError`` for a missing file and ``CheckpointError`` (naming the file) for a
+    truncated, corrupt or unsafe one.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.endswith(".pkl") and not zipfile.is_zipfile(path):
+        return read_numpy_pickle(path)
     if path.endswith(".safetensors") or _looks_like_safetensors(path):
         try:
             from safetensors.torch import load_file
@@ -81,6 +94,58 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays, numpy scalars and plain containers, and nothing else:
+    any other global (a class or function the pickle names, through which code would run) is
+    refused before it is looked up."""
+    _ALLOWED = {(m, name) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype"),
+                                                            ("collections", "OrderedDict")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+
+
+def _numpy_to_torch(obj: Any) -> Any:
+    import numpy as np
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biufc":
+            raise CheckpointError(f"an array of dtype {obj.dtype} is not a tensor")
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if isinstance(obj, Mapping):
+        return {k: _numpy_to_torch(v) for k, v in obj.items()}
+    return obj
+
+
+def read_numpy_pickle(path: str | os.PathLike) -> Any:
+    """Read a plain pickle of numpy arrays (detectron2's model-zoo ``.pkl``: ``{"model": {name:
+    ndarray}, "__author__": ...}``) without executing pickled code; arrays become tensors.
+
+    Python 2 pickles (Detectron's) are read with latin-1 strings, as detectron2 does. Raises
+    ``CheckpointError`` naming the file for anything else the pickle would build.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            obj = _NumpyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if unsafe:
+            raise CheckpointError(
+                f"{path}: the pickle holds objects other than numpy arrays and plain containers "
+                f"({unsafe.group(1)}), and fastmvit never runs pickled code. If you trust the file, load it "
+                f"yourself and pass the state dict") from e
+        raise CheckpointError(f"{path}: truncated or corrupt pickle ({e})") from e
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e})") from e
+    try:
+        return _numpy_to_torch(obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _looks_like_safetensors(path: str) -> bool:
@@ -111,7 +176,8 @@ def _unwrap(obj: Any, name: str) -> tuple[dict[str, torch.Tensor], str | None]:
 
 
 def _read_native(source, *, strict: bool = True, fmt: str | None = None):
-    """(native state dict, detected format, wrapper, notes) from a path or an in-memory checkpoint."""
+    """(native state dict, detected format, wrapper, notes, ignored keys) from a path or an
+    in-memory checkpoint; the ignored keys are a detector's, outside its backbone."""
     if isinstance(source, (str, os.PathLike)):
         name, obj = os.fspath(source), read_checkpoint(source)
     else:
@@ -121,10 +187,15 @@ def _read_native(source, *, strict: bool = True, fmt: str | None = None):
         detected = detect_format(sd, wrapper)
     except CheckpointError as e:
         raise CheckpointError(f"{name}: {e}") from None
-    if fmt is not None and fmt != detected and {fmt, detected} != {"native", "official"}:
+    # The same keys under two names: the official files hold native keys, and a bare detectron2
+    # backbone state dict is the native backbone's.
+    same = ({"native", "official"}, {"native", "detectron2"})
+    if (fmt is not None and fmt != detected
+            and not ({fmt, detected} in same and not any(k.startswith(DETECTRON2_PREFIX) for k in sd))):
         raise CheckpointError(f"{name}: expected the {fmt} layout but the keys are in the {detected} layout")
-    native, notes = to_native(sd, detected, strict=strict)
-    return native, detected, wrapper, notes
+    ignored: list[str] = []
+    native, notes = to_native(sd, detected, strict=strict, dropped=ignored)
+    return native, detected, wrapper, notes, ignored
 
 
 def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, fmt: str = "native", *,
@@ -132,7 +203,8 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     """Write a (native, or any recognised) state dict to ``path`` in layout ``fmt``.
 
     The file is wrapped as each framework writes it: official ``{"model_state": sd}``, mmpretrain
-    ``{"state_dict": sd, "meta": {...}}``, timm and native a plain state dict. A ``.safetensors``
+    ``{"state_dict": sd, "meta": {...}}``, detectron2 ``{"model": sd, "__author__": "fastmvit"}``
+    (the backbone under ``backbone.bottom_up.``), timm and native a plain state dict. A ``.safetensors``
     path gets the plain state dict (safetensors holds tensors only), with the layout in its metadata.
     """
     sd = convert_state_dict(state_dict, to=fmt, depths=depths)
@@ -148,6 +220,8 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
         obj: Any = {"model_state": sd}
     elif fmt == "mmpretrain":
         obj = {"state_dict": sd, "meta": {"converted_by": "fastmvit"}}
+    elif fmt == "detectron2":
+        obj = {"model": sd, "__author__": "fastmvit"}
     else:
         obj = sd
     torch.save(obj, path)
@@ -161,10 +235,14 @@ def convert_state_dict(state_dict: Mapping[str, Any] | str | os.PathLike, to: st
     """Convert a state dict of any recognised layout (wrapped or not) to layout ``to``.
 
     Args:
-        state_dict: keys in the native, official, mmpretrain, timm or torchvision layout, possibly
-            wrapped (``{"model_state": ...}``, ``{"state_dict": ...}``); or a checkpoint file's path.
-        to: ``"native"``, ``"official"``, ``"mmpretrain"``, ``"timm"`` (image models) or
-            ``"torchvision"`` (video models; ``"official"`` is SlowFast's layout for them).
+        state_dict: keys in the native, official, mmpretrain, timm, torchvision or detectron2 layout,
+            possibly wrapped (``{"model_state": ...}``, ``{"state_dict": ...}``, ``{"model": ...}``);
+            or a checkpoint file's path.
+        to: ``"native"``, ``"official"``, ``"mmpretrain"``, ``"timm"`` (image models),
+            ``"torchvision"`` (video models; ``"official"`` is SlowFast's layout for them) or
+            ``"detectron2"`` (the detection backbone: its keys under ``backbone.bottom_up.``).
+            A detection backbone converts to ``"native"`` and ``"detectron2"`` only; reading a
+            detector keeps its backbone (the other keys are left out).
         depths: blocks per stage (e.g. ``(1, 2, 5, 2)`` for tiny), for timm's stage nesting and
             mmpretrain's final-norm name. Default: read from the heads in the state dict, which
             is right for every public arch; give the model's config depths for a custom one.
@@ -176,7 +254,10 @@ def convert_state_dict(state_dict: Mapping[str, Any] | str | os.PathLike, to: st
     """
     if to not in FORMATS:
         raise CheckpointError(f"unknown target format {to!r}: expected one of {FORMATS}")
-    native, _, _, _ = _read_native(state_dict, strict=strict)
+    native, detected, _, _, _ = _read_native(state_dict, strict=strict)
+    if detected == "detectron2" and to in CLASSIFIER_FORMATS:
+        raise CheckpointError(f"a detectron2 MViTv2 detection backbone checkpoint cannot be converted to the {to} "
+                              f"layout, which holds the image classifier; use 'detectron2' or 'native'")
     return from_native(native, to, depths=depths)
 
 
@@ -240,21 +321,29 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
 
     Args:
         model: any module whose state dict has the native keys: ``fastmvit.MViTv2``,
-            ``fastmvit.reference.MViTv2``.
-        source: a path (``.pth``, ``.pyth``, ``.safetensors``, ...) or a (possibly wrapped) state dict.
+            ``fastmvit.reference.MViTv2``, the video models, or the detection backbone
+            ``fastmvit.reference.MViTv2Backbone`` (and subclasses of it).
+        source: a path (``.pth``, ``.pyth``, ``.safetensors``, detectron2's ``.pkl``, ...) or a
+            (possibly wrapped) state dict.
         strict: when True, every model key must be in the checkpoint and every checkpoint key in the
-            model (the official files' unused ``cls_token`` excepted). When False, missing and
-            unexpected keys are reported in the result instead. Shape mismatches are errors either
-            way, except the relative-position tables, which are resized.
+            model (the official files' unused ``cls_token`` excepted; into a detection backbone also
+            a classifier's ``norm`` and ``head``, dropped, and the ``scale*_norm`` layers an
+            ImageNet checkpoint lacks, left as they are). When False, missing and unexpected keys
+            are reported in the result instead. Shape mismatches are errors either way, except the
+            relative-position tables, which are resized.
         format: insist on a layout (``"timm"`` ...) instead of detecting it.
 
-    Returns a ``LoadResult``. Raises ``CheckpointError`` for an unreadable file, an unknown layout or
-    a checkpoint of another architecture (naming the keys and shapes that differ).
+    Returns a ``LoadResult``: ``dropped_keys`` lists what was left out on purpose (the unused class
+    token, a classifier's norm and head, a detector's keys outside its backbone) and
+    ``missing_keys`` the ``scale*_norm`` keys a backbone kept. Raises ``CheckpointError`` for an
+    unreadable file, an unknown layout or a checkpoint of another architecture (naming the keys
+    and shapes that differ).
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "state dict"
-    native, fmt, _, notes = _read_native(source, strict=strict, fmt=format)
+    native, fmt, _, notes, ignored = _read_native(source, strict=strict, fmt=format)
     model_sd = model.state_dict()
-    result = LoadResult(format=fmt, notes=list(notes))
+    result = LoadResult(format=fmt, notes=list(notes), dropped_keys=list(ignored))
+    backbone = _is_backbone(model, model_sd)
     if "patch_embed.proj.weight" in native and "patch_embed.proj.weight" in model_sd:
         ckpt_video, model_video = is_video(native), is_video(model_sd)
         if ckpt_video != model_video:
@@ -273,7 +362,30 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
         result.notes.append("timm's *_cls models also add the pooling residual to the class-token row; "
                             "fastmvit follows the official model, so outputs differ slightly from timm's")
 
-    missing = [k for k in model_sd if k not in native]
+    kept_missing = []  # missing keys that are not an error, even under strict
+    if backbone:
+        # An ImageNet classifier into the detection backbone (detectron2 starts its detectors from
+        # the official .pyth files): its final norm and head have no place in a backbone, and the
+        # backbone's per-output norms are new.
+        classifier = [k for k in native if k.startswith(("norm.", "head.")) and k not in model_sd]
+        for k in classifier:
+            native.pop(k)
+        if classifier:
+            result.dropped_keys.extend(classifier)
+            parts = " and ".join(sorted({k.split(".")[0] for k in classifier}))
+            result.notes.append(f"dropped the classifier's {parts} (a detection backbone has neither)")
+        kept_missing = [k for k in model_sd if k not in native and is_scale_norm_key(k)]
+        if kept_missing:
+            outs = scale_norm_names(dict.fromkeys(kept_missing))
+            result.notes.append(f"{', '.join(n + '_norm' for n in outs)} not in the checkpoint: left at their "
+                                f"initialisation (LayerNorm 1, 0), as detectron2 does with ImageNet weights")
+    elif fmt == "detectron2" and strict:
+        raise CheckpointError(f"{name} is a detectron2 MViTv2 detection backbone checkpoint (no classifier norm "
+                              f"or head) but the model is not a detection backbone; build a "
+                              f"fastmvit.reference.MViTv2Backbone to load it (or pass strict=False to load its "
+                              f"blocks into this model)")
+
+    missing = [k for k in model_sd if k not in native and k not in kept_missing]
     unexpected = [k for k in native if k not in model_sd]
     mismatched = []
     for k in native.keys() & model_sd.keys():
@@ -292,9 +404,18 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     if result.resized_keys:
         result.resized_keys.sort(key=_natural)
         result.notes.append(f"resized {len(result.resized_keys)} relative-position tables to the model's input size")
-    result.missing_keys, result.unexpected_keys = sorted(missing), sorted(unexpected)
-    model.load_state_dict({k: v for k, v in native.items() if k in model_sd}, strict=strict)
+    result.missing_keys, result.unexpected_keys = sorted(missing + kept_missing), sorted(unexpected)
+    model.load_state_dict({k: v for k, v in native.items() if k in model_sd}, strict=strict and not kept_missing)
     return result
+
+
+def _is_backbone(model: nn.Module, model_sd: Mapping[str, torch.Tensor]) -> bool:
+    """A detection backbone: the reference ``MViTv2Backbone`` (or a subclass, e.g. the fused one),
+    or any module with its keys (``scale*_norm``, no classifier head)."""
+    from .reference import MViTv2Backbone
+    if isinstance(model, MViTv2Backbone):
+        return True
+    return is_detection_backbone(model_sd) and not any(k.startswith("head.") for k in model_sd)
 
 
 def _natural(key: str):
@@ -304,10 +425,17 @@ def _natural(key: str):
 # ------------------------------------------------------------------------------------------------
 # Info
 # ------------------------------------------------------------------------------------------------
-def _arch_name(arch: ArchInfo) -> str | None:
+def _arch_name(arch: ArchInfo, detection: bool = False) -> str | None:
     """The public arch these shapes are (tiny, small, ..., *_cls; video: small = torchvision's
-    mvit_v2_s, base, large), from the reference's configs."""
-    from .reference import ARCH_SETTINGS, VIDEO_ARCH_SETTINGS
+    mvit_v2_s, base, large; detection: tiny ... huge), from the reference's configs."""
+    from .reference import ARCH_SETTINGS, DETECTION_ARCH_SETTINGS, VIDEO_ARCH_SETTINGS
+    if detection:
+        last_blocks = tuple(sum(arch.depths[:s + 1]) - 1 for s in range(len(arch.depths)))
+        for name, (embed_dim, depth, heads, lbi) in DETECTION_ARCH_SETTINGS.items():
+            if ((embed_dim, depth, heads, tuple(lbi), "attention")
+                    == (arch.embed_dim, arch.depth, arch.heads[0], last_blocks, arch.dim_change)):
+                return name
+        return None
     for name, cfg in (VIDEO_ARCH_SETTINGS if arch.video else ARCH_SETTINGS).items():
         dim_change = "attention" if cfg.dim_mul_in_attention else "mlp"
         if ((cfg.embed_dims, cfg.num_heads, tuple(cfg.depths), dim_change, cfg.with_cls_token)
@@ -321,21 +449,28 @@ def checkpoint_info(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
 
     The input size comes from the first block's relative-position tables (4 pixels a token).
     ``num_params`` leaves out a ``cls_token`` in the official and mmpretrain layouts, where the
-    model never uses it (``cls_token`` still says whether the key is there).
+    model never uses it (``cls_token`` still says whether the key is there). A detectron2
+    checkpoint describes its backbone (``model`` "detection backbone", ``out_features`` from its
+    ``scale*_norm`` layers, ``arch`` from ``DETECTION_ARCH_SETTINGS``); the detector's other keys
+    are listed in ``ignored_keys``.
     """
-    native, fmt, wrapper, notes = _read_native(source, strict=False)
+    native, fmt, wrapper, notes, ignored = _read_native(source, strict=False)
     arch = inspect_native(native)
     unused_cls = arch.cls_token and fmt in ("official", "mmpretrain")
+    detection = fmt == "detectron2"
     # The official in1k files (and mmcls conversions of them) carry a cls_token but are the plain
     # archs: mmpretrain has no class token at all, the official models run with CLS_EMBED_ON False.
-    name = _arch_name(ArchInfo(**{**arch.__dict__, "cls_token": False}) if unused_cls else arch)
+    name = _arch_name(ArchInfo(**{**arch.__dict__, "cls_token": False}) if unused_cls else arch, detection)
+    if unused_cls and name is None and _arch_name(arch) is not None:
+        # A class-token arch (the official in21k large_cls / huge_cls files): the token is used.
+        name, unused_cls = _arch_name(arch), False
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in native.values()})
     if arch.video and name == "small":
         name = "small (mvit_v2_s)"
     return {
         "format": fmt,
         "wrapper": wrapper,
-        "model": "video" if arch.video else "image",
+        "model": "detection backbone" if detection else "video" if arch.video else "image",
         "arch": name,
         "embed_dim": arch.embed_dim,
         "depth": arch.depth,
@@ -352,5 +487,8 @@ def checkpoint_info(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, 
         "num_tensors": len(native),
         "dtypes": dtypes,
         "extra_keys": arch.extra_keys,
+        "out_features": scale_norm_names(native) if detection else None,
+        "abs_pos": "pos_embed" in native,
+        "ignored_keys": ignored,
         "notes": notes,
     }

@@ -56,11 +56,23 @@ Video checkpoints (``fastmvit.MViTv2Video``; docs/checkpoints.md, "Video"):
   ``attn.pool_{q,k,v}.pool`` / ``.norm_act.0``, ``mlp.0`` / ``mlp.3``, the block's ``project``,
   ``head.1``; tables and norms under the native names. A plain state dict.
 
+Detection backbone checkpoints (``fastmvit.reference.MViTv2Backbone``; docs/checkpoints.md,
+"Detection"):
+
+- detectron2 (``detectron2/modeling/backbone/mvit.py`` ``MViT``, ``projects/MViTv2``): the
+  backbone's keys are the native block keys plus ``scale{2..5}_norm`` (one LayerNorm per output)
+  and ``pos_embed`` (``use_abs_pos`` only), no ``cls_token``, ``norm`` or ``head``. In a detector
+  checkpoint they sit under ``backbone.bottom_up.`` beside the FPN (``backbone.fpn_*``), the RPN
+  (``proposal_generator.*``), the ROI heads (``roi_heads.*``) and ``pixel_mean`` / ``pixel_std``,
+  wrapped as ``{"model": sd, ...}`` (torch files written by its Checkpointer, or the model zoo's
+  ``.pkl`` pickles of numpy arrays). Reading keeps the ``backbone.bottom_up.`` keys (renamed to the
+  native ones) and reports every other key as ignored. A bare backbone state dict (its
+  ``scale*_norm`` keys tell it) is the same layout without the prefix. Exported (``to=
+  "detectron2"``) as the detector layout: every key under ``backbone.bottom_up.``.
+
 Where a reading of the key lists might mislead: one might list mmpretrain's final norm as ``norm3`` only; it is
 ``norm{num_stages - 1}`` and other ``norm{s}`` may be present (see above). Its statement that the
 in1k ``.pyth`` files carry an unused ``cls_token`` is confirmed by facebookresearch/mvit#7.
-Detectron2 (``backbone.bottom_up.``) checkpoints are recognised and refused with a clear error:
-they are not a classifier.
 """
 from __future__ import annotations
 
@@ -70,12 +82,16 @@ from typing import Mapping, Sequence
 
 import torch
 
-FORMATS = ("native", "official", "mmpretrain", "timm", "torchvision")
+FORMATS = ("native", "official", "mmpretrain", "timm", "torchvision", "detectron2")
+# Layouts of the image classifier; a detection backbone converts to "native" and "detectron2" only.
+CLASSIFIER_FORMATS = ("official", "mmpretrain", "timm", "torchvision")
+DETECTRON2_PREFIX = "backbone.bottom_up."
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _TIMM_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
 _MM_NORM = re.compile(r"^norm(\d+)\.(weight|bias)$")
 _REL_POS = re.compile(r"^blocks\.\d+\.attn\.rel_pos_[hwt]$")
+_SCALE_NORM = re.compile(r"^scale(\d+)_norm\.(weight|bias)$")
 # torchvision's mvit_v2_s names, block-relative (the rest of a block's keys are the native ones).
 _TORCHVISION_BLOCK = (("attn.project.0.", "attn.proj."), ("mlp.0.", "mlp.fc1."), ("mlp.3.", "mlp.fc2."),
                       ("project.", "proj."),
@@ -111,10 +127,10 @@ def detect_format(state_dict: Mapping[str, torch.Tensor], wrapper: str | None = 
     keys = list(state_dict)
     if not keys:
         raise CheckpointError("unknown checkpoint format: the state dict is empty")
-    if any(k.startswith("backbone.bottom_up.") for k in keys):
-        raise CheckpointError(
-            "unsupported checkpoint format: detectron2 MViTv2 (keys 'backbone.bottom_up.*'); this is a "
-            "detection backbone, not the image classifier fastmvit loads")
+    if any(k.startswith(DETECTRON2_PREFIX) for k in keys):
+        return "detectron2"                              # a detector: the backbone under backbone.bottom_up.
+    if is_detection_backbone(state_dict) and any(_BLOCK.match(k) for k in keys):
+        return "detectron2"                              # a bare detectron2 backbone state dict
     if "conv_proj.weight" in state_dict or any(k.startswith("pos_encoding.") for k in keys):
         return "torchvision"
     if any(_TIMM_BLOCK.match(k) for k in keys):
@@ -124,8 +140,24 @@ def detect_format(state_dict: Mapping[str, torch.Tensor], wrapper: str | None = 
     if "patch_embed.proj.weight" in state_dict or any(_BLOCK.match(k) for k in keys):
         return "official" if wrapper == "model_state" else "native"
     raise CheckpointError(
-        f"unknown checkpoint format: no MViTv2 key layout (official, mmpretrain, timm) matches keys "
-        f"like {_sample(keys)}")
+        f"unknown checkpoint format: no MViTv2 key layout (official, mmpretrain, timm, torchvision, detectron2) "
+        f"matches keys like {_sample(keys)}")
+
+
+def is_detection_backbone(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a (native) state dict of the detection backbone: it has ``scale{s}_norm`` layers."""
+    return any(_SCALE_NORM.match(k) for k in state_dict)
+
+
+def is_scale_norm_key(key: str) -> bool:
+    """True for the detection backbone's per-output norms ``scale{s}_norm.{weight,bias}``."""
+    return bool(_SCALE_NORM.match(key))
+
+
+def scale_norm_names(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The outputs (``"scale2"`` ...) whose ``scale{s}_norm`` a native backbone state dict holds."""
+    found = {int(m.group(1)) for k in state_dict if (m := _SCALE_NORM.match(k))}
+    return [f"scale{s}" for s in sorted(found)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,7 +257,8 @@ def inspect_native(state_dict: Mapping[str, torch.Tensor]) -> ArchInfo:
     if blocks[0].rel_pos is not None:
         grid = ((blocks[0].rel_pos[0] + 1) // 2, (blocks[0].rel_pos[1] + 1) // 2)
     num_classes = shape("head.projection.weight")[0] if "head.projection.weight" in state_dict else None
-    known = re.compile(r"^(patch_embed\.proj\.|cls_token$|blocks\.\d+\.|norm\.|head\.projection\.)")
+    known = re.compile(r"^(patch_embed\.proj\.|cls_token$|pos_embed$|blocks\.\d+\.|norm\.|head\.projection\.|"
+                       r"scale\d+_norm\.)")
     video = is_video(state_dict)
     frames = None
     if video and "blocks.0.attn.rel_pos_t" in state_dict:
@@ -348,12 +381,47 @@ def _from_torchvision(sd):
     return out, []
 
 
-def to_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *, strict: bool = True):
+def _key_group(key: str) -> str:
+    """``roi_heads.*``, ``backbone.fpn_lateral2.*``, ``pixel_mean``: a key's module, for messages."""
+    parts = key.split(".")
+    depth = 2 if parts[0] == "backbone" else 1
+    return ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
+
+
+def _from_detectron2(sd, dropped: list | None):
+    """The backbone's keys of a detectron2 detector (``backbone.bottom_up.*``, prefix removed), or a
+    bare backbone state dict as it is; every other detector key is ignored (listed in ``dropped``)."""
+    if not any(k.startswith(DETECTRON2_PREFIX) for k in sd):
+        return dict(sd), []
+    out, ignored = {}, []
+    for k, v in sd.items():
+        if k.startswith(DETECTRON2_PREFIX):
+            out[k[len(DETECTRON2_PREFIX):]] = v
+        else:
+            ignored.append(k)
+    notes = []
+    if ignored:
+        groups = sorted({_key_group(k) for k in ignored})
+        notes.append(f"ignored {len(ignored)} detector key(s) outside the backbone ({DETECTRON2_PREFIX}*): "
+                     + ", ".join(groups[:_MAX_NOTE_GROUPS]) + (", ..." if len(groups) > _MAX_NOTE_GROUPS else ""))
+        if dropped is not None:
+            dropped.extend(ignored)
+    return out, notes
+
+
+_MAX_NOTE_GROUPS = 10
+
+
+def to_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *, strict: bool = True,
+              dropped: list | None = None):
     """Rename an unwrapped state dict of layout ``fmt`` to the native keys.
 
     Returns ``(native_state_dict, notes)``; notes are human-readable lines about anything dropped.
+    Keys left out on purpose (a detector's heads) are appended to ``dropped`` when it is given.
     Tensors are shared, not copied.
     """
+    if fmt == "detectron2":
+        return _from_detectron2(state_dict, dropped)
     if fmt in ("native", "official"):
         return _from_official(state_dict)
     if fmt == "mmpretrain":
@@ -375,11 +443,31 @@ def from_native(state_dict: Mapping[str, torch.Tensor], fmt: str, *,
     ``depths`` (blocks per stage) places the blocks in timm's stages and names mmpretrain's final
     norm; when None it is read from the state dict (``stage_depths``), which is right for every
     public arch. Pass the model's config depths for a custom arch whose heads do not change at
-    stage boundaries.
+    stage boundaries. A detection backbone (``scale*_norm`` keys) goes to ``"native"`` and
+    ``"detectron2"`` (its keys under ``backbone.bottom_up.``) only; ``"detectron2"`` refuses a
+    classifier's keys.
     """
-    if fmt in ("native", "official"):
-        return dict(state_dict)
     video = is_video(state_dict)
+    backbone = is_detection_backbone(state_dict)
+    if fmt == "detectron2":
+        if video:
+            raise CheckpointError("detectron2's MViT is an image (2-D) backbone: a video state dict cannot be "
+                                  "exported to the detectron2 layout")
+        classifier = sorted(k for k in state_dict if k.startswith(("head.", "norm.")) or k == "cls_token")
+        if classifier:
+            raise CheckpointError(f"the detectron2 layout holds the detection backbone, but this state dict has "
+                                  f"classifier keys ({_sample(classifier, 4)}): load it into "
+                                  f"fastmvit.reference.MViTv2Backbone (load_checkpoint drops them) and export "
+                                  f"the backbone's state dict")
+        return {DETECTRON2_PREFIX + k: v for k, v in state_dict.items()}
+    if fmt == "native":
+        return dict(state_dict)
+    if backbone and fmt in CLASSIFIER_FORMATS:
+        raise CheckpointError(f"a detection backbone state dict (detectron2's MViT: scale*_norm keys) cannot be "
+                              f"exported to the {fmt} layout, which holds the image classifier; use 'detectron2' "
+                              f"or 'native'")
+    if fmt == "official":
+        return dict(state_dict)
     if fmt == "torchvision":
         if not video:
             raise CheckpointError("torchvision's MViT is the video model: an image (2-D) state dict cannot be "

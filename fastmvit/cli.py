@@ -2,11 +2,13 @@
 
     fastmvit info CHECKPOINT [--json]
         layout detected, arch, input size the tables were made for, parameter count
-    fastmvit convert IN OUT --to {native,official,mmpretrain,timm} [--depths 1,2,5,2] [--no-strict]
+    fastmvit convert IN OUT --to {native,official,mmpretrain,timm,torchvision,detectron2}
+                     [--depths 1,2,5,2] [--no-strict]
         rewrite a checkpoint in another framework's layout (OUT ending in .safetensors writes
         safetensors, anything else a torch file wrapped as that framework writes it)
 
-Both read any public MViTv2 layout (official .pyth, mmpretrain/mmcls, timm, native), never
+Both read any public MViTv2 layout (official .pyth, mmpretrain/mmcls, timm, native, torchvision's
+video model, detectron2's detection backbone: detector checkpoints and model-zoo .pkl files), never
 executing pickled code. Exit status: 0 on success, 2 for a usage error or a checkpoint that cannot
 be read, recognised or converted (the message says why).
 """
@@ -59,6 +61,7 @@ def _format_info(path: str, info: dict) -> str:
         ("checkpoint", path),
         ("format", info["format"] + (f" (wrapped in {info['wrapper']!r})" if info["wrapper"] else "")),
         ("model", info["model"] + (f", {info['num_frames']} frames" if info.get("num_frames") else "")),
+        *((("outputs", ", ".join(info["out_features"]) or "none"),) if info.get("out_features") is not None else ()),
         ("arch", info["arch"] or "custom"),
         ("embed dim", info["embed_dim"]),
         ("blocks", f"{info['depth']} ({'-'.join(map(str, info['depths']))} per stage)"),
@@ -72,6 +75,8 @@ def _format_info(path: str, info: dict) -> str:
     ]
     if info["extra_keys"]:
         rows.append(("other keys", ", ".join(info["extra_keys"][:8])))
+    if info.get("ignored_keys"):
+        rows.append(("ignored keys", f"{len(info['ignored_keys'])} (the detector outside its backbone)"))
     for note in info["notes"]:
         rows.append(("note", note))
     width = max(len(k) for k, _ in rows)

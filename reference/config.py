@@ -23,8 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar, Sequence
 
-__all__ = ["ARCHS", "ARCH_SETTINGS", "BlockSpec", "MViTv2Config", "MViTv2VideoConfig", "VIDEO_ARCH_SETTINGS",
-           "as_axes", "block_specs", "conv_out_size", "get_config", "get_video_config", "patch_grid",
+__all__ = ["ARCHS", "ARCH_SETTINGS", "BackboneBlockSpec", "BackboneStageSpec", "BlockSpec",
+           "DETECTION_ARCH_SETTINGS", "DETECTION_DEFAULTS", "MViTv2Config", "MViTv2VideoConfig",
+           "VIDEO_ARCH_SETTINGS", "as_axes", "backbone_block_specs", "backbone_stage_specs", "block_specs",
+           "conv_out_size", "get_config", "get_detection_arch", "get_video_config", "patch_grid",
            "rel_pos_length", "round_width", "video_rel_pos_lengths"]
 
 
@@ -336,3 +338,175 @@ def video_rel_pos_lengths(input_size: Sequence[int], stride_q: Sequence[int],
     side = max(h, w)
     spatial = rel_pos_length(side // stride_q[1], side // stride_kv[1])
     return 2 * t - 1, spatial, spatial
+
+
+# ------------------------------------------------------------------------------------------------
+# The detection backbone (detectron2's MViT; docs/design.md, "The detection backbone")
+# ------------------------------------------------------------------------------------------------
+# arch: (embed_dim, depth, num_heads, last_block_indexes), as in detectron2's projects/MViTv2
+# configs (mask_rcnn_mvitv2_t_3x, cascade_mask_rcnn_mvitv2_{s,b}_3x, *_l_in21k_lsj_50ep,
+# *_h_in21k_lsj_3x). The blocks are the classifier's of the same name (tiny: 1, 2, 5, 2 per stage);
+# large and huge are the class-token ImageNet-21k models (dim change in attention).
+DETECTION_ARCH_SETTINGS: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
+    "tiny": (96, 10, 1, (0, 2, 7, 9)),
+    "small": (96, 16, 1, (0, 2, 13, 15)),
+    "base": (96, 24, 1, (1, 4, 20, 23)),
+    "large": (144, 48, 2, (1, 7, 43, 47)),
+    "huge": (192, 80, 3, (3, 11, 71, 79)),
+}
+# detectron2's MViT(...) keyword defaults, used where neither an arch nor a value is given.
+DETECTION_DEFAULTS: tuple[int, int, int, tuple[int, ...]] = (96, 16, 1, (0, 2, 11, 15))
+
+
+def get_detection_arch(arch: str) -> tuple[int, int, int, tuple[int, ...]]:
+    """(embed_dim, depth, num_heads, last_block_indexes) of a detection arch name (``"tiny"``,
+    ``"mvitv2_tiny"``, ...). Raises ``ValueError`` for an unknown name."""
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a detection arch name or None, got {type(arch).__name__}")
+    name = arch.lower().removeprefix("mvitv2_").removeprefix("mvitv2-")
+    if name not in DETECTION_ARCH_SETTINGS:
+        raise ValueError(f"unknown MViTv2 detection arch {arch!r}; choose one of {sorted(DETECTION_ARCH_SETTINGS)} "
+                         f"or give embed_dim, depth, num_heads and last_block_indexes")
+    return DETECTION_ARCH_SETTINGS[name]
+
+
+@dataclass(frozen=True)
+class BackboneBlockSpec(BlockSpec):
+    """One block of the detection backbone's plan: a ``BlockSpec`` (so ``MultiScaleBlock`` builds
+    it) plus the windows.
+
+    window: the block's window size on its input map (detectron2's ``window_size``), 0 for a
+    global block; q_window = window // stride_q, kv_window = window // stride_kv: the window sides
+    on the pooled q map and on the pooled k, v maps (0: global attention). table_side: the input
+    side detectron2 sizes the tables from (``img_size // patch_stride``, floor-halved after each
+    stage's first block): rel_pos_len = 2 * max(table_side // sq, table_side // skv) - 1 per axis.
+    out_name: ``"scale{stage + 2}"`` on a stage's last block (where detectron2 takes an output),
+    else None. ``dim_change`` is "attention" on every stage's first block after the first.
+    """
+    window: int
+    q_window: int
+    kv_window: int
+    table_side: tuple[int, int]
+    out_name: str | None
+
+
+@dataclass(frozen=True)
+class BackboneStageSpec:
+    """One output of the detection backbone: ``name`` (``"scale2"`` .. ``"scale5"``), the index of
+    the stage's last block, its ``channels`` and ``stride`` (pixels per token: 4, 8, 16, 32)."""
+    name: str
+    last_block: int
+    channels: int
+    stride: int
+
+
+def _check_last_block_indexes(depth: int, last_block_indexes: Sequence[int]) -> tuple[int, ...]:
+    lbi = tuple(int(i) for i in last_block_indexes)
+    if len(lbi) < 3:
+        raise ValueError(f"last_block_indexes needs at least 3 stages (detectron2 reads entries 1 and 2), got {lbi}")
+    if any(b <= a for a, b in zip(lbi, lbi[1:])) or lbi[0] < 0:
+        raise ValueError(f"last_block_indexes must be increasing block indexes, got {lbi}")
+    if lbi[-1] != depth - 1:
+        raise ValueError(f"last_block_indexes must end at the last block (depth - 1 = {depth - 1}), got {lbi}")
+    return lbi
+
+
+def backbone_stage_specs(embed_dim: int, last_block_indexes: Sequence[int],
+                         patch_stride: int | Sequence[int] = 4) -> list[BackboneStageSpec]:
+    """The backbone's outputs, one per stage, as detectron2 records them
+    (``_out_feature_channels`` / ``_out_feature_strides``): channels double and the stride
+    doubles from ``patch_stride[0]`` at each stage."""
+    lbi = tuple(int(i) for i in last_block_indexes)
+    stride = as_axes(patch_stride, 2, "patch_stride")[0]
+    return [BackboneStageSpec(f"scale{s + 2}", last, embed_dim * 2 ** s, stride * 2 ** s)
+            for s, last in enumerate(lbi)]
+
+
+def backbone_block_specs(embed_dim: int = 96, depth: int = 16, num_heads: int = 1,
+                         last_block_indexes: Sequence[int] = (0, 2, 11, 15), *,
+                         img_size: int | Sequence[int] = 224, patch_kernel: int | Sequence[int] = (7, 7),
+                         patch_stride: int | Sequence[int] = (4, 4), patch_padding: int | Sequence[int] = (3, 3),
+                         qkv_pool_kernel: int | Sequence[int] = (3, 3), adaptive_kv_stride: int = 4,
+                         adaptive_window_size: int = 56, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
+                         use_rel_pos: bool = True) -> list[BackboneBlockSpec]:
+    """The per-block plan of detectron2's MViT backbone, exactly as its ``MViT.__init__`` loop
+    computes it (defaults: detectron2's keyword defaults).
+
+    For block i, with lbi = last_block_indexes:
+
+    - q stride 2 where i - 1 is in lbi (the first block of stages 3, 4, 5), else 1;
+    - the key/value stride starts at ``adaptive_kv_stride``; block lbi[1] and block lbi[2] use
+      twice the running value; after each stage's last block the running value halves (floor,
+      minimum 1), and channels and heads double (the width changes in the attention of the next
+      block, the next stage's first);
+    - the window starts at ``adaptive_window_size``; the blocks lbi[1:] are global (window 0);
+      the window halves (floor) after each block i with i - 1 in lbi (a stage's first block after
+      the first stage), so a stage's first, q-strided block still uses the previous size;
+    - the tables' side starts at ``img_size // patch_stride`` and halves (floor) with the window;
+    - stochastic depth ``torch.linspace(0, drop_path_rate, depth)`` (float32 values).
+
+    ``input_size`` / ``q_size`` / ``kv_size`` are the real token grids at ``img_size`` (the
+    convolution arithmetic); the tables follow detectron2's floor-halved ``table_side`` instead.
+    Raises ``ValueError`` for a plan detectron2 could not build: heads that do not divide the
+    width, bad ``last_block_indexes``, a window smaller than a block's stride, or (with
+    ``use_rel_pos``) a non-square token grid at ``img_size`` (detectron2 asserts a square one).
+    """
+    import torch  # detectron2 draws the rates with torch.linspace: the same float32 values
+
+    depth, embed_dim, num_heads = int(depth), int(embed_dim), int(num_heads)
+    if depth < 1 or embed_dim < 1 or num_heads < 1:
+        raise ValueError(f"embed_dim ({embed_dim}), depth ({depth}) and num_heads ({num_heads}) must be positive")
+    if embed_dim % num_heads:
+        raise ValueError(f"num_heads ({num_heads}) do not divide embed_dim ({embed_dim})")
+    lbi = _check_last_block_indexes(depth, last_block_indexes)
+    if adaptive_kv_stride < 1 or adaptive_window_size < 0:
+        raise ValueError(f"adaptive_kv_stride must be >= 1 and adaptive_window_size >= 0, got "
+                         f"{adaptive_kv_stride}, {adaptive_window_size}")
+    img = as_axes(img_size, 2, "img_size")
+    kernel_p, stride_p, pad_p = (as_axes(v, 2, name) for v, name in (
+        (patch_kernel, "patch_kernel"), (patch_stride, "patch_stride"), (patch_padding, "patch_padding")))
+    pool_kernel = as_axes(qkv_pool_kernel, 2, "qkv_pool_kernel")
+    if min(pool_kernel) < 1 or any(k % 2 == 0 for k in pool_kernel):
+        raise ValueError(f"qkv_pool_kernel must be 2 odd positive sizes, got {pool_kernel}")
+    if min(stride_p) < 1 or any(s < st for s, st in zip(img, stride_p)):
+        raise ValueError(f"img_size {img} is smaller than the patch stride {stride_p}")
+    table_side = tuple(s // st for s, st in zip(img, stride_p))
+    if use_rel_pos and table_side[0] != table_side[1]:
+        raise ValueError(f"relative positions need a square token grid at img_size (detectron2 asserts it): "
+                         f"img_size {img} with patch stride {stride_p} gives {table_side[0]}x{table_side[1]}; "
+                         f"give a square img_size (any input size runs: the tables are resized)")
+    grid = tuple(conv_out_size(s, k, st, p) for s, k, st, p in zip(img, kernel_p, stride_p, pad_p))
+    pad = tuple(k // 2 for k in pool_kernel)
+    dpr = [float(r) for r in torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()]
+
+    specs: list[BackboneBlockSpec] = []
+    dim, dim_out, heads = embed_dim, embed_dim, num_heads
+    stride_kv, window, stage = adaptive_kv_stride, adaptive_window_size, 0
+    for i in range(depth):
+        skv = stride_kv * 2 if i in (lbi[1], lbi[2]) else stride_kv
+        sq = 2 if i - 1 in lbi else 1
+        win = 0 if i in lbi[1:] else window
+        q_win, kv_win = (win // sq, win // skv) if win else (0, 0)
+        if win and (q_win < 1 or kv_win < 1):
+            raise ValueError(f"block {i}: window {win} is smaller than its strides (q {sq}, kv {skv}); "
+                             f"raise adaptive_window_size")
+        q_size = tuple(conv_out_size(a, k, sq, p) for a, k, p in zip(grid, pool_kernel, pad))
+        kv_size = tuple(conv_out_size(a, k, skv, p) for a, k, p in zip(grid, pool_kernel, pad))
+        rel_len = tuple(rel_pos_length(s // sq, s // skv) for s in table_side)
+        specs.append(BackboneBlockSpec(
+            index=i, stage=stage, dim=dim, dim_out=dim_out, dim_att=dim_out,
+            mlp_hidden=int(dim_out * mlp_ratio), num_heads=heads, head_dim=dim_out // heads,
+            stride_q=(sq, sq), stride_kv=(skv, skv), pool_kernel=pool_kernel, input_size=grid,
+            q_size=q_size, kv_size=kv_size, rel_pos_len=rel_len,
+            dim_change="attention" if dim != dim_out else None, drop_path=dpr[i],
+            window=win, q_window=q_win, kv_window=kv_win, table_side=table_side,
+            out_name=f"scale{stage + 2}" if i in lbi else None))
+        dim, grid = dim_out, q_size
+        if i in lbi:
+            dim_out, heads = dim_out * 2, heads * 2
+            stride_kv = max(stride_kv // 2, 1)
+            stage += 1
+        if i - 1 in lbi:
+            window = window // 2
+            table_side = tuple(s // 2 for s in table_side)
+    return specs

@@ -3,9 +3,10 @@
 Module-level functions hold the math the optimized model and its tests reuse: pooling a tensor of
 tokens (``pool_tokens``), the relative-position index (``rel_pos_index``), the table resize
 (``resize_rel_pos``), the decomposed relative-position bias (``add_decomposed_rel_pos``), and the
-whole attention core (``pooling_attention``). The modules (``PatchEmbed``, ``Mlp``,
-``MultiScaleAttention``, ``MultiScaleBlock``) create their parameters in ``__init__`` under the
-official key names, so a subclass can override ``forward`` alone.
+whole attention core (``pooling_attention``; ``window_attention`` for the detection backbone's
+windows). The modules (``PatchEmbed``, ``Mlp``, ``MultiScaleAttention``, ``MultiScaleBlock``)
+create their parameters in ``__init__`` under the official key names, so a subclass can override
+``forward`` alone.
 
 Notation: B batch, n heads, N tokens (1 + H*W with a class token, else H*W), hd head dim,
 ``sp`` = 1 with a class token else 0 (where the grid tokens start).
@@ -23,7 +24,8 @@ from .config import BlockSpec, rel_pos_length
 
 __all__ = ["DropPath", "Mlp", "MultiScaleAttention", "MultiScaleBlock", "PatchEmbed",
            "add_decomposed_rel_pos", "drop_path", "drop_path_mask", "get_rel_pos", "pool_tokens", "pooling_attention",
-           "rel_pos_index", "resize_rel_pos"]
+           "rel_pos_index", "resize_rel_pos", "window_attention", "window_grid", "window_partition",
+           "window_unpartition"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,6 +178,90 @@ def pooling_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_shape
     return out
 
 
+def _window_pair(window: int | Sequence[int], name: str) -> tuple[int, int]:
+    win = (int(window), int(window)) if isinstance(window, int) else tuple(int(w) for w in window)
+    if len(win) != 2 or min(win) < 1:
+        raise ValueError(f"{name} must be a positive int or (h, w), got {window!r}")
+    return win
+
+
+def window_grid(grid: Sequence[int], window: int | Sequence[int]) -> tuple[int, int]:
+    """Windows along (h, w) of a ``grid`` map cut into ``window`` windows, the last ones padded:
+    ``(ceil(H / wh), ceil(W / ww))``."""
+    wh, ww = _window_pair(window, "window")
+    return -(-grid[0] // wh), -(-grid[1] // ww)
+
+
+def window_partition(x: torch.Tensor, grid: Sequence[int], window: int | Sequence[int]) -> torch.Tensor:
+    """Cut per-head tokens of a map into windows, zero-padding the map at the bottom and right.
+
+    x: (B, n, H*W, C) on the (H, W) ``grid``; window: an int (square) or (wh, ww). The map is
+    padded with zeros to (nh * wh, nw * ww), ``(nh, nw) = window_grid(grid, window)``, and cut.
+    Returns (B * nh * nw, n, wh * ww, C): windows batch-major, then row-major over the map
+    (detectron2's order), tokens row-major inside a window.
+    """
+    B, n, N, C = x.shape
+    H, W = grid
+    if N != H * W:
+        raise ValueError(f"window_partition: {N} tokens do not fit the grid {H}x{W}")
+    wh, ww = _window_pair(window, "window")
+    nh, nw = window_grid(grid, (wh, ww))
+    x = x.reshape(B, n, H, W, C)
+    x = F.pad(x, (0, 0, 0, nw * ww - W, 0, nh * wh - H))                     # (B, n, Hp, Wp, C), zeros
+    x = x.reshape(B, n, nh, wh, nw, ww, C).permute(0, 2, 4, 1, 3, 5, 6)      # (B, nh, nw, n, wh, ww, C)
+    return x.reshape(B * nh * nw, n, wh * ww, C)
+
+
+def window_unpartition(windows: torch.Tensor, grid: Sequence[int], window: int | Sequence[int]) -> torch.Tensor:
+    """Inverse of ``window_partition``: (B * nh * nw, n, wh * ww, C) windows -> (B, n, H*W, C)
+    tokens of the (H, W) ``grid`` map, the padded rows dropped."""
+    H, W = grid
+    wh, ww = _window_pair(window, "window")
+    nh, nw = window_grid(grid, (wh, ww))
+    Bw, n, _, C = windows.shape
+    B = Bw // (nh * nw)
+    x = windows.reshape(B, nh, nw, n, wh, ww, C).permute(0, 3, 1, 4, 2, 5, 6)  # (B, n, nh, wh, nw, ww, C)
+    x = x.reshape(B, n, nh * wh, nw * ww, C)[:, :, :H, :W]                      # (B, n, H, W, C)
+    return x.reshape(B, n, H * W, C)
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_shape: Sequence[int],
+                     k_shape: Sequence[int], q_window: int | Sequence[int], kv_window: int | Sequence[int],
+                     rel_pos_h: torch.Tensor | None, rel_pos_w: torch.Tensor | None,
+                     residual_pooling: bool) -> torch.Tensor:
+    """Window attention of the detection backbone (detectron2's ``MultiScaleAttention`` with a
+    window size; docs/design.md, "The detection backbone") -> (B, n, Nq, hd).
+
+    q: (B, n, Nq, hd) pooled, normed queries on the ``q_shape`` (qh, qw) map; k, v:
+    (B, n, Nk, hd) on ``k_shape`` (kh, kw); no class token. q is cut into ``q_window`` windows and
+    k, v into ``kv_window`` windows (ints or (h, w)), each map zero-padded at the bottom and right
+    to a multiple of its window (``window_partition``); window j of q attends to window j of k, v
+    (``pooling_attention`` per window, relative positions window-local: the q and k grids are the
+    window sides, the tables resized to ``2 * max - 1`` where their length differs). Padded keys
+    are NOT masked: they enter the softmax with logit 0 + their relative-position bias, and value
+    0, as detectron2 computes. The padded q rows are dropped, then the residual adds the pooled
+    (un-windowed) q when ``residual_pooling``. Raises ``ValueError`` when the q and the k maps
+    give a different number of windows.
+    """
+    wq, wk = _window_pair(q_window, "q_window"), _window_pair(kv_window, "kv_window")
+    q_shape, k_shape = tuple(q_shape), tuple(k_shape)
+    if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"window_attention expects q (B, n, Nq, hd) and k, v (B, n, Nk, hd), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    nq, nk = window_grid(q_shape, wq), window_grid(k_shape, wk)
+    if nq != nk:
+        raise ValueError(f"window_attention: the q map {q_shape[0]}x{q_shape[1]} in {wq[0]}x{wq[1]} windows gives "
+                         f"{nq[0]}x{nq[1]} windows but the k map {k_shape[0]}x{k_shape[1]} in {wk[0]}x{wk[1]} "
+                         f"windows gives {nk[0]}x{nk[1]}: the windows do not pair up")
+    q_win = window_partition(q, q_shape, wq)                          # (B * nW, n, wqh * wqw, hd)
+    k_win = window_partition(k, k_shape, wk)                          # (B * nW, n, wkh * wkw, hd)
+    v_win = window_partition(v, k_shape, wk)
+    out = pooling_attention(q_win, k_win, v_win, wq, wk, rel_pos_h, rel_pos_w,
+                            has_cls_token=False, residual_pooling=False)   # (B * nW, n, wqh * wqw, hd)
+    out = window_unpartition(out, q_shape, wq)                        # (B, n, Nq, hd)
+    return out + q if residual_pooling else out
+
+
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth: zero whole samples with probability ``p``, scale the rest by 1 / (1 - p)."""
     if p == 0.0 or not training:
@@ -324,7 +410,8 @@ class MultiScaleBlock(nn.Module):
     Parameters (official names): ``norm1`` LayerNorm(dim), ``attn``, ``norm2`` LayerNorm(dim_att),
     ``mlp`` (fc1, fc2), ``proj`` Linear(dim, dim_out) on dim-change blocks only. The shortcut is
     max-pooled (kernel s + 1, stride s, padding (s + 1) // 2; the class token bypasses it) where
-    q is strided. ``attention_cls`` is the hook a subclass overrides to swap the attention.
+    q is strided. ``attention_cls`` is the hook a subclass overrides to swap the attention, and
+    ``attention_kwargs(spec)`` the extra keyword arguments it is built with.
     """
     attention_cls = MultiScaleAttention
 
@@ -341,7 +428,7 @@ class MultiScaleBlock(nn.Module):
             spec.dim, spec.dim_att, spec.num_heads, pool_kernel=spec.pool_kernel, stride_q=spec.stride_q,
             stride_kv=spec.stride_kv, rel_pos_len=spec.rel_pos_len if rel_pos_spatial else None,
             has_cls_token=has_cls_token, residual_pooling=residual_pooling, qkv_bias=qkv_bias,
-            norm_eps=norm_eps, rel_pos_zero_init=rel_pos_zero_init)
+            norm_eps=norm_eps, rel_pos_zero_init=rel_pos_zero_init, **self.attention_kwargs(spec))
         self.drop_path = DropPath(spec.drop_path) if spec.drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(spec.dim_att, eps=norm_eps)
         self.mlp = Mlp(spec.dim_att, spec.mlp_hidden, spec.dim_out)
@@ -353,6 +440,11 @@ class MultiScaleBlock(nn.Module):
             self.pool_skip = pool_cls(kernel, spec.stride_q, tuple(k // 2 for k in kernel))
         else:
             self.pool_skip = None
+
+    def attention_kwargs(self, spec: BlockSpec) -> dict:
+        """Extra keyword arguments for ``attention_cls`` (the hook a subclass overrides to pass
+        what its attention needs, e.g. the detection backbone's windows); none here."""
+        return {}
 
     def forward(self, x: torch.Tensor, hw_shape: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int]]:
         """x: (B, N, dim) on the (H, W) grid -> (B, N', dim_out) on the q grid (H', W')."""

@@ -241,8 +241,8 @@ def test_unknown_and_foreign_formats():
         convert_state_dict({})
     with pytest.raises(CheckpointError, match="not tensors"):
         convert_state_dict({"patch_embed.proj.weight": [1, 2]})
-    with pytest.raises(CheckpointError, match="detectron2"):
-        convert_state_dict({"backbone.bottom_up.patch_embed.proj.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="detectron2 MViTv2 detection backbone .* cannot be converted to the timm"):
+        convert_state_dict({"backbone.bottom_up.patch_embed.proj.weight": torch.zeros(1)}, to="timm")
     with pytest.raises(CheckpointError, match="absolute position embedding"):
         convert_state_dict({"conv_proj.weight": torch.zeros(1), "pos_encoding.spatial_pos": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="unknown target format 'onnx'"):
