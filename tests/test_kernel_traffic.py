@@ -70,6 +70,27 @@ def test_pool_attention_statements(q_size, k_size, sp, rel, dtype, one_pass, mon
     assert len(launches) == (3 if not rel else 4 if one_pass else 5)
 
 
+WINDOW_CASES = [
+    # (q map, k map, q window, kv window, dtype): padding on both axes of both maps
+    ((9, 11), (5, 6), (4, 4), (2, 2), torch.bfloat16),
+    ((5, 10), (3, 5), (3, 4), (2, 2), torch.float32),
+]
+
+
+@pytest.mark.parametrize("q_size,k_size,wq,wk,dtype", WINDOW_CASES)
+def test_pool_attention_window_statements(q_size, k_size, wq, wk, dtype):
+    """Windows: each map row is read once per launch, the padding never (detection backbone)."""
+    q, k, v, _ = _attention_inputs(q_size, k_size, 0, False, dtype)
+    th, tw = (torch.randn(rel_pos_length(a, b), q.shape[-1], dtype=dtype) for a, b in zip(wq, wk))
+    scale = q.shape[-1] ** -0.5
+    window = (*wq, *wk)
+    _agree(attn_impl.forward, q, k, v, th, tw, q_size, k_size, 0, True, scale, autotune=False, window=window)
+    out, lse = attn_impl.forward(q, k, v, th, tw, q_size, k_size, 0, True, scale, autotune=False, window=window)
+    launches = _agree(attn_impl.backward, torch.randn_like(out), q, k, v, th, tw, lse, q_size, k_size, 0, True,
+                      scale, autotune=False, window=window)
+    assert len(launches) == 4
+
+
 def test_a_planted_wrong_statement_fails(monkeypatch):
     """A statement 3% high on one launch's reads is caught, and named."""
     q, k, v, (th, tw) = _attention_inputs((5, 7), (3, 4), 1, True, torch.bfloat16)

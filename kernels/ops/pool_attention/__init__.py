@@ -1,7 +1,8 @@
 """Fused pooling attention with decomposed relative positions (MViTv2), forward and backward.
 
     out = pool_attention(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size,
-                         has_cls_token=False, residual_pooling=True, scale=None)
+                         has_cls_token=False, residual_pooling=True, scale=None,
+                         rel_pos_t=None, window=None)
 
 q (B, H, Nq, D), Nq = qh*qw (+1 class token); k, v (B, H, Nk, D), Nk = kh*kw (+1); tables
 (2*max(qh, kh) - 1, D) and (2*max(qw, kw) - 1, D) or both None. Returns (B, H, Nq, D) in q's
@@ -66,6 +67,20 @@ Traffic: every launch states the distinct bytes it reads and writes (`triton_imp
 checked against the interpreter's loads and stores by tests/test_kernel_traffic.py); the cost
 model counts the op by them.
 
+Windows (detectron2's detection backbone, docs/design.md section 9): ``window=(q_window,
+kv_window)`` (each an int or (height, width)) cuts the (h, w) maps q_size and k_size into windows,
+and each window's queries attend only to its window's keys. No partition copy: a program owns a
+(batch x head, window) pair and a tile of the window's rows, and turns window-local rows into rows
+of the maps by index math. The maps are zero-padded at the bottom and right to whole windows, as
+detectron2 does, and the padding is not masked: a padded key reads zeros, so its logit is 0 plus
+the rel bias, and it stays in the softmax with value 0; padded query rows are neither read nor
+written. The rel-pos index maps are over the windows' sides (positions are window-local), so
+the tables have 2 * max(q window, kv window) - 1 rows; the residual adds the query row's own
+pooled q. The backward walks the same windows; the padded keys' ds feeds drel (they carry the
+bias), their dk / dv are dropped; the table gradients' cells are window-local coordinates, each
+covering the map rows at that offset in every window. Windows need 2-D grids, no class token, and
+the same number of windows on both maps.
+
 Precision: the bias is expanded as bf16 hi + lo parts (16-bit mantissa) so half-precision inputs
 lose nothing to it; float32 inputs use IEEE float32 matmuls (no TF32) throughout.
 """
@@ -81,10 +96,10 @@ from torch import Tensor
 from ...args import MAX_HEAD_DIM
 from ...backend import require_triton_runnable, resolve_backend
 from . import op as _op  # noqa: F401  (registers the custom ops)
-from .torch_impl import pool_attention_torch, rel_pos_index
+from .torch_impl import pool_attention_torch, pool_attention_window_torch, rel_pos_index
 
-__all__ = ["check_inputs", "check_tables", "pool_attention", "pool_attention_torch", "rel_pos_index",
-           "require_triton_attention"]
+__all__ = ["check_inputs", "check_tables", "check_window", "pool_attention", "pool_attention_torch",
+           "pool_attention_window_torch", "rel_pos_index", "require_triton_attention"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: torch backend only
 
@@ -101,12 +116,47 @@ def _grid(size: Sequence[int], name: str) -> tuple[int, ...]:
     return grid
 
 
+def _window_side(side, name: str) -> tuple[int, int]:
+    """A window side given as an int or (height, width), as a positive (height, width)."""
+    try:
+        pair = (int(side), int(side)) if isinstance(side, int) else tuple(int(s) for s in side)
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"pool_attention: {name} must be a positive int or (height, width), got {side!r}")
+    return pair
+
+
+def check_window(window, q_size: tuple[int, ...], k_size: tuple[int, ...],
+                 has_cls_token: bool) -> Optional[tuple[int, int, int, int]]:
+    """Validate ``window`` = (q_window, kv_window) for the maps q_size and k_size; return
+    (wqh, wqw, wkh, wkw), or None without windows. Windows need (h, w) grids, no class token, and
+    the same number of windows on both maps (each map padded at the bottom and right to whole
+    windows)."""
+    if window is None:
+        return None
+    if isinstance(window, (str, bytes)) or not hasattr(window, "__len__") or len(window) != 2:
+        raise ValueError(f"pool_attention: window must be (q_window, kv_window), got {window!r}")
+    wq, wk = _window_side(window[0], "the q window"), _window_side(window[1], "the kv window")
+    if len(q_size) != 2:
+        raise ValueError(f"pool_attention: windows need (height, width) grids, got q_size {q_size}")
+    if has_cls_token:
+        raise ValueError("pool_attention: windows take no class token (detectron2's backbone has none)")
+    n_q = tuple(-(-s // w) for s, w in zip(q_size, wq))
+    n_k = tuple(-(-s // w) for s, w in zip(k_size, wk))
+    if n_q != n_k:
+        raise ValueError(f"pool_attention: the q map {q_size} in {wq} windows gives {n_q[0]}x{n_q[1]} windows "
+                         f"but the k map {k_size} in {wk} windows gives {n_k[0]}x{n_k[1]}")
+    return (*wq, *wk)
+
+
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, rel_pos_h: Optional[Tensor], rel_pos_w: Optional[Tensor],
                  q_size: Sequence[int], k_size: Sequence[int], has_cls_token: bool,
-                 rel_pos_t: Optional[Tensor] = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validate the op's arguments; return (q_size, k_size) as int tuples (2 or 3 each, the same
-    number). Raises a TypeError for a dtype fault and a ValueError for any other (rank, B/heads/D
-    mismatch, token count vs grid, table length, device), naming the problem, as every op does."""
+                 rel_pos_t: Optional[Tensor] = None, window=None):
+    """Validate the op's arguments; return (q_size, k_size, window): the grids as int tuples (2 or
+    3 each, the same number) and the window as ``check_window`` gives it. Raises a TypeError for a
+    dtype fault and a ValueError for any other (rank, B/heads/D mismatch, token count vs grid,
+    table length, window, device), naming the problem, as every op does."""
     q_grid, k_grid = _grid(q_size, "q_size"), _grid(k_size, "k_size")
     if len(q_grid) != len(k_grid):
         raise ValueError(f"pool_attention: q_size {q_grid} and k_size {k_grid} have different numbers of axes")
@@ -135,8 +185,10 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, rel_pos_h: Optional[Tensor], r
     if k.shape[2] != sp + math.prod(k_grid):
         raise ValueError(f"pool_attention: k/v have {k.shape[2]} tokens but k_size {k_grid} with "
                          f"has_cls_token={bool(has_cls_token)} needs {sp + math.prod(k_grid)}")
-    check_tables(rel_pos_h, rel_pos_w, q_grid, k_grid, D, q.dtype, q.device, rel_pos_t)
-    return q_grid, k_grid
+    win = check_window(window, q_grid, k_grid, has_cls_token)
+    rel_q, rel_k = (q_grid, k_grid) if win is None else (win[:2], win[2:])     # windows: window-local positions
+    check_tables(rel_pos_h, rel_pos_w, rel_q, rel_k, D, q.dtype, q.device, rel_pos_t)
+    return q_grid, k_grid, win
 
 
 def check_tables(rel_pos_h: Optional[Tensor], rel_pos_w: Optional[Tensor], q_size: Sequence[int],
@@ -189,25 +241,31 @@ def pool_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor],
                    q_size: Sequence[int], k_size: Sequence[int], *, rel_pos_t: Optional[torch.Tensor] = None,
                    has_cls_token: bool = False, residual_pooling: bool = True,
-                   scale: Optional[float] = None) -> torch.Tensor:
+                   scale: Optional[float] = None, window=None) -> torch.Tensor:
     """MViTv2 pooling attention: softmax(scale q k^T + rel_h + rel_w (+ rel_t)) v (+ q on spatial rows).
 
     q: (B, H, Nq, D); k, v: (B, H, Nk, D); rel_pos_h: (2*max(qh, kh) - 1, D) and rel_pos_w:
     (2*max(qw, kw) - 1, D), or both None. q_size = (qh, qw), k_size = (kh, kw); Nq = qh*qw and
     Nk = kh*kw, +1 each with a class token (token 0: no rel-pos, no residual). Video:
     q_size = (qt, qh, qw), k_size = (kt, kh, kw) and rel_pos_t (2*max(qt, kt) - 1, D) as well.
-    scale defaults to D ** -0.5. Returns (B, H, Nq, D) in q's dtype, a view of a (B, Nq, H, D)
-    contiguous buffer. Differentiable in q, k, v and every table."""
-    q_size, k_size = check_inputs(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, rel_pos_t)
+    scale defaults to D ** -0.5. window = (q_window, kv_window), each an int or (height, width):
+    attention within windows of the (h, w) maps (module docstring, "Windows"); the tables then fit
+    the windows' sides. Returns (B, H, Nq, D) in q's dtype, a view of a (B, Nq, H, D) contiguous
+    buffer. Differentiable in q, k, v and every table."""
+    q_size, k_size, window = check_inputs(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, has_cls_token, rel_pos_t,
+                                          window)
     D = q.shape[-1]
     scale = float(D ** -0.5 if scale is None else scale)
     if _resolve_backend(q.device.type) == "torch":
         tables = None if rel_pos_h is None else (rel_pos_h, rel_pos_w) if rel_pos_t is None else \
             (rel_pos_t, rel_pos_h, rel_pos_w)
+        if window is not None:
+            return pool_attention_window_torch(q, k, v, tables, q_size, k_size, window, residual_pooling, scale)
         return pool_attention_torch(q, k, v, tables, q_size, k_size, has_cls_token, residual_pooling, scale)
     require_triton_attention(q.dtype, D, q.device)
     out, _ = torch.ops.fastmvit.pool_attention(q, k, v, rel_pos_h, rel_pos_w, list(q_size), list(k_size),
-                                               bool(has_cls_token), bool(residual_pooling), scale, rel_pos_t)
+                                               bool(has_cls_token), bool(residual_pooling), scale, rel_pos_t,
+                                               None if window is None else list(window))
     return out
 
 

@@ -73,3 +73,45 @@ def pool_attention_torch(q: Tensor, k: Tensor, v: Tensor, tables: Optional[tuple
     if residual_pooling:
         result[:, :, sp:] += q[:, :, sp:]
     return result
+
+
+def window_partition(x: Tensor, size: tuple[int, int], window: tuple[int, int]) -> Tensor:
+    """(B, heads, h*w, D) tokens of an (h, w) map -> (B * nh * nw, heads, wh * ww, D): the map
+    zero-padded at the bottom and right to a multiple of the window (wh, ww), cut into its
+    nh x nw windows (row-major), each flattened row-major."""
+    B, H, _, D = x.shape
+    (h, w), (wh, ww) = size, window
+    nh, nw = -(-h // wh), -(-w // ww)
+    grid = torch.nn.functional.pad(x.unflatten(2, (h, w)), (0, 0, 0, nw * ww - w, 0, nh * wh - h))
+    grid = grid.reshape(B, H, nh, wh, nw, ww, D).permute(0, 2, 4, 1, 3, 5, 6)     # (B, nh, nw, heads, wh, ww, D)
+    return grid.reshape(B * nh * nw, H, wh * ww, D)
+
+
+def window_unpartition(x: Tensor, batch: int, size: tuple[int, int], window: tuple[int, int]) -> Tensor:
+    """The inverse of ``window_partition``, the padding rows dropped: (B * nh * nw, heads, wh * ww,
+    D) -> (B, heads, h * w, D)."""
+    (h, w), (wh, ww) = size, window
+    nh, nw = -(-h // wh), -(-w // ww)
+    H, D = x.shape[1], x.shape[-1]
+    grid = x.reshape(batch, nh, nw, H, wh, ww, D).permute(0, 3, 1, 4, 2, 5, 6)     # (B, heads, nh, wh, nw, ww, D)
+    return grid.reshape(batch, H, nh * wh, nw * ww, D)[:, :, :h, :w].reshape(batch, H, h * w, D)
+
+
+def pool_attention_window_torch(q: Tensor, k: Tensor, v: Tensor, tables: Optional[tuple[Tensor, ...]],
+                                q_size: tuple[int, int], k_size: tuple[int, int], window: tuple[int, int, int, int],
+                                residual_pooling: bool, scale: float) -> Tensor:
+    """Window attention in plain torch, as detectron2 computes it (inputs already checked; no class
+    token): q's (h, w) map cut into (wqh, wqw) windows and k's, v's into (wkh, wkw) ones, each map
+    zero-padded to whole windows; every window attends to its own keys, the padded ones included
+    (logit 0 + the rel bias, value 0); relative positions over the windows' sides; the padded query
+    rows dropped; then the residual adds the un-windowed q. Returns (B, heads, Nq, D), a view of a
+    contiguous (B, Nq, heads, D) buffer."""
+    B, H, Nq, D = q.shape
+    wq, wk = tuple(window[:2]), tuple(window[2:])
+    out = pool_attention_torch(window_partition(q, q_size, wq), window_partition(k, k_size, wk),
+                               window_partition(v, k_size, wk), tables, wq, wk, False, False, scale)
+    result = q.new_empty(B, Nq, H, D).transpose(1, 2)
+    result.copy_(window_unpartition(out, B, q_size, wq))
+    if residual_pooling:
+        result += q
+    return result

@@ -46,6 +46,38 @@ def _grid_coords(offs, N, height, width, SP: tl.constexpr, HAS_T: tl.constexpr):
 
 
 @triton.jit
+def _program_head(pid, n_win, n_win_w, WINDOW: tl.constexpr):
+    """A program's axis-1 id -> (batch x head bh, window row wy, window column wx). Without
+    windows (WINDOW False) the id is bh and the "window" is the whole grid (0, 0)."""
+    bh = pid
+    wy = 0
+    wx = 0
+    if WINDOW:
+        bh = pid // n_win
+        w = pid - bh * n_win
+        wy = w // n_win_w
+        wx = w - wy * n_win_w
+    return bh, wy, wx
+
+
+@triton.jit
+def _map_rows(offs, n_local, wy, wx, win_h, win_w, map_h, map_w, WINDOW: tl.constexpr):
+    """Rows of a window, numbered window-locally (offs < n_local = win_h * win_w), -> (their rows
+    in the whole map's token layout, the row holds data). A window row in the zero padding below
+    or right of the map holds none: loads read zeros there and stores skip it. Without windows
+    the rows are the map's own (offs < n_local = N)."""
+    rows = offs
+    inside = offs < n_local
+    if WINDOW:
+        ly = offs // win_w
+        gy = wy * win_h + ly
+        gx = wx * win_w + (offs - ly * win_w)
+        rows = gy * map_w + gx
+        inside = inside & (gy < map_h) & (gx < map_w)
+    return rows, inside
+
+
+@triton.jit
 def _rel_term(q, row_sp, cell, k_side, idx_ptr, table_ptr, stride0, stride1, offs_d, mask_d,
               K_PAD: tl.constexpr):
     """One axis's rel term (BLOCK_M, K_PAD) float32, zero beyond k_side and on non-spatial rows:
@@ -74,47 +106,57 @@ def _table_rows(table_ptr, stride0, stride1, idx_ptr, cell, k_side, j, row_sp, o
 
 
 @triton.jit
-def _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd, Nq, D: tl.constexpr,
-                ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's query tile (program_id 0) of head bh: (q (BLOCK_M, BLOCK_D) in q's dtype, zero
-    outside, its rows, the head-dim offsets, rows in range, head-dim lanes in range)."""
+def _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd, n_q, wy, wx, qh, qw, map_qh, map_qw,
+                D: tl.constexpr, ALIGN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                WINDOW: tl.constexpr):
+    """This program's query tile (program_id 0) of head bh (and window (wy, wx)): (q (BLOCK_M,
+    BLOCK_D) in q's dtype, zero outside, its window-local rows, their rows in q, the head-dim
+    offsets, rows holding data, head-dim lanes in range). Without windows both row numbers agree."""
     q_ptr, stride_qn = head_rows(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, ALIGN)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_m, mask_m = _map_rows(offs_m, n_q, wy, wx, qh, qw, map_qh, map_qw, WINDOW)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < Nq
     mask_d = offs_d < D
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+    q = tl.load(q_ptr + rows_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    return q, offs_m, offs_d, mask_m, mask_d
+    return q, offs_m, rows_m, offs_d, mask_m, mask_d
 
 
 @triton.jit
-def _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kh, kw, qk_scale, rel_t, rel_h, rel_w, offs_d,
-                mask_d, SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr, FP32: tl.constexpr,
-                KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+def _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, n_k, wy, wx, kh, kw, map_kh, map_kw, qk_scale,
+                rel_t, rel_h, rel_w, offs_d, mask_d, SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr,
+                FP32: tl.constexpr, KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr,
+                BLOCK_N: tl.constexpr, WINDOW: tl.constexpr):
     """The query tile's scores against keys start_n .. start_n + BLOCK_N, in base 2:
     s2 = (scale q.k + rel_t[i] + rel_h[j] + rel_w[l]) * log2(e) (the rel terms already in base-2
     units; rel_t only with HAS_T), the bias expanded by one-hot matmuls. Returns (s2 (BLOCK_M,
-    BLOCK_N), the k tile (BLOCK_D, BLOCK_N), key rows, key rows in range, the one-hot matrices
+    BLOCK_N), the k tile (BLOCK_D, BLOCK_N), key rows in k, keys in range, keys holding data, the one-hot matrices
     (K*_PAD, BLOCK_N) of t, h and w; without rel-pos (or without t) the key mask stands in for
-    them). Out-of-range keys are not masked here."""
+    them). Out-of-range keys are not masked here.
+
+    With windows (WINDOW) the keys are the window's, n_k = kh * kw of them, numbered locally (kh,
+    kw the window's sides): key_rows are their rows in k, key_inside says which hold data. Keys in
+    the window's zero padding are in range (mask_n): they read zeros (logit 0 + the rel bias) and
+    stay in the softmax, as detectron2's zero-padded windows do. Without windows n_k = Nk and
+    key_rows = the key offsets."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < Nk
-    kT = tl.load(k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                 mask=mask_n[None, :] & mask_d[:, None], other=0.0)                 # (BLOCK_D, BLOCK_N)
+    mask_n = offs_n < n_k
+    rows_n, inside_n = _map_rows(offs_n, n_k, wy, wx, kh, kw, map_kh, map_kw, WINDOW)
+    kT = tl.load(k_ptr + rows_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                 mask=inside_n[None, :] & mask_d[:, None], other=0.0)               # (BLOCK_D, BLOCK_N)
     s = mma(q, kT, tl.zeros((q.shape[0], BLOCK_N), dtype=tl.float32), FP32) * qk_scale
     onehot_t = mask_n
     onehot_h = mask_n
     onehot_w = mask_n
     if HAS_REL:
-        key_sp, i, j, l = _grid_coords(offs_n, Nk, kh, kw, SP, HAS_T)
+        key_sp, i, j, l = _grid_coords(offs_n, n_k, kh, kw, SP, HAS_T)
         onehot_h = (tl.arange(0, KH_PAD)[:, None] == j[None, :]) & key_sp[None, :]   # (KH_PAD, BLOCK_N)
         onehot_w = (tl.arange(0, KW_PAD)[:, None] == l[None, :]) & key_sp[None, :]   # (KW_PAD, BLOCK_N)
         s = onehot_matmul(rel_w, onehot_w, onehot_matmul(rel_h, onehot_h, s, FP32, True), FP32, True)
         if HAS_T:
             onehot_t = (tl.arange(0, KT_PAD)[:, None] == i[None, :]) & key_sp[None, :]   # (KT_PAD, BLOCK_N)
             s = onehot_matmul(rel_t, onehot_t, s, FP32, True)
-    return s, kT, offs_n, mask_n, onehot_t, onehot_h, onehot_w
+    return s, kT, rows_n, mask_n, inside_n, onehot_t, onehot_h, onehot_w
 
 
 # Shape integers and the batch / head / row strides are not specialised (no divisibility-by-16
@@ -122,7 +164,8 @@ def _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kh, kw, qk_scale, r
 # ALIGN constexpr. One compile then serves every MViTv2 shape with the same constexprs (dtype, D,
 # class token, padded grid sides). The head-dim strides stay specialised (== 1: contiguous rows).
 _ROW_STRIDES = [f"stride_{t}{a}" for t in ("q", "k", "v") for a in ("b", "h", "n")]
-_SHAPE_ARGS = ["H", "Nq", "Nk", "qh", "qw", "kh", "kw"] + _ROW_STRIDES
+_WINDOW_ARGS = ["map_qh", "map_qw", "map_kh", "map_kw", "n_win", "n_win_w"]
+_SHAPE_ARGS = ["H", "Nq", "Nk", "qh", "qw", "kh", "kw"] + _WINDOW_ARGS + _ROW_STRIDES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,10 +180,11 @@ def pool_attention_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_tt0, stride_tt1, stride_th0, stride_th1, stride_tw0, stride_tw1,
-    H, Nq, Nk, D: tl.constexpr, qh, qw, kt, kh, kw, scale,
+    H, Nq, Nk, D: tl.constexpr, qh, qw, kt, kh, kw, scale, map_qh, map_qw, map_kh, map_kw, n_win, n_win_w,
     SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
     BWD_PRE: tl.constexpr, KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
+    WINDOW: tl.constexpr = False,
 ):
     """out[r] = softmax_m(scale * q[r] . k[m] + bias[r, m]) @ v (+ q[r]); lse[r] = log2 sum_m exp(...)
     in base 2 (the log-sum-exp times log2(e): converting units would cost a rounding of a large
@@ -154,14 +198,27 @@ def pool_attention_fwd_kernel(
     and lse the kernel writes delta[r] = dout[r] . o[r] from the float32 attention output o (before
     the residual; the softmax backward's row term), and rel_h / rel_w (and rel_t) (B*H, Nq, K*_PAD)
     float32 for the two backward kernels. delta from the stored half-precision out would carry the rounding of
-    out = o + q, a few times larger than o itself with the residual."""
-    bh = tl.program_id(1)
-    q, offs_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd,
-                                                    Nq, D, ALIGN, BLOCK_M, BLOCK_D)
+    out = o + q, a few times larger than o itself with the residual.
+
+    Windows (WINDOW, 2-D grids, no class token): the grid's axis 1 is (batch x head, window);
+    (qh, qw) and (kh, kw) are then the q and k/v windows' sides (the rel-pos grids), (map_qh,
+    map_qw) and (map_kh, map_kw) the maps', n_win windows per map, n_win_w per window row. Each
+    program attends its window's queries to its window's keys, reading and writing the maps' own
+    rows (no partition copy); keys in the zero padding stay in the softmax, queries there are
+    neither loaded nor stored (see _score_tile). The residual is the query row's own q."""
+    bh, wy, wx = _program_head(tl.program_id(1), n_win, n_win_w, WINDOW)
+    n_q = Nq          # the rows this program's grid of queries (or keys) numbers: a window's, or all
+    n_k = Nk
+    if WINDOW:
+        n_q = qh * qw
+        n_k = kh * kw
+    q, offs_m, rows_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn,
+                                                            stride_qd, n_q, wy, wx, qh, qw, map_qh, map_qw,
+                                                            D, ALIGN, BLOCK_M, BLOCK_D, WINDOW)
     k_ptr, stride_kn = head_rows(k_ptr, bh, H, stride_kb, stride_kh, stride_kn, ALIGN)
     v_ptr, stride_vn = head_rows(v_ptr, bh, H, stride_vb, stride_vh, stride_vn, ALIGN)
     out_ptr, stride_on = head_rows(out_ptr, bh, H, stride_ob, stride_oh, stride_on, ALIGN)
-    row_sp, t, y, x = _grid_coords(offs_m, Nq, qh, qw, SP, HAS_T)
+    row_sp, t, y, x = _grid_coords(offs_m, n_q, qh, qw, SP, HAS_T)
     rel_t, rel_h, rel_w = 0.0, 0.0, 0.0   # unused without rel-pos (rel_t: without time)
     if HAS_REL:
         # Work in base 2: s2 = (scale * qk + bias) * log2(e), so exp(s) = exp2(s2).
@@ -176,27 +233,27 @@ def pool_attention_fwd_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)   # running row max (base 2)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)                 # running sum of exp2(s2 - m_i)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)         # running sum of exp2(s2 - m_i) v
-    for start_n in range(0, Nk, BLOCK_N):
-        s, _, offs_n, mask_n, _, _, _ = _score_tile(q, k_ptr, stride_kn, stride_kd, start_n, Nk, kh, kw, qk_scale,
-                                                    rel_t, rel_h, rel_w, offs_d, mask_d, SP, HAS_REL, HAS_T,
-                                                    FP32, KT_PAD, KH_PAD, KW_PAD, BLOCK_N)
+    for start_n in range(0, n_k, BLOCK_N):
+        s, _, rows_n, mask_n, inside_n, _, _, _ = _score_tile(
+            q, k_ptr, stride_kn, stride_kd, start_n, n_k, wy, wx, kh, kw, map_kh, map_kw, qk_scale,
+            rel_t, rel_h, rel_w, offs_d, mask_d, SP, HAS_REL, HAS_T, FP32, KT_PAD, KH_PAD, KW_PAD, BLOCK_N, WINDOW)
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # Online softmax: rescale what was summed under the old max by exp2(m_old - m_new).
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)              # (BLOCK_N, BLOCK_D)
+        v = tl.load(v_ptr + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=inside_n[:, None] & mask_d[None, :], other=0.0)            # (BLOCK_N, BLOCK_D)
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], FP32)
         m_i = m_new
 
     out = acc / l_i[:, None]
     mask_md = mask_m[:, None] & mask_d[None, :]
+    row = bh.to(tl.int64) * Nq + rows_m
     if BWD_PRE:
-        do = tl.load(out_ptr + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+        do = tl.load(out_ptr + rows_m[:, None] * stride_on + offs_d[None, :] * stride_od,
                      mask=mask_md, other=0.0).to(tl.float32)
-        row = bh.to(tl.int64) * Nq + offs_m
         tl.store(delta_ptr + row, tl.sum(do * out, axis=1), mask=mask_m)
         if HAS_REL:
             # Stored in base-2 units (times log2(e)), as the backward kernels use them.
@@ -210,9 +267,9 @@ def pool_attention_fwd_kernel(
     else:
         if RESIDUAL:
             out += tl.where(row_sp[:, None], q.to(tl.float32), 0.0)
-        tl.store(out_ptr + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+        tl.store(out_ptr + rows_m[:, None] * stride_on + offs_d[None, :] * stride_od,
                  out.to(out_ptr.dtype.element_ty), mask=mask_md)
-        tl.store(lse_ptr + bh.to(tl.int64) * Nq + offs_m, m_i + tl.log2(l_i), mask=mask_m)
+        tl.store(lse_ptr + row, m_i + tl.log2(l_i), mask=mask_m)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,25 +282,31 @@ def _rel_rows_T(rel_ptr, bh, Nq, offs_m, mask_m, K_PAD: tl.constexpr):
     return tl.load(rel_ptr + row * K_PAD + tl.arange(0, K_PAD)[:, None], mask=mask_m[None, :], other=0.0)
 
 
-@triton.jit(do_not_specialize=["H", "Nq", "Nk", "kh", "kw", "stride_dob", "stride_doh", "stride_don"]
-            + _ROW_STRIDES)
+@triton.jit(do_not_specialize=_SHAPE_ARGS + ["stride_dob", "stride_doh", "stride_don"])
 def pool_attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, relt_ptr, relh_ptr, relw_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
-    H, Nq, Nk, D: tl.constexpr, kh, kw, scale,
+    H, Nq, Nk, D: tl.constexpr, qh, qw, kh, kw, scale, map_qh, map_qw, map_kh, map_kw, n_win, n_win_w,
     SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr, FP32: tl.constexpr,
     KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1, WINDOW: tl.constexpr = False,
 ):
-    """dk, dv of one key tile: loops over every query tile (no atomics: deterministic).
+    """dk, dv of one key tile: loops over every query tile (no atomics: deterministic). With
+    windows (WINDOW), of one key tile of a window, looping over the window's query tiles.
 
     Works on transposed scores sT (BLOCK_N, BLOCK_M): dv += pT @ do, dk += dsT @ q * scale.
-    dk, dv: (B, H, Nk, D) contiguous, in k's dtype."""
+    dk, dv: (B, H, Nk, D) contiguous, in k's dtype (keys in a window's padding are not stored:
+    their gradient goes to zeros no one reads)."""
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh, wy, wx = _program_head(tl.program_id(1), n_win, n_win_w, WINDOW)
+    n_q = Nq
+    n_k = Nk
+    if WINDOW:
+        n_q = qh * qw
+        n_k = kh * kw
     q_ptr, stride_qn = head_rows(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, ALIGN)
     k_ptr, stride_kn = head_rows(k_ptr, bh, H, stride_kb, stride_kh, stride_kn, ALIGN)
     v_ptr, stride_vn = head_rows(v_ptr, bh, H, stride_vb, stride_vh, stride_vn, ALIGN)
@@ -252,14 +315,14 @@ def pool_attention_bwd_dkdv_kernel(
     delta_ptr += bh.to(tl.int64) * Nq
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_n, inside_n = _map_rows(offs_n, n_k, wy, wx, kh, kw, map_kh, map_kw, WINDOW)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_n = offs_n < Nk
     mask_d = offs_d < D
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_nd, other=0.0)
-    v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_nd, other=0.0)
+    mask_nd = inside_n[:, None] & mask_d[None, :]
+    k = tl.load(k_ptr + rows_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_nd, other=0.0)
+    v = tl.load(v_ptr + rows_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_nd, other=0.0)
     if HAS_REL:
-        key_sp, i, j, l = _grid_coords(offs_n, Nk, kh, kw, SP, HAS_T)
+        key_sp, i, j, l = _grid_coords(offs_n, n_k, kh, kw, SP, HAS_T)
         onehot_hT = (j[:, None] == tl.arange(0, KH_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KH_PAD)
         onehot_wT = (l[:, None] == tl.arange(0, KW_PAD)[None, :]) & key_sp[:, None]   # (BLOCK_N, KW_PAD)
         if HAS_T:
@@ -268,31 +331,31 @@ def pool_attention_bwd_dkdv_kernel(
 
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    for start_m in range(0, Nq, BLOCK_M):
+    for start_m in range(0, n_q, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < Nq
-        qT = tl.load(q_ptr + offs_m[None, :] * stride_qn + offs_d[:, None] * stride_qd,
+        rows_m, mask_m = _map_rows(offs_m, n_q, wy, wx, qh, qw, map_qh, map_qw, WINDOW)
+        qT = tl.load(q_ptr + rows_m[None, :] * stride_qn + offs_d[:, None] * stride_qd,
                      mask=mask_m[None, :] & mask_d[:, None], other=0.0)            # (BLOCK_D, BLOCK_M)
         sT = mma(k, qT, tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32) * qk_scale
         if HAS_REL:
             # the rel terms of these query rows, base 2, (K*_PAD, BLOCK_M)
-            sT = onehot_matmul(_rel_rows_T(relh_ptr, bh, Nq, offs_m, mask_m, KH_PAD), onehot_hT, sT, FP32, False)
-            sT = onehot_matmul(_rel_rows_T(relw_ptr, bh, Nq, offs_m, mask_m, KW_PAD), onehot_wT, sT, FP32, False)
+            sT = onehot_matmul(_rel_rows_T(relh_ptr, bh, Nq, rows_m, mask_m, KH_PAD), onehot_hT, sT, FP32, False)
+            sT = onehot_matmul(_rel_rows_T(relw_ptr, bh, Nq, rows_m, mask_m, KW_PAD), onehot_wT, sT, FP32, False)
             if HAS_T:
-                sT = onehot_matmul(_rel_rows_T(relt_ptr, bh, Nq, offs_m, mask_m, KT_PAD), onehot_tT, sT, FP32, False)
-        lse = tl.load(lse_ptr + offs_m, mask=mask_m, other=0.0)                     # base 2
+                sT = onehot_matmul(_rel_rows_T(relt_ptr, bh, Nq, rows_m, mask_m, KT_PAD), onehot_tT, sT, FP32, False)
+        lse = tl.load(lse_ptr + rows_m, mask=mask_m, other=0.0)                     # base 2
         pT = tl.exp2(sT - lse[None, :])                                             # (BLOCK_N, BLOCK_M)
         pT = tl.where(mask_m[None, :], pT, 0.0)
-        do = tl.load(do_ptr + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+        do = tl.load(do_ptr + rows_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
                      mask=mask_m[:, None] & mask_d[None, :], other=0.0)             # (BLOCK_M, BLOCK_D)
         dv = mma(pT.to(do.dtype), do, dv, FP32)
         dpT = mma(v, tl.trans(do), tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), FP32)
-        delta = tl.load(delta_ptr + offs_m, mask=mask_m, other=0.0)
+        delta = tl.load(delta_ptr + rows_m, mask=mask_m, other=0.0)
         dsT = pT * (dpT - delta[None, :])
         dk = mma(dsT.to(qT.dtype), tl.trans(qT), dk, FP32)
 
     dk *= scale
-    out_off = bh.to(tl.int64) * Nk * D + offs_n[:, None] * D + offs_d[None, :]
+    out_off = bh.to(tl.int64) * Nk * D + rows_n[:, None] * D + offs_d[None, :]
     tl.store(dk_ptr + out_off, dk.to(dk_ptr.dtype.element_ty), mask=mask_nd)
     tl.store(dv_ptr + out_off, dv.to(dv_ptr.dtype.element_ty), mask=mask_nd)
 
@@ -338,11 +401,11 @@ def pool_attention_bwd_dq_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_tt0, stride_tt1, stride_th0, stride_th1, stride_tw0, stride_tw1,
-    H, Nq, Nk, D: tl.constexpr, qh, qw, kt, kh, kw, scale,
+    H, Nq, Nk, D: tl.constexpr, qh, qw, kt, kh, kw, scale, map_qh, map_qw, map_kh, map_kw, n_win, n_win_w,
     SP: tl.constexpr, HAS_REL: tl.constexpr, HAS_T: tl.constexpr, RESIDUAL: tl.constexpr, FP32: tl.constexpr,
     REL_PART: tl.constexpr, KT_PAD: tl.constexpr, KH_PAD: tl.constexpr, KW_PAD: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr = 1,
-    ONE_PASS: tl.constexpr = False,
+    ONE_PASS: tl.constexpr = False, WINDOW: tl.constexpr = False,
 ):
     """dq of one query tile, looping over every key tile, in one or two launches.
 
@@ -356,17 +419,25 @@ def pool_attention_bwd_dq_kernel(
     float32 for the table gradients.
     ONE_PASS = True (with rel-pos, REL_PART = False; the default, see DQ_ONE_PASS): both in one
     launch: dq and the drel terms accumulated together, the final dq and the drel terms written,
-    no float32 partial dq."""
-    bh = tl.program_id(1)
-    q, offs_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, stride_qd,
-                                                    Nq, D, ALIGN, BLOCK_M, BLOCK_D)
+    no float32 partial dq.
+    WINDOW: one query tile of a window over the window's keys, the padding keys included (their
+    ds feeds drel: they carry the rel bias), as in the forward kernel."""
+    bh, wy, wx = _program_head(tl.program_id(1), n_win, n_win_w, WINDOW)
+    n_q = Nq
+    n_k = Nk
+    if WINDOW:
+        n_q = qh * qw
+        n_k = kh * kw
+    q, offs_m, rows_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn,
+                                                            stride_qd, n_q, wy, wx, qh, qw, map_qh, map_qw,
+                                                            D, ALIGN, BLOCK_M, BLOCK_D, WINDOW)
     k_ptr, stride_kn = head_rows(k_ptr, bh, H, stride_kb, stride_kh, stride_kn, ALIGN)
     v_ptr, stride_vn = head_rows(v_ptr, bh, H, stride_vb, stride_vh, stride_vn, ALIGN)
     do_ptr, stride_don = head_rows(do_ptr, bh, H, stride_dob, stride_doh, stride_don, ALIGN)
     mask_md = mask_m[:, None] & mask_d[None, :]
-    do = tl.load(do_ptr + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+    do = tl.load(do_ptr + rows_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
                  mask=mask_md, other=0.0)
-    row = bh.to(tl.int64) * Nq + offs_m
+    row = bh.to(tl.int64) * Nq + rows_m
     lse = tl.load(lse_ptr + row, mask=mask_m, other=0.0)                            # base 2
     delta = tl.load(delta_ptr + row, mask=mask_m, other=0.0)
     rel_t, rel_h, rel_w = 0.0, 0.0, 0.0   # unused without rel-pos (rel_t: without time)
@@ -387,12 +458,12 @@ def pool_attention_bwd_dq_kernel(
 
     if (not REL_PART) or ONE_PASS:
         dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for start_n in range(0, Nk, BLOCK_N):
-        s, kT, offs_n, mask_n, onehot_t, onehot_h, onehot_w = _score_tile(
-            q, k_ptr, stride_kn, stride_kd, start_n, Nk, kh, kw, qk_scale, rel_t, rel_h, rel_w, offs_d, mask_d, SP,
-            HAS_REL, HAS_T, FP32, KT_PAD, KH_PAD, KW_PAD, BLOCK_N)
-        vT = tl.load(v_ptr + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)             # (BLOCK_D, BLOCK_N)
+    for start_n in range(0, n_k, BLOCK_N):
+        s, kT, rows_n, mask_n, inside_n, onehot_t, onehot_h, onehot_w = _score_tile(
+            q, k_ptr, stride_kn, stride_kd, start_n, n_k, wy, wx, kh, kw, map_kh, map_kw, qk_scale,
+            rel_t, rel_h, rel_w, offs_d, mask_d, SP, HAS_REL, HAS_T, FP32, KT_PAD, KH_PAD, KW_PAD, BLOCK_N, WINDOW)
+        vT = tl.load(v_ptr + rows_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+                     mask=inside_n[None, :] & mask_d[:, None], other=0.0)           # (BLOCK_D, BLOCK_N)
         p = tl.exp2(s - lse[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)
         dp = mma(do, vT, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), FP32)
@@ -411,11 +482,11 @@ def pool_attention_bwd_dq_kernel(
     else:
         dq *= scale
         if RESIDUAL:
-            row_sp, _, _, _ = _grid_coords(offs_m, Nq, qh, qw, SP, False)
+            row_sp, _, _, _ = _grid_coords(offs_m, n_q, qh, qw, SP, False)
             dq += tl.where(row_sp[:, None], do.to(tl.float32), 0.0)
     if HAS_REL and (REL_PART or ONE_PASS):
         # dq[r] += sum_j drel_h[r, j] table_h[idx_h[y_r, j]] (+ w, + t): gathered table rows.
-        dq = _rel_grads_out(dq, drel_t, drel_h, drel_w, row, offs_m, Nq, qh, qw, kt, kh, kw,
+        dq = _rel_grads_out(dq, drel_t, drel_h, drel_w, row, offs_m, n_q, qh, qw, kt, kh, kw,
                             idx_t_ptr, idx_h_ptr, idx_w_ptr, tt_ptr, th_ptr, tw_ptr,
                             stride_tt0, stride_tt1, stride_th0, stride_th1, stride_tw0, stride_tw1,
                             drelt_ptr, drelh_ptr, drelw_ptr, offs_d, mask_d, mask_m, SP, HAS_T,
@@ -428,15 +499,19 @@ def pool_attention_bwd_dq_kernel(
 
 @triton.jit
 def _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drel_ptr, starts_ptr, cells_ptr,
-                    out_ptr, BH, H, Nq, cell_step, n_other, n_lo, lo_step, hi_step,
+                    out_ptr, BH, H, Nq, cell_step, n_other, n_lo, lo_step, hi_step, win_step, win_side,
                     D: tl.constexpr, SP: tl.constexpr, K_PAD: tl.constexpr, TWO_LEVEL: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+                    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr = False,
+                    WIN_ON_HI: tl.constexpr = False):
     """Row t of one table's gradient: the sum over the cells naming t (see the kernel below).
 
     A cell c (a coordinate on the table's axis) covers the query rows SP + c * cell_step + o_row
     for the n_other positions o along the other axes: o_row = o * lo_step, or with TWO_LEVEL (the
     h axis of a (t, h, w) grid, whose other axes t and w are not adjacent)
-    (o // n_lo) * hi_step + (o % n_lo) * lo_step."""
+    (o // n_lo) * hi_step + (o % n_lo) * lo_step.
+    WINDOW: c is a window-local coordinate, and one of the two levels (the high one with
+    WIN_ON_HI) counts windows along the table's axis: the row's map coordinate c + m * win_step
+    must lie inside the map (< win_side); rows in the padding are skipped."""
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -452,7 +527,13 @@ def _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drel_p
             o = i - bh * n_other
             if TWO_LEVEL:
                 hi = o // n_lo
-                o_row = hi * hi_step + (o - hi * n_lo) * lo_step
+                lo = o - hi * n_lo
+                o_row = hi * hi_step + lo * lo_step
+                if WINDOW:
+                    if WIN_ON_HI:
+                        ok = ok & (c + hi * win_step < win_side)
+                    else:
+                        ok = ok & (c + lo * win_step < win_side)
             else:
                 o_row = o * lo_step
             row = SP + c * cell_step + o_row
@@ -465,14 +546,14 @@ def _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drel_p
 
 
 @triton.jit(do_not_specialize=["BH", "H", "Nq", "qt", "qh", "qw", "len_t", "len_h", "len_w",
-                               "stride_qb", "stride_qh", "stride_qn"])
+                               "win_qh", "win_qw", "n_win_h", "n_win_w", "stride_qb", "stride_qh", "stride_qn"])
 def pool_attention_bwd_tables_kernel(
     q_ptr, drelt_ptr, drelh_ptr, drelw_ptr, starts_t_ptr, cells_t_ptr, starts_h_ptr, cells_h_ptr,
     starts_w_ptr, cells_w_ptr, dtt_ptr, dth_ptr, dtw_ptr,
     stride_qb, stride_qh, stride_qn, stride_qd,
-    BH, H, Nq, qt, qh, qw, len_t, len_h, len_w,
+    BH, H, Nq, qt, qh, qw, len_t, len_h, len_w, win_qh, win_qw, n_win_h, n_win_w,
     D: tl.constexpr, SP: tl.constexpr, HAS_T: tl.constexpr, KT_PAD: tl.constexpr, KH_PAD: tl.constexpr,
-    KW_PAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    KW_PAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, WINDOW: tl.constexpr = False,
 ):
     """The table gradients, one table row per program: grid (the longest table, 2 or 3), axis 1
     picking the h table (0), the w table (1) or the t table (2, HAS_T).
@@ -484,28 +565,45 @@ def pool_attention_bwd_tables_kernel(
     by t: cells[starts[t]:starts[t + 1]], each c * K_PAD + j. One program owns a row and sums in a
     fixed order: deterministic, no atomics; rows no cell names get zeros.
     q: (B, H, Nq, D) any strides; drel_*: (B*H, Nq, K*_PAD) float32; d tables (len, D) contiguous
-    in the tables' dtype. Without HAS_T, qt is 1."""
+    in the tables' dtype. Without HAS_T, qt is 1.
+
+    WINDOW (2-D): (qh, qw) is the whole q map, cut into n_win_h x n_win_w windows of win_qh x
+    win_qw; the cells' coordinates are window-local, so cell y covers the map rows y + m * win_qh
+    (m a window row) that lie inside the map, and every column; cell x likewise."""
     t = tl.program_id(0)
     axis = tl.program_id(1)
     plane = qh * qw
-    if axis == 0:
+    if WINDOW:
+        if axis == 0:
+            if t < len_h:
+                # cells: window rows y; the other axes: (window row m, map column x)
+                _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelh_ptr, starts_h_ptr,
+                                cells_h_ptr, dth_ptr, BH, H, Nq, qw, n_win_h * qw, qw, 1, win_qh * qw, win_qh, qh,
+                                D, SP, KH_PAD, True, BLOCK_R, BLOCK_D, True, True)
+        elif axis == 1:
+            if t < len_w:
+                # cells: window columns x; the other axes: (map row y, window column m)
+                _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelw_ptr, starts_w_ptr,
+                                cells_w_ptr, dtw_ptr, BH, H, Nq, 1, qh * n_win_w, n_win_w, win_qw, qw, win_qw, qw,
+                                D, SP, KW_PAD, True, BLOCK_R, BLOCK_D, True, False)
+    elif axis == 0:
         if t < len_h:
             # cells: rows y; the other axes: (frame, x)
             _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelh_ptr, starts_h_ptr,
-                            cells_h_ptr, dth_ptr, BH, H, Nq, qw, qt * qw, qw, 1, plane, D, SP, KH_PAD, HAS_T,
+                            cells_h_ptr, dth_ptr, BH, H, Nq, qw, qt * qw, qw, 1, plane, 0, 1, D, SP, KH_PAD, HAS_T,
                             BLOCK_R, BLOCK_D)
     elif axis == 1:
         if t < len_w:
             # cells: columns x; the other axes: (frame, y), rows qw apart
             _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelw_ptr, starts_w_ptr,
-                            cells_w_ptr, dtw_ptr, BH, H, Nq, 1, qt * qh, qt * qh, qw, 0, D, SP, KW_PAD, False,
+                            cells_w_ptr, dtw_ptr, BH, H, Nq, 1, qt * qh, qt * qh, qw, 0, 0, 1, D, SP, KW_PAD, False,
                             BLOCK_R, BLOCK_D)
     else:
         if HAS_T:
             if t < len_t:
                 # cells: frames; the other axes: the (y, x) plane, adjacent rows
                 _table_row_grad(t, q_ptr, stride_qb, stride_qh, stride_qn, stride_qd, drelt_ptr, starts_t_ptr,
-                                cells_t_ptr, dtt_ptr, BH, H, Nq, plane, plane, plane, 1, 0, D, SP, KT_PAD, False,
+                                cells_t_ptr, dtt_ptr, BH, H, Nq, plane, plane, plane, 1, 0, 0, 1, D, SP, KT_PAD, False,
                                 BLOCK_R, BLOCK_D)
 
 
@@ -543,6 +641,8 @@ DQ_VIDEO_CONFIGS = [_config(32, 16, 8, 1)]
 # config in numpy for nothing. Tests may change it to exercise other tilings.
 INTERPRETER_CONFIGS = {kernel: {"BLOCK_M": 32, "BLOCK_N": 32} for kernel in ("fwd", "dkdv", "dq")}
 INTERPRETER_CONFIGS["dq_video"] = {"BLOCK_M": 32, "BLOCK_N": 16}      # the GPU's video dQ tiling
+INTERPRETER_CONFIGS["dkdv_window"] = {"BLOCK_M": 64, "BLOCK_N": 32}   # the GPU's window tilings
+INTERPRETER_CONFIGS["dq_window"] = {"BLOCK_M": 32, "BLOCK_N": 16}
 
 # The table-gradient kernel's row step, (BLOCK_R, BLOCK_D) q rows per iteration, and its warps: 16
 # elements per thread (64 x 128 with 4 warps spilled 1.3-1.5 KB on sm_90: 64-bit addresses per
@@ -552,11 +652,23 @@ TABLES_BLOCK_R = 32
 TABLES_WARPS = 8
 TABLES_LAUNCH = {"maxnreg": 128}
 
+# Windows (the detection backbone): the window-to-map row arithmetic adds registers, and at 1024 x 1024
+# the 2-D tiles above spilled on sm_90 (dK/dV 64 x 64: 56-104 B; dQ 32 x 32 at a 28 x 28 key window: 8 B;
+# the tables kernel at 128 registers: 24 B). Window launches use these instead, which compile with no
+# spills on sm_80 and sm_90. Tried and dropped for dK/dV: 32 x 64 (16 B on sm_80), 32 x 64 and 64 x 64
+# with 4 warps (24-6192 B); for dQ: 16 x 32 (8 B on sm_90), 32 x 32 with 4 warps (8-24 B on sm_90).
+DKDV_WINDOW_CONFIGS = [_config(64, 32, 8, 2)]
+DQ_WINDOW_CONFIGS = [_config(32, 16, 8, 1)]
+TABLES_WINDOW_LAUNCH = {"maxnreg": 160}
+
 _PADS = ["BLOCK_D", "KT_PAD", "KH_PAD", "KW_PAD"]
 _fwd_tuned = triton.autotune(FWD_CONFIGS, key=["Nq", "Nk", *_PADS, "BWD_PRE"])(pool_attention_fwd_kernel)
 _dq_tuned = triton.autotune(DQ_CONFIGS, key=["Nq", "Nk", *_PADS, "REL_PART", "ONE_PASS"])(pool_attention_bwd_dq_kernel)
 _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["Nq", "Nk", *_PADS])(pool_attention_bwd_dkdv_kernel)
 _dq_video_tuned = triton.autotune(DQ_VIDEO_CONFIGS, key=["Nq", "Nk", *_PADS, "REL_PART", "ONE_PASS"])(
+    pool_attention_bwd_dq_kernel)
+_dkdv_window_tuned = triton.autotune(DKDV_WINDOW_CONFIGS, key=["Nq", "Nk", *_PADS])(pool_attention_bwd_dkdv_kernel)
+_dq_window_tuned = triton.autotune(DQ_WINDOW_CONFIGS, key=["Nq", "Nk", *_PADS, "REL_PART", "ONE_PASS"])(
     pool_attention_bwd_dq_kernel)
 
 
@@ -633,7 +745,10 @@ def _tables_states(a):
     q = a["q_ptr"]
     BH, Nq, D, sp = a["BH"], a["Nq"], a["D"], a["SP"]
     axes = ("t", "h", "w") if a["HAS_T"] else ("h", "w")
-    q_sides = dict(t=a["qt"], h=a["qh"], w=a["qw"])
+    if a["WINDOW"]:                                                               # cells over the windows' sides
+        q_sides = dict(h=a["win_qh"], w=a["win_qw"])
+    else:
+        q_sides = dict(t=a["qt"], h=a["qh"], w=a["qw"])
     k_sides = sum(a[f"cells_{x}_ptr"].numel() // q_sides[x] for x in axes)          # kt + kh + kw
     lists = sum(tensor_bytes(a[f"{n}_{x}_ptr"]) for n in ("starts", "cells") for x in axes)
     drel = nbytes(BH * (Nq - sp) * k_sides, torch.float32)
@@ -702,6 +817,22 @@ def _grid3(size) -> tuple[int, int, int]:
     return (1, *size) if len(size) == 2 else tuple(size)
 
 
+def _geometry(q_size, k_size, window, Nq: int, Nk: int) -> dict:
+    """What the kernels walk: the rel-pos (cell) grids q (t, h, w) and k (t, h, w), the window
+    arguments map_qh, map_qw, map_kh, map_kw, n_win, n_win_w, the windows per map side n_win_h,
+    the query and key rows one program's grid numbers (n_q, n_k) and WINDOW. With ``window`` =
+    (wqh, wqw, wkh, wkw) the cell grids are the windows and q_size / k_size the whole maps;
+    without, the cell grids are the maps and there is one "window" per (batch, head)."""
+    (qt, qh, qw), (kt, kh, kw) = _grid3(q_size), _grid3(k_size)
+    if window is None:
+        return dict(q=(qt, qh, qw), k=(kt, kh, kw), maps=(qh, qw, kh, kw, 1, 1), n_win_h=1, n_win=1,
+                    n_q=Nq, n_k=Nk, WINDOW=False)
+    wqh, wqw, wkh, wkw = window
+    n_win_h, n_win_w = triton.cdiv(qh, wqh), triton.cdiv(qw, wqw)
+    return dict(q=(1, wqh, wqw), k=(1, wkh, wkw), maps=(qh, qw, kh, kw, n_win_h * n_win_w, n_win_w),
+                n_win_h=n_win_h, n_win=n_win_h * n_win_w, n_q=wqh * wqw, n_k=wkh * wkw, WINDOW=True)
+
+
 def _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, q_size, k_size):
     """Pointers, strides and padded widths of the rel-pos inputs (dummies when there are none)."""
     (qt, qh, qw), (kt, kh, kw) = _grid3(q_size), _grid3(k_size)
@@ -718,39 +849,42 @@ def _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, q_size, k_size):
 
 
 def forward(q, k, v, rel_pos_h, rel_pos_w, q_size, k_size, sp: int, residual: bool, scale: float,
-            autotune: bool = True, rel_pos_t=None):
+            autotune: bool = True, rel_pos_t=None, window=None):
     """Launch the forward kernel. Returns out (B, H, Nq, D), a view of a (B, Nq, H, D) buffer, in
     q's dtype, and lse (B, H, Nq) float32: the log-sum-exp of each score row in base 2
     (log2 sum exp(s), i.e. the natural one times log2(e)). Grids (h, w), or (t, h, w) with
-    ``rel_pos_t`` (or without tables)."""
+    ``rel_pos_t`` (or without tables); ``window`` (wqh, wqw, wkh, wkw) attends within windows of
+    the (h, w) maps (the tables then fit the windows' sides)."""
     B, H, Nq, D = q.shape
     out = helpers.empty(B, Nq, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = helpers.empty(B, H, Nq, dtype=torch.float32, device=q.device)
-    r = _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, q_size, k_size)
-    _launch_fwd(q, k, v, r, out, lse, (lse, lse, lse, lse, lse), q_size, k_size, sp, residual, scale,
+    g = _geometry(q_size, k_size, window, Nq, k.shape[2])
+    r = _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, g["q"], g["k"])
+    _launch_fwd(q, k, v, r, out, lse, (lse, lse, lse, lse, lse), g, sp, residual, scale,
                 bwd_pre=False, autotune=autotune)
     return out, lse
 
 
-def _launch_fwd(q, k, v, r, out, lse, pre_bufs, q_size, k_size, sp, residual, scale, bwd_pre, autotune):
-    """The forward kernel; with bwd_pre, `out` is dout and pre_bufs = (dout, delta, rel_t, rel_h,
-    rel_w) receive the backward's first pass (see `pool_attention_fwd_kernel`)."""
+def _launch_fwd(q, k, v, r, out, lse, pre_bufs, g, sp, residual, scale, bwd_pre, autotune):
+    """The forward kernel over the geometry g (``_geometry``); with bwd_pre, `out` is dout and
+    pre_bufs = (dout, delta, rel_t, rel_h, rel_w) receive the backward's first pass (see
+    `pool_attention_fwd_kernel`)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    (_, qh, qw), (kt, kh, kw) = _grid3(q_size), _grid3(k_size)
+    (_, qh, qw), (kt, kh, kw) = g["q"], g["k"]
     a = _align(q, k, v, out)
     args = (q, k, v, r["tt"], r["th"], r["tw"], r["idx_t"], r["idx_h"], r["idx_w"], out, lse, *pre_bufs,
             *_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(out, a), *r["st"],
-            H, Nq, Nk, D, qh, qw, kt, kh, kw, scale)
+            H, Nq, Nk, D, qh, qw, kt, kh, kw, scale, *g["maps"])
     meta = dict(SP=sp, HAS_REL=r["HAS_REL"], HAS_T=r["HAS_T"], RESIDUAL=residual,
                 FP32=q.dtype == torch.float32, BWD_PRE=bwd_pre, KT_PAD=r["KT_PAD"], KH_PAD=r["KH_PAD"],
-                KW_PAD=r["KW_PAD"], BLOCK_D=_pad16(D), ALIGN=a)
-    helpers.launch_tuned(_fwd_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), args, meta, _fwd_states,
-                         autotune, INTERPRETER_CONFIGS["fwd"])
+                KW_PAD=r["KW_PAD"], BLOCK_D=_pad16(D), ALIGN=a, WINDOW=g["WINDOW"])
+    helpers.launch_tuned(_fwd_tuned, lambda cfg: (triton.cdiv(g["n_q"], cfg["BLOCK_M"]), B * H * g["n_win"]), args,
+                         meta, _fwd_states, autotune, INTERPRETER_CONFIGS["fwd"])
 
 
 def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
-             residual: bool, scale: float, autotune: bool = True, rel_pos_t=None):
+             residual: bool, scale: float, autotune: bool = True, rel_pos_t=None, window=None):
     """Launch the three backward passes, then reduce the table gradients.
 
     Returns dq (like q), dk, dv (like k, v), d_rel_pos_h, d_rel_pos_w, d_rel_pos_t (like the tables;
@@ -758,8 +892,9 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
     element is summed by one program in a fixed order (no atomics)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    (qt, qh, qw), (kt, kh, kw) = _grid3(q_size), _grid3(k_size)
-    r = _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, q_size, k_size)
+    g = _geometry(q_size, k_size, window, Nq, Nk)
+    (qt, qh, qw), (kt, kh, kw) = g["q"], g["k"]                   # the cell grids (windows, or the maps)
+    r = _rel_args(q, rel_pos_h, rel_pos_w, rel_pos_t, g["q"], g["k"])
     HAS_REL, HAS_T = r["HAS_REL"], r["HAS_T"]
     pads = dict(KT_PAD=r["KT_PAD"], KH_PAD=r["KH_PAD"], KW_PAD=r["KW_PAD"])
     fp32 = q.dtype == torch.float32
@@ -776,12 +911,12 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
     BLOCK_D = _pad16(D)
 
     # Pass 1: the forward again, writing delta and the rel terms (see pool_attention_fwd_kernel, BWD_PRE).
-    _launch_fwd(q, k, v, r, dout, lse, (dout, delta, *rel_bufs), q_size, k_size, sp, residual, scale,
+    _launch_fwd(q, k, v, r, dout, lse, (dout, delta, *rel_bufs), g, sp, residual, scale,
                 bwd_pre=True, autotune=autotune)
 
     a = _align(q, k, v, dout)
     st = (*_strides(q, a), *_strides(k, a), *_strides(v, a), *_strides(dout, a))
-    dkdv_args = (q, k, v, dout, lse, delta, *rel_bufs, dk, dv, *st, H, Nq, Nk, D, kh, kw, scale)
+    dkdv_args = (q, k, v, dout, lse, delta, *rel_bufs, dk, dv, *st, H, Nq, Nk, D, qh, qw, kh, kw, scale, *g["maps"])
     if not HAS_REL:
         dq_passes = [dict(REL_PART=False)]
     elif DQ_ONE_PASS:
@@ -790,14 +925,19 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
         dq_passes = [dict(REL_PART=False), dict(REL_PART=True)]
     dq32 = helpers.empty(B, H, Nq, D, dtype=torch.float32, device=dev) if len(dq_passes) == 2 else dq
     dq_args = (q, k, v, dout, lse, delta, *rel_bufs, r["tt"], r["th"], r["tw"], r["idx_t"], r["idx_h"], r["idx_w"],
-               dq, dq32, *drel_bufs, *st, *r["st"], H, Nq, Nk, D, qh, qw, kt, kh, kw, scale)
-    meta = dict(SP=sp, HAS_REL=HAS_REL, HAS_T=HAS_T, FP32=fp32, BLOCK_D=BLOCK_D, ALIGN=a, **pads)
-    helpers.launch_tuned(_dkdv_tuned, lambda cfg: (triton.cdiv(Nk, cfg["BLOCK_N"]), B * H), dkdv_args, meta,
-                         _dkdv_states, autotune, INTERPRETER_CONFIGS["dkdv"])
-    dq_tuned, dq_interp = (_dq_video_tuned, INTERPRETER_CONFIGS["dq_video"]) if HAS_T and DQ_ONE_PASS else \
-        (_dq_tuned, INTERPRETER_CONFIGS["dq"])
+               dq, dq32, *drel_bufs, *st, *r["st"], H, Nq, Nk, D, qh, qw, kt, kh, kw, scale, *g["maps"])
+    meta = dict(SP=sp, HAS_REL=HAS_REL, HAS_T=HAS_T, FP32=fp32, BLOCK_D=BLOCK_D, ALIGN=a, WINDOW=g["WINDOW"], **pads)
+    programs = B * H * g["n_win"]
+    helpers.launch_tuned(_dkdv_window_tuned if g["WINDOW"] else _dkdv_tuned,
+                         lambda cfg: (triton.cdiv(g["n_k"], cfg["BLOCK_N"]), programs), dkdv_args,
+                         meta, _dkdv_states, autotune, INTERPRETER_CONFIGS["dkdv_window" if g["WINDOW"] else "dkdv"])
+    if HAS_T and DQ_ONE_PASS:
+        dq_tuned, dq_interp = _dq_video_tuned, INTERPRETER_CONFIGS["dq_video"]
+    else:
+        dq_tuned, dq_interp = ((_dq_window_tuned, INTERPRETER_CONFIGS["dq_window"]) if g["WINDOW"] else
+                               (_dq_tuned, INTERPRETER_CONFIGS["dq"]))
     for dq_pass in dq_passes:
-        helpers.launch_tuned(dq_tuned, lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H), dq_args,
+        helpers.launch_tuned(dq_tuned, lambda cfg: (triton.cdiv(g["n_q"], cfg["BLOCK_M"]), programs), dq_args,
                              dict(meta, RESIDUAL=residual, **dq_pass), _dq_states, autotune, dq_interp)
 
     if not HAS_REL:
@@ -811,11 +951,14 @@ def backward(dout, q, k, v, rel_pos_h, rel_pos_w, lse, q_size, k_size, sp: int,
     dummy = (delta, delta)                                        # the t lists without a time table: never read
     t_lists = lists.get("t", dummy)
     lengths = {x: tables[x].shape[0] for x in axes}
+    map_qh, map_qw, _, _, _, n_win_w = g["maps"]            # the q map: rows of q (the cell grid without windows)
     helpers.launch(pool_attention_bwd_tables_kernel, (max(lengths.values()), len(axes)),
                    (q, *drel_bufs, *t_lists, *lists["h"], *lists["w"], grads.get("t", delta), grads["h"], grads["w"],
-                    *q.stride(), B * H, H, Nq, qt, qh, qw, lengths.get("t", 0), lengths["h"], lengths["w"]),
-                   dict(D=D, SP=sp, HAS_T=HAS_T, BLOCK_R=TABLES_BLOCK_R, BLOCK_D=BLOCK_D,
-                        num_warps=TABLES_WARPS, num_stages=1, **pads, **TABLES_LAUNCH), _tables_states)
+                    *q.stride(), B * H, H, Nq, qt, map_qh, map_qw, lengths.get("t", 0), lengths["h"], lengths["w"],
+                    qh, qw, g["n_win_h"], n_win_w),
+                   dict(D=D, SP=sp, HAS_T=HAS_T, BLOCK_R=TABLES_BLOCK_R, BLOCK_D=BLOCK_D, WINDOW=g["WINDOW"],
+                        num_warps=TABLES_WARPS, num_stages=1, **pads,
+                        **(TABLES_WINDOW_LAUNCH if g["WINDOW"] else TABLES_LAUNCH)), _tables_states)
     return dq, dk, dv, grads["h"], grads["w"], grads.get("t")
 
 
