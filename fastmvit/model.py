@@ -77,6 +77,7 @@ class FusedMultiScaleAttention(MultiScaleAttention):
         with its norm folded in)."""
         B = qkv.shape[0]
         # pool_qkv -> pool_attention; for backward only qkv is kept (q, k, v are recomputed).
+        # rel_pos_tables gets the grids positions are measured on: the maps, or the windows' sides.
         out, q_size = pool_qkv_attention(
             qkv, tuple(hw_shape), self.num_heads,
             (self.pool_q.weight, self.pool_k.weight, self.pool_v.weight),
@@ -84,9 +85,14 @@ class FusedMultiScaleAttention(MultiScaleAttention):
             (self.norm_q.bias, self.norm_k.bias, self.norm_v.bias),
             self.stride_q, self.stride_kv, None, None, has_cls_token=self.has_cls_token,
             residual_pooling=self.residual_pooling, scale=self.scale, eps=self.norm_q.eps,
-            rel_pos_tables=self.rel_pos_tables)                             # (B, n, Nq, hd)
+            rel_pos_tables=self.rel_pos_tables, window=self.attention_window())   # (B, n, Nq, hd)
         # A view of a (B, Nq, n, hd) buffer: merging the heads is free.
         return out.transpose(1, 2).reshape(B, -1, self.dim_att), q_size
+
+    def attention_window(self):
+        """``pool_attention``'s window: None (global attention); the detection backbone's window
+        blocks override it."""
+        return None
 
     def rel_pos_tables(self, q_size: Sequence[int], k_size: Sequence[int], dtype: torch.dtype) -> tuple:
         """The tables at the lengths the grids need, in ``dtype`` (the op wants q's dtype).

@@ -76,7 +76,7 @@ def pool_qkv_attention(qkv: torch.Tensor, hw_shape: Sequence[int], num_heads: in
         win = check_window(window, q_size, k_size, has_cls_token)
         th, tw, tt = _split_tables(rel_pos_tables(*_rel_grids(q_size, k_size, win), q.dtype))
         return pool_attention(q, k, v, th, tw, q_size, k_size, rel_pos_t=tt, has_cls_token=has_cls_token,
-                              residual_pooling=residual_pooling, scale=scale, window=win), q_size
+                              residual_pooling=residual_pooling, scale=scale, window=window), q_size
 
     params = (*pool_weights, *norm_weights, *norm_biases)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (qkv, *params))
