@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import fastmvit
+from fastmvit.costmodel import DETECTION_TARGETS, cost_ratios
 from fastmvit.reference import DETECTION_ARCH_SETTINGS
 from fastmvit.reference import MViTv2Backbone as RefBackbone
 from numerics import assert_matches_float64
@@ -115,3 +116,17 @@ def test_triton_backend_float32_matches_float64():
         assert_matches_float64(fused[name], eager[name], exact[name], name)
     for name in g_exact:
         assert_matches_float64(g_fused[name], g_eager[name], g_exact[name], f"grad {name}")
+
+
+def test_cost_targets_tiny_1024():
+    """The detection issue's targets, modeled on the meta device with every kernel's own traffic:
+    the tiny backbone at 1024 x 1024, bf16, batch 2, against the eager reference backbone:
+    training-step bytes <= 0.35, saved activations <= 0.40 (DETECTION_TARGETS). The figures:
+    scripts/model_costs.py --detection."""
+    with torch.device("meta"):
+        ref = RefBackbone("tiny").to(torch.bfloat16)
+        fast = fastmvit.MViTv2Backbone("tiny").to(torch.bfloat16)
+    x = torch.randn(2, 3, 1024, 1024, device="meta", dtype=torch.bfloat16)
+    ratios = cost_ratios(fast, ref, x, targets=DETECTION_TARGETS)
+    assert set(ratios) == set(DETECTION_TARGETS)
+    assert all(r["ok"] for r in ratios.values()), {k: round(r["ratio"], 3) for k, r in ratios.items()}
