@@ -35,12 +35,16 @@ BASELINE_IMPL = {"op": "eager", "model": "reference"}
 # The op-level suites (fused kernel against eager torch) and the op each one benchmarks.
 OP_SUITES = {"bench_pool_attention": "pool_attention", "bench_pool_qkv": "pool_qkv",
              "bench_gelu_linear": "gelu_linear", "bench_max_pool_tokens": "max_pool_tokens",
-             "bench_video": "pool_attention (t, h, w)"}
+             "bench_video": "pool_attention (t, h, w)", "bench_detection": "pool_attention (windows)"}
 MODEL_ARCHS = ("tiny", "small", "base", "large")
 # The video benchmarks' setting (the video issue's): torchvision's mvit_v2_s, 16 x 224 x 224 clips,
 # batch 4, bf16.
 VIDEO_CLIP = (16, 224, 224)
 VIDEO_BATCH = 4
+# The detection benchmarks' setting (the detection issue's): the backbone at 1024 x 1024 and
+# 800 x 1333, batch 2, bf16; the op shapes at 1024 x 1024.
+DETECTION_IMAGES = ((1024, 1024), (800, 1333))
+DETECTION_BATCH = 2
 
 
 # ----------------------------------------------------------------------------- environment
@@ -374,6 +378,60 @@ def video_attention_shapes(arch: str = "small", clip=VIDEO_CLIP) -> list[VideoAt
             out[key] = VideoAttentionShape(**{**out[key].__dict__, "blocks": out[key].blocks + 1})
         else:
             out[key] = VideoAttentionShape(b.num_heads, b.head_dim, tuple(b.q_size), tuple(b.kv_size), rel_len)
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class DetectionAttentionShape:
+    """A distinct attention shape of the detection backbone: the pooled q and k maps (h, w), the
+    windows' sides (q_window, kv_window; 0 for a global block), no class token; blocks: how many
+    blocks have it. rel_len: the table lengths the windows (or, global, the maps) need."""
+    heads: int
+    head_dim: int
+    q_grid: tuple[int, int]
+    kv_grid: tuple[int, int]
+    q_window: int
+    kv_window: int
+    blocks: int = 1
+
+    @property
+    def window(self):
+        return ((self.q_window, self.kv_window)) if self.q_window else None
+
+    @property
+    def rel_len(self) -> tuple[int, int]:
+        if self.q_window:
+            return (2 * max(self.q_window, self.kv_window) - 1,) * 2
+        return tuple(2 * max(q, k) - 1 for q, k in zip(self.q_grid, self.kv_grid))
+
+    @property
+    def nq(self) -> int:
+        return math.prod(self.q_grid)
+
+    @property
+    def nk(self) -> int:
+        return math.prod(self.kv_grid)
+
+    @property
+    def label(self) -> str:
+        win = f" win{self.q_window}/{self.kv_window}" if self.q_window else " global"
+        return f"det q{self.nq} k{self.nk} h{self.heads}{win}"
+
+
+def detection_attention_shapes(arch: str = "tiny", img: int = 1024) -> list[DetectionAttentionShape]:
+    """The distinct attention shapes of the backbone at img x img, in block order (tiny at 1024:
+    25 windows of 3136 x 196 per image in stage 2, a global 16384 x 1024 block in stage 3, ...;
+    tests/test_reference_detection.py lists them per block)."""
+    from fastmvit.reference import MViTv2Backbone
+    with torch.device("meta"):
+        specs = MViTv2Backbone(arch, img_size=img).specs
+    out: dict[tuple, DetectionAttentionShape] = {}
+    for b in specs:
+        key = (b.num_heads, tuple(b.q_size), tuple(b.kv_size), b.q_window, b.kv_window)
+        if key in out:
+            out[key] = DetectionAttentionShape(**{**out[key].__dict__, "blocks": out[key].blocks + 1})
+        else:
+            out[key] = DetectionAttentionShape(b.num_heads, b.head_dim, *key[1:])
     return list(out.values())
 
 
