@@ -71,9 +71,9 @@ def test_pool_attention_statements(q_size, k_size, sp, rel, dtype, one_pass, mon
 
 
 WINDOW_CASES = [
-    # (q map, k map, q window, kv window, dtype): padding on both axes of both maps
-    ((9, 11), (5, 6), (4, 4), (2, 2), torch.bfloat16),
-    ((5, 10), (3, 5), (3, 4), (2, 2), torch.float32),
+    # (q map, k map, q window, kv window, dtype): non-square windows of two sizes, padding on both
+    # axes of both maps
+    ((5, 10), (3, 5), (3, 4), (2, 2), torch.bfloat16),
 ]
 
 
