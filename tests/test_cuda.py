@@ -24,6 +24,8 @@ import test_max_pool_tokens as t_maxpool
 import test_model as t_model
 import test_model_video as t_video
 import test_pool_attention_3d as t_attn3
+import test_pool_attention_window as t_attnw
+import test_model_detection as t_det
 import test_norm_linear as t_norm
 import test_pool_attention as t_attn
 import test_pool_qkv as t_qkv
@@ -158,6 +160,33 @@ def test_model_bf16_autocast_no_worse_than_reference():
     t_model.check_bf16_autocast(t_model.FOUR_STAGE.replace(with_cls_token=True), (96, 64), "triton", device=CUDA)
 
 
+# Detection windows: a stage-2-like block (q windows 14, kv windows 7 on a kv-stride-2 map), padded
+# on both axes, and the interpreter suite's odd shapes.
+WINDOW_ATTENTION_SHAPES = [
+    pytest.param(2, 1, (30, 33), (15, 17), (14, 14), (7, 7), 96, id="w-30x33-14/7"),
+] + t_attnw.SHAPES
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+@pytest.mark.parametrize("B,H,q_size,k_size,wq,wk,D", WINDOW_ATTENTION_SHAPES)
+def test_pool_attention_window_matches_float64(B, H, q_size, k_size, wq, wk, D, dtype):
+    t_attnw.check_case(B, H, q_size, k_size, wq, wk, D, dtype, device=CUDA)
+
+
+def test_detection_backbone_matches_float64_reference():
+    """The small backbone plan on a 104 x 88 image, float32 (TF32 off: see conftest)."""
+    ref, fast = t_det.make_pair()
+    ref, fast = ref.to(CUDA), fast.to(CUDA)
+    x = t_det.images(2, (104, 88)).to(CUDA)
+    exact, g_exact = t_det.run(t_det.copy.deepcopy(ref).double(), x.double())
+    eager, g_eager = t_det.run(ref, x)
+    fused, g_fused = t_det.run(fast, x, "triton")
+    for name in exact:
+        t_det.assert_matches_float64(fused[name], eager[name], exact[name], name)
+    for name in g_exact:
+        t_det.assert_matches_float64(g_fused[name], g_eager[name], g_exact[name], f"grad {name}")
+
+
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16_autocast"])
 def test_video_model_matches_float64_reference(autocast):
     torch.manual_seed(0)
@@ -196,6 +225,15 @@ def test_pool_attention_3d_backward_is_deterministic(dtype):
     fn = lambda q, k, v, tt, th, tw: fastmvit.kernels.pool_attention(q, k, v, th, tw, q_size, k_size, rel_pos_t=tt,
                                                                      has_cls_token=True)
     _twice(fn, leaves, "pool_attention (t, h, w)")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=ids)
+def test_pool_attention_window_backward_is_deterministic(dtype):
+    q_size, k_size, window = (64, 64), (16, 16), ((28, 28), (7, 7))
+    leaves = [t.to(dtype).to(CUDA).requires_grad_()
+              for t in t_attnw.make_inputs(2, 1, q_size, k_size, *window, 96)]
+    fn = lambda *t: fastmvit.kernels.pool_attention(*t, q_size, k_size, window=window)
+    _twice(fn, leaves, "pool_attention (windows)")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=ids)

@@ -39,14 +39,16 @@ def reference_float64(q, k, v, th, tw, q_size, k_size, wq, wk, residual, scale):
     for wy in range(cdiv(qh, wq[0])):
         for wx in range(cdiv(qw, wq[1])):
             def gather(t, size, win):
-                rows, cells = [], []
+                """The window's rows of t, a zero row where the window leaves the map, and per
+                window cell (ly, lx, its map row or None)."""
+                cells = []
                 for ly in range(win[0]):
                     for lx in range(win[1]):
                         y, x = wy * win[0] + ly, wx * win[1] + lx
-                        inside = y < size[0] and x < size[1]
-                        rows.append(t[:, :, y * size[1] + x] if inside else torch.zeros_like(t[:, :, 0]))
-                        cells.append((ly, lx, y * size[1] + x if inside else None))
-                return torch.stack(rows, 2), cells
+                        cells.append((ly, lx, y * size[1] + x if y < size[0] and x < size[1] else None))
+                padded = torch.cat([t, torch.zeros_like(t[:, :, :1])], 2)            # row N: zeros
+                index = torch.tensor([t.shape[2] if c[2] is None else c[2] for c in cells], device=t.device)
+                return padded[:, :, index], cells
             qw_, q_cells = gather(q, q_size, wq)
             kw_, k_cells = gather(k, k_size, wk)
             vw_, _ = gather(v, k_size, wk)
@@ -54,9 +56,9 @@ def reference_float64(q, k, v, th, tw, q_size, k_size, wq, wk, residual, scale):
                                 for ly, lx, _ in q_cells])          # (wq_n, wk_n, D)
             attn = scale * qw_ @ kw_.transpose(-2, -1) + torch.einsum("bhnc,nmc->bhnm", qw_, rows)
             o = attn.softmax(-1) @ vw_
-            for n, (_, _, row) in enumerate(q_cells):
-                if row is not None:
-                    out = out.index_copy(2, torch.tensor([row]), o[:, :, n:n + 1])
+            kept = [n for n, c in enumerate(q_cells) if c[2] is not None]            # padded q rows dropped
+            out = out.index_copy(2, torch.tensor([q_cells[n][2] for n in kept], device=q.device),
+                                 o[:, :, torch.tensor(kept, device=q.device)])
     return out + q if residual else out
 
 
