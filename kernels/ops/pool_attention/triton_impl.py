@@ -46,18 +46,24 @@ def _grid_coords(offs, N, height, width, SP: tl.constexpr, HAS_T: tl.constexpr):
 
 
 @triton.jit
-def _program_head(pid, n_win, n_win_w, WINDOW: tl.constexpr):
-    """A program's axis-1 id -> (batch x head bh, window row wy, window column wx). Without
-    windows (WINDOW False) the id is bh and the "window" is the whole grid (0, 0)."""
+def _program_head(pid, n_win, n_win_w, Nq, Nk, qh, qw, kh, kw, WINDOW: tl.constexpr):
+    """A program's axis-1 id -> (batch x head bh, window row wy, window column wx, the query and
+    key rows its grid numbers n_q, n_k). Without windows (WINDOW False) the id is bh, the
+    "window" is the whole grid (0, 0) and n_q, n_k = Nq, Nk; with windows n_q = qh * qw and
+    n_k = kh * kw (the windows' sides)."""
     bh = pid
     wy = 0
     wx = 0
+    n_q = Nq
+    n_k = Nk
     if WINDOW:
         bh = pid // n_win
         w = pid - bh * n_win
         wy = w // n_win_w
         wx = w - wy * n_win_w
-    return bh, wy, wx
+        n_q = qh * qw
+        n_k = kh * kw
+    return bh, wy, wx, n_q, n_k
 
 
 @triton.jit
@@ -206,12 +212,7 @@ def pool_attention_fwd_kernel(
     program attends its window's queries to its window's keys, reading and writing the maps' own
     rows (no partition copy); keys in the zero padding stay in the softmax, queries there are
     neither loaded nor stored (see _score_tile). The residual is the query row's own q."""
-    bh, wy, wx = _program_head(tl.program_id(1), n_win, n_win_w, WINDOW)
-    n_q = Nq          # the rows this program's grid of queries (or keys) numbers: a window's, or all
-    n_k = Nk
-    if WINDOW:
-        n_q = qh * qw
-        n_k = kh * kw
+    bh, wy, wx, n_q, n_k = _program_head(tl.program_id(1), n_win, n_win_w, Nq, Nk, qh, qw, kh, kw, WINDOW)
     q, offs_m, rows_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn,
                                                             stride_qd, n_q, wy, wx, qh, qw, map_qh, map_qw,
                                                             D, ALIGN, BLOCK_M, BLOCK_D, WINDOW)
@@ -301,12 +302,7 @@ def pool_attention_bwd_dkdv_kernel(
     dk, dv: (B, H, Nk, D) contiguous, in k's dtype (keys in a window's padding are not stored:
     their gradient goes to zeros no one reads)."""
     pid_n = tl.program_id(0)
-    bh, wy, wx = _program_head(tl.program_id(1), n_win, n_win_w, WINDOW)
-    n_q = Nq
-    n_k = Nk
-    if WINDOW:
-        n_q = qh * qw
-        n_k = kh * kw
+    bh, wy, wx, n_q, n_k = _program_head(tl.program_id(1), n_win, n_win_w, Nq, Nk, qh, qw, kh, kw, WINDOW)
     q_ptr, stride_qn = head_rows(q_ptr, bh, H, stride_qb, stride_qh, stride_qn, ALIGN)
     k_ptr, stride_kn = head_rows(k_ptr, bh, H, stride_kb, stride_kh, stride_kn, ALIGN)
     v_ptr, stride_vn = head_rows(v_ptr, bh, H, stride_vb, stride_vh, stride_vn, ALIGN)
@@ -422,12 +418,7 @@ def pool_attention_bwd_dq_kernel(
     no float32 partial dq.
     WINDOW: one query tile of a window over the window's keys, the padding keys included (their
     ds feeds drel: they carry the rel bias), as in the forward kernel."""
-    bh, wy, wx = _program_head(tl.program_id(1), n_win, n_win_w, WINDOW)
-    n_q = Nq
-    n_k = Nk
-    if WINDOW:
-        n_q = qh * qw
-        n_k = kh * kw
+    bh, wy, wx, n_q, n_k = _program_head(tl.program_id(1), n_win, n_win_w, Nq, Nk, qh, qw, kh, kw, WINDOW)
     q, offs_m, rows_m, offs_d, mask_m, mask_d = _query_tile(q_ptr, bh, H, stride_qb, stride_qh, stride_qn,
                                                             stride_qd, n_q, wy, wx, qh, qw, map_qh, map_qw,
                                                             D, ALIGN, BLOCK_M, BLOCK_D, WINDOW)
