@@ -67,7 +67,7 @@ Traffic: every launch states the distinct bytes it reads and writes (`triton_imp
 checked against the interpreter's loads and stores by tests/test_kernel_traffic.py); the cost
 model counts the op by them.
 
-Windows (detectron2's detection backbone, docs/design.md section 9): ``window=(q_window,
+Windows (detectron2's detection backbone, docs/design.md sections 7 and 9): ``window=(q_window,
 kv_window)`` (each an int or (height, width)) cuts the (h, w) maps q_size and k_size into windows,
 and each window's queries attend only to its window's keys. No partition copy: a program owns a
 (batch x head, window) pair and a tile of the window's rows, and turns window-local rows into rows
