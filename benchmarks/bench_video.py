@@ -63,13 +63,7 @@ ATTENTION = {"eager": _attention("torch"), "fastmvit": _attention("triton"), "sd
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.label.replace(" ", "-") for s in SHAPES])
 def test_modeled_attention(shape, record):
     """Bytes per call, fused vs eager, forward and forward + backward (MODELED, any device)."""
-    dtype = torch.bfloat16
-    impls = {name: (lambda *xs, impl=ATTENTION[name]: impl(*xs, shape)) for name in ("eager", "fastmvit")}
-    for pass_, counts in common.modeled_passes(impls, lambda: _inputs(shape, dtype, "cpu", requires_grad=True)).items():
-        for name, traffic in counts.items():
-            record.modeled(suite="op", case=f"{shape.label} b{BATCH}", impl=name, pass_=pass_, dtype=dtype,
-                           traffic=traffic, op="pool_attention (t, h, w)", blocks=shape.blocks)
-        assert counts["fastmvit"].bytes < counts["eager"].bytes, (pass_, counts)
+    common.record_modeled_attention(record, shape, ATTENTION, _inputs, "pool_attention (t, h, w)", BATCH)
 
 
 @pytest.mark.parametrize("impl", ("eager", "fastmvit", "sdpa"))
@@ -78,12 +72,7 @@ def test_modeled_attention(shape, record):
 def test_attention_speed(shape, impl, pass_, measure, device):
     if device != "cuda":
         pytest.skip("GPU timings need CUDA (the Triton kernels are never timed in the interpreter)")
-    fn = ATTENTION[impl]
-    inputs = _inputs(shape, torch.bfloat16, device, requires_grad=pass_ == "fwd+bwd")
-    dout = None if pass_ == "fwd" else \
-        torch.randn(BATCH, shape.heads, shape.nq, shape.head_dim, dtype=torch.bfloat16, device=device)
-    measure(common.op_call(lambda: fn(*inputs, shape), inputs, dout), suite="op", case=f"{shape.label} b{BATCH}",
-            impl=impl, pass_=pass_, dtype=torch.bfloat16)
+    common.time_attention(measure, shape, ATTENTION[impl], _inputs, impl, pass_, BATCH, device)
 
 
 @pytest.mark.parametrize("impl", ("reference", "fastmvit"))

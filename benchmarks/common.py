@@ -334,6 +334,31 @@ def modeled_passes(impls: dict[str, Callable], make_leaves: Callable[[], list]) 
             for pass_, backward in (("fwd", False), ("fwd+bwd", True))}
 
 
+def record_modeled_attention(record, shape, attention: dict, make_inputs: Callable, op: str, batch: int) -> None:
+    """An attention suite's modeled test: bytes per call of ``attention["eager"]`` and
+    ``attention["fastmvit"]`` (each called as ``impl(*inputs, shape)``, inputs from
+    ``make_inputs(shape, dtype, device, requires_grad)``), forward and forward + backward, in
+    bf16, recorded under ``op``; the fused call must move fewer bytes."""
+    dtype = torch.bfloat16
+    impls = {name: (lambda *xs, impl=attention[name]: impl(*xs, shape)) for name in ("eager", "fastmvit")}
+    for pass_, counts in modeled_passes(impls, lambda: make_inputs(shape, dtype, "cpu", requires_grad=True)).items():
+        for name, traffic in counts.items():
+            record.modeled(suite="op", case=f"{shape.label} b{batch}", impl=name, pass_=pass_, dtype=dtype,
+                           traffic=traffic, op=op, blocks=shape.blocks)
+        assert counts["fastmvit"].bytes < counts["eager"].bytes, (pass_, counts)
+
+
+def time_attention(measure, shape, fn: Callable, make_inputs: Callable, impl: str, pass_: str, batch: int,
+                   device: str) -> None:
+    """An attention suite's CUDA speed test: ``fn(*inputs, shape)`` in bf16, forward alone or with
+    the backward of a random dout (op_call)."""
+    inputs = make_inputs(shape, torch.bfloat16, device, requires_grad=pass_ == "fwd+bwd")
+    dout = None if pass_ == "fwd" else \
+        torch.randn(batch, shape.heads, shape.nq, shape.head_dim, dtype=torch.bfloat16, device=device)
+    measure(op_call(lambda: fn(*inputs, shape), inputs, dout), suite="op", case=f"{shape.label} b{batch}",
+            impl=impl, pass_=pass_, dtype=torch.bfloat16)
+
+
 # ----------------------------------------------------------------------------- models
 
 class Unavailable(Exception):
